@@ -1,0 +1,118 @@
+"""The ``autotune`` command line (typer).
+
+Imports stay light at module level: ``autotune --help`` and ``autotune validate`` never import torch,
+transformers, lm_eval or optuna. Bad input prints one line naming file, field and value, and exits 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from autotune.errors import UserError
+
+app = typer.Typer(
+    name="autotune",
+    help="Evaluation-driven mid-training auto-tuner: search data mixtures and LR schedules with proxy runs "
+         "scored by lm-evaluation-harness.\n\nStart with: autotune search search_spaces/demo.yaml",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+
+SpaceArg = Annotated[Path, typer.Argument(help="Search-space YAML, e.g. search_spaces/demo.yaml.", show_default=False)]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a field: --set proxy.tokens=2e5 (repeatable).")]
+
+
+def _fail(e: UserError) -> None:
+    err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    raise typer.Exit(e.exit_code)
+
+
+@app.command()
+def validate(space_file: SpaceArg, set_: SetOpt = None) -> None:
+    """Check a search space and its evaluation suite, then print the resolved space. Imports no torch.
+
+    Exit codes: 0 valid, 2 invalid (the message names the file, the field and the value).
+
+    Example: autotune validate search_spaces/demo.yaml --set search.trials=4
+    """
+    from autotune.evaluate.suite import load_suite
+    from autotune.spec import dump_space, load_space
+
+    try:
+        space = load_space(space_file, set_)
+        suite = load_suite(space.suite_path, list(space.domains))
+    except UserError as e:
+        _fail(e)
+    console.print(dump_space(space), highlight=False, markup=False, end="")
+    console.print(f"# suite {space.suite_path}: {len(suite.target)} target and {len(suite.general)} general entries; "
+                  f"{space.proxy.steps} steps of {space.proxy.seqs_per_step} x {space.proxy.seq_len} tokens per trial",
+                  highlight=False, markup=False)
+    console.print(f"[green]ok[/] {space_file}")
+
+
+@app.command()
+def search(space_file: SpaceArg, set_: SetOpt = None,
+           trials: Annotated[int | None, typer.Option(help="Trial budget (default: search.trials of the space).")] = None,
+           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False) -> None:
+    """Run (or resume) a study: propose mixtures + schedules, train proxies, score them, report.
+
+    The study lives in runs/<name>/ (Optuna storage, one folder per run, ratios.csv, metrics.csv). Rerunning
+    the same command resumes it: finished trials are kept, an interrupted one runs again. Ctrl-C stops
+    cleanly. The demo (search_spaces/demo.yaml) builds its data and a tiny base model on first use, offline.
+
+    Example: autotune search search_spaces/demo.yaml --set search.trials=4
+    """
+    from autotune.spec import load_space
+    from autotune.study import Interrupted, Study, study_dir
+    from autotune.ui import Bars, print_summary
+
+    try:
+        space = load_space(space_file, set_)
+        bars = Bars(console, enabled=not quiet)
+        study = Study(space, progress=bars.task, log=lambda m: console.print(m, highlight=False, markup=False))
+        console.print(f"study [bold]{space.name}[/] in {study_dir(space)}  ({trials or space.search.trials} trials, "
+                      f"{space.proxy.tokens:,} tokens each)", highlight=False)
+        with bars:
+            study.search(trials)
+    except UserError as e:
+        _fail(e)
+    except Interrupted:
+        err.print("[yellow]interrupted[/]: the running trial was stopped; run the same command again to resume.")
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]; run the same command again to resume.")
+        raise typer.Exit(130) from None
+    print_summary(console, study)
+
+
+@app.command()
+def status(space_file: SpaceArg, set_: SetOpt = None) -> None:
+    """Show a study's trials: state, mixture, schedule, scores, feasibility and failure reasons.
+
+    Example: autotune status search_spaces/demo.yaml
+    """
+    from autotune.spec import load_space
+    from autotune.study import Study, study_dir
+    from autotune.ui import print_summary
+
+    try:
+        space = load_space(space_file, set_)
+        if not (study_dir(space) / "space.json").exists():
+            raise UserError("no study has run for this space yet", file=space_file, field="name", value=space.name)
+        study = Study(space)
+        print_summary(console, study)
+    except UserError as e:
+        _fail(e)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,485 @@
+"""The search space: YAML -> validated, frozen ``SearchSpace``.
+
+Every searchable field is either fixed (a plain value) or searched:
+
+* a float range ``{low: 1e-4, high: 3e-3, log: true}``,
+* a choice ``[wsd, cosine, linear]``.
+
+Errors name the file, the field (dotted path) and the bad value; ``load_space`` raises ``UserError``.
+This module imports neither torch nor optuna: ``autotune validate`` runs on it alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autotune.errors import UserError
+
+ROLES = ("target", "general")
+SCHEDULE_KINDS = ("wsd", "cosine", "linear", "constant")
+SAMPLERS = ("tpe", "random", "qmc", "cmaes", "gp")
+# Tolerance for sums of shares: YAML floats like 0.1 + 0.2 are not exact.
+_EPS = 1e-9
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FloatRange(_Frozen):
+    """A searched float: uniform on [low, high], or log-uniform when ``log`` is true."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatRange:
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high (low={self.low}, high={self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0 (low={self.low})")
+        return self
+
+
+SearchFloat = float | FloatRange
+
+
+def _in_unit(name: str, value: SearchFloat, *, high_open: bool = False) -> None:
+    lo, hi = (value.low, value.high) if isinstance(value, FloatRange) else (value, value)
+    if lo < 0 or hi > 1 or (high_open and hi >= 1):
+        raise ValueError(f"{name} must lie in [0, 1{')' if high_open else ']'} (got {value})")
+
+
+# ----------------------------------------------------------------------------------------------- domains
+class PathSource(_Frozen):
+    """Local text files: ``*.jsonl`` (one JSON object a line, text under ``text_field``) or ``*.txt``."""
+
+    path: str
+    text_field: str = "text"
+    heldout_fraction: float = Field(0.05, gt=0, lt=0.5)
+
+
+class Domain(_Frozen):
+    """A data domain: where its text comes from, and whether it is a target or a general (replay) ability."""
+
+    source: str | PathSource
+    role: Literal["target", "general"]
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str | PathSource) -> str | PathSource:
+        if isinstance(v, str) and not v.startswith("demo:"):
+            raise ValueError(f"a source string must be 'demo:<math|code|prose>'; use {{path: ...}} for files (got {v!r})")
+        if isinstance(v, str):
+            from autotune.data.demo import DEMO_SOURCES
+
+            if v.removeprefix("demo:") not in DEMO_SOURCES:
+                raise ValueError(f"unknown demo source {v!r}; choose from {['demo:' + s for s in DEMO_SOURCES]}")
+        return v
+
+
+# ----------------------------------------------------------------------------------------------- mixture
+class Bounds(_Frozen):
+    min: float = Field(0.0, ge=0, le=1)
+    max: float = Field(1.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Bounds:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class Mixture(_Frozen):
+    """Shares of the proxy's training tokens per domain: a point on the simplex within bounds.
+
+    YAML: one key per domain with ``{min, max}``; ``floors: {general: 0.2}`` puts a floor under the sum of
+    a role's domains; ``prior: {domain: share}`` is the mixture run first (default: the bounds' centre).
+    """
+
+    bounds: dict[str, Bounds] = Field(default_factory=dict)
+    floors: dict[Literal["target", "general"], float] = Field(default_factory=dict)
+    prior: dict[str, float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        reserved = {k: data.pop(k) for k in ("floors", "prior") if k in data}
+        bounds = data.pop("bounds", {}) or {}
+        bounds.update({k: ({} if v is None else v) for k, v in data.items()})
+        return {"bounds": bounds, **reserved}
+
+    @field_validator("floors")
+    @classmethod
+    def _floors(cls, v: dict[str, float]) -> dict[str, float]:
+        for role, floor in v.items():
+            if not 0 <= floor <= 1:
+                raise ValueError(f"floor of {role!r} must lie in [0, 1] (got {floor})")
+        return v
+
+
+# ----------------------------------------------------------------------------------------------- schedule
+class Schedule(_Frozen):
+    """The proxy run's learning-rate schedule; each field fixed or searched.
+
+    ``wsd``: warmup, stable at ``peak_lr``, then a linear decay over the last ``decay_fraction`` of the
+    steps to ``final_lr_ratio * peak_lr``. ``cosine`` / ``linear``: warmup, then decay over all remaining
+    steps. ``constant``: warmup, then ``peak_lr``.
+    """
+
+    kind: Literal["wsd", "cosine", "linear", "constant"] | list[Literal["wsd", "cosine", "linear", "constant"]] = "wsd"
+    peak_lr: SearchFloat = 1e-3
+    warmup_fraction: SearchFloat = 0.02
+    decay_fraction: SearchFloat = 0.2
+    final_lr_ratio: SearchFloat = 0.0
+
+    @model_validator(mode="after")
+    def _check(self) -> Schedule:
+        if isinstance(self.kind, list) and not self.kind:
+            raise ValueError("kind: an empty list of choices")
+        lo = self.peak_lr.low if isinstance(self.peak_lr, FloatRange) else self.peak_lr
+        if lo <= 0:
+            raise ValueError(f"peak_lr must be positive (got {self.peak_lr})")
+        _in_unit("warmup_fraction", self.warmup_fraction, high_open=True)
+        _in_unit("decay_fraction", self.decay_fraction)
+        _in_unit("final_lr_ratio", self.final_lr_ratio)
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- the rest
+class DemoBase(_Frozen):
+    """The demo's base model: a tiny Llama that autotune pre-trains on prose + code on first use (cached)."""
+
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(384, ge=8)
+    vocab_size: int = Field(2048, ge=300, le=65535)
+    pretrain_tokens: int = Field(1_000_000, ge=1000)
+    seq_len: int = Field(256, ge=16)
+    batch_tokens: int = Field(4096, ge=16)
+    peak_lr: float = Field(3e-3, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> DemoBase:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+class Proxy(_Frozen):
+    """The proxy run's budget: ``tokens`` trained per trial, in steps of ``batch_tokens``."""
+
+    tokens: int = Field(ge=1)
+    seq_len: int = Field(256, ge=8)
+    batch_tokens: int = Field(4096, ge=8)
+    seed: int = 0
+    replicates: int = Field(1, ge=1, description="runs of the prior mixture with seeds seed, seed+1, ...: the noise floor")
+    threads: int | None = Field(None, ge=1, description="torch threads in the worker (default: all cores)")
+
+    @field_validator("tokens", "batch_tokens", mode="before")
+    @classmethod
+    def _int_from_float(cls, v: Any) -> Any:
+        # YAML reads 2e6 as a float (or a string); tokens are whole numbers.
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                return v
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Proxy:
+        if self.batch_tokens < self.seq_len:
+            raise ValueError(f"batch_tokens {self.batch_tokens} is below seq_len {self.seq_len}")
+        if self.tokens < self.batch_tokens:
+            raise ValueError(f"tokens {self.tokens} is below one batch ({self.batch_tokens} batch_tokens)")
+        return self
+
+    @property
+    def seqs_per_step(self) -> int:
+        return self.batch_tokens // self.seq_len
+
+    @property
+    def steps(self) -> int:
+        return self.tokens // (self.seqs_per_step * self.seq_len)
+
+
+_CONSTRAINT = re.compile(r"^\s*general\s*>=\s*(base\s*(?P<sign>[-+])\s*)?(?P<num>[0-9.eE+-]+)\s*$|^\s*general\s*>=\s*base\s*$")
+
+
+class Objective(_Frozen):
+    """What the study optimises over the suite's group scores (each relative to the base model).
+
+    Either ``maximize: target`` with ``subject_to: "general >= base - 0.01"`` (a general-retention
+    constraint, fed to Optuna as a constraint), or ``pareto: [target, general]``.
+    """
+
+    maximize: Literal["target", "general"] | None = None
+    subject_to: str | None = None
+    pareto: list[Literal["target", "general"]] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Objective:
+        if (self.maximize is None) == (self.pareto is None):
+            raise ValueError("give exactly one of 'maximize' or 'pareto'")
+        if self.pareto is not None and sorted(self.pareto) != ["general", "target"]:
+            raise ValueError(f"pareto must be [target, general] (got {self.pareto})")
+        if self.subject_to is not None:
+            self.general_floor  # noqa: B018  (parses, raising on a bad expression)
+        return self
+
+    @property
+    def general_floor(self) -> float | None:
+        """The constraint as a floor on the general score relative to base (base = 0), or None."""
+        if self.subject_to is None:
+            return None
+        m = _CONSTRAINT.match(self.subject_to)
+        if not m:
+            raise ValueError(
+                f"subject_to must read 'general >= base - X' or 'general >= X' (got {self.subject_to!r})"
+            )
+        if m.group("num") is None:
+            return 0.0
+        try:
+            num = float(m.group("num"))
+        except ValueError as e:
+            raise ValueError(f"subject_to: {m.group('num')!r} is not a number") from e
+        # relative to base: the group scores are deltas against the base model, so "base" is 0
+        return -num if m.group("sign") == "-" else num
+
+
+class Search(_Frozen):
+    sampler: Literal["tpe", "random", "qmc", "cmaes", "gp"] = "tpe"
+    trials: int = Field(16, ge=1)
+    storage: str = Field("sqlite", description="sqlite (runs/<study>/study.db), an RDB URL, or journal:PATH")
+    seed: int = 0
+    runs_dir: str = "runs"
+
+
+class SearchSpace(_Frozen):
+    """A whole search space, as run. ``source_file`` is where it was read from (paths resolve against it)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    base_model: str | DemoBase = "demo:tiny-base"
+    domains: dict[str, Domain]
+    mixture: Mixture = Field(default_factory=Mixture)
+    schedule: Schedule = Field(default_factory=Schedule)
+    proxy: Proxy
+    evals: str
+    objective: Objective = Field(default_factory=lambda: Objective(maximize="target", subject_to="general >= base - 0.01"))
+    search: Search = Field(default_factory=Search)
+    source_file: str | None = Field(None, exclude=True)
+
+    @field_validator("base_model")
+    @classmethod
+    def _base(cls, v: str | DemoBase) -> str | DemoBase:
+        if v == "demo:tiny-base":
+            return DemoBase()
+        if isinstance(v, str) and v.startswith("demo:"):
+            raise ValueError(f"unknown demo model {v!r}; the demo base is 'demo:tiny-base' or a {{hidden_size: ...}} mapping")
+        return v
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, v: dict[str, Domain]) -> dict[str, Domain]:
+        if len(v) < 2:
+            raise ValueError(f"a mixture needs at least 2 domains (got {list(v)})")
+        for name in v:
+            if not re.match(r"^[A-Za-z0-9_]+$", name):
+                raise ValueError(f"domain names are letters, digits and '_' (got {name!r})")
+            if name in ("floors", "prior", "bounds"):
+                raise ValueError(f"{name!r} is reserved in the mixture section; rename the domain")
+        return v
+
+    @model_validator(mode="after")
+    def _mixture_feasible(self) -> SearchSpace:
+        names = list(self.domains)
+        for name in self.mixture.bounds:
+            if name not in self.domains:
+                raise ValueError(f"mixture.{name}: not a domain of this space (domains: {names})")
+        for role in self.mixture.floors:
+            if not any(d.role == role for d in self.domains.values()):
+                raise ValueError(f"mixture.floors.{role}: no domain has role {role!r}")
+        lo = {n: self.bounds(n).min for n in names}
+        hi = {n: self.bounds(n).max for n in names}
+        if sum(lo.values()) > 1 + _EPS:
+            raise ValueError(f"mixture: the minimum shares sum to {sum(lo.values()):.4g} > 1, so no mixture fits")
+        if sum(hi.values()) < 1 - _EPS:
+            raise ValueError(f"mixture: the maximum shares sum to {sum(hi.values()):.4g} < 1, so no mixture fits")
+        for role, floor in self.mixture.floors.items():
+            cap = sum(hi[n] for n, d in self.domains.items() if d.role == role)
+            if cap < floor - _EPS:
+                raise ValueError(f"mixture.floors.{role}: floor {floor} is above the {role} domains' maximum {cap:.4g}")
+        need = sum(max(self.mixture.floors.get(r, 0.0), sum(lo[n] for n, d in self.domains.items() if d.role == r))
+                   for r in ROLES)
+        if need > 1 + _EPS:
+            raise ValueError(f"mixture: floors and minimums need {need:.4g} > 1 of the tokens")
+        if self.mixture.prior is not None:
+            self.check_mixture(self.mixture.prior, "mixture.prior")
+        return self
+
+    def bounds(self, domain: str) -> Bounds:
+        return self.mixture.bounds.get(domain, Bounds())
+
+    def check_mixture(self, weights: dict[str, float], where: str) -> None:
+        """Raise ValueError unless ``weights`` is a mixture inside this space's bounds and floors."""
+        if set(weights) != set(self.domains):
+            raise ValueError(f"{where}: needs a share for each domain {list(self.domains)} (got {sorted(weights)})")
+        total = sum(weights.values())
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"{where}: shares sum to {total:.6g}, not 1")
+        for n, w in weights.items():
+            b = self.bounds(n)
+            if not b.min - 1e-6 <= w <= b.max + 1e-6:
+                raise ValueError(f"{where}.{n}: {w} is outside [{b.min}, {b.max}]")
+        for role, floor in self.mixture.floors.items():
+            got = sum(w for n, w in weights.items() if self.domains[n].role == role)
+            if got < floor - 1e-6:
+                raise ValueError(f"{where}: {role} domains get {got:.4g}, below the floor {floor}")
+
+    @property
+    def root(self) -> Path:
+        """The folder relative paths in this space resolve against: the space file's folder."""
+        return Path(self.source_file).resolve().parent if self.source_file else Path.cwd()
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.root / p).resolve()
+
+    @property
+    def suite_path(self) -> Path:
+        return self.resolve(self.evals)
+
+    def digest(self) -> str:
+        """A hash of everything that determines the study (not where the file lives)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("bounds",) and parts and parts[-1] == "mixture":
+            continue  # the YAML has no 'bounds' level
+        elif item in ("str", "float", "int", "list[...]", "function-after[_check(), FloatRange]"):
+            continue
+        elif isinstance(item, str) and (item.startswith(("function-", "literal[", "list[")) or item in ("PathSource", "DemoBase", "FloatRange")):
+            continue
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _lookup(data: Any, loc: tuple[Any, ...]) -> Any:
+    cur = data
+    for item in loc:
+        if isinstance(cur, dict) and item in cur:
+            cur = cur[item]
+        elif isinstance(cur, list) and isinstance(item, int) and item < len(cur):
+            cur = cur[item]
+        elif item == "bounds":
+            continue
+        else:
+            return None
+    return cur
+
+
+def validation_error_to_user_error(err: ValidationError, file: Path, data: Any) -> UserError:
+    """The first pydantic error, as one line naming the file, the field and the value."""
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    field = _field_path(loc)
+    if first["type"] == "extra_forbidden":
+        return UserError("unknown field (a typo?)", file=file, field=field)
+    if first["type"] == "missing":
+        return UserError("required field is missing", file=file, field=field)
+    value = first.get("input", _lookup(data, loc))
+    if isinstance(value, dict) and len(repr(value)) > 120:
+        return UserError(msg, file=file, field=field)
+    return UserError(msg, file=file, field=field, value=value)
+
+
+def read_yaml(path: Path, what: str) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file, a parse error or a non-mapping is a UserError naming the file."""
+    if not path.exists():
+        raise UserError(f"{what} file not found", file=path)
+    if path.is_dir():
+        raise UserError(f"{what} is a folder, not a YAML file", file=path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=path) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"invalid YAML{where}: {problem}", file=path) from None
+    if not isinstance(data, dict):
+        raise UserError(f"a {what} must be a YAML mapping", file=path, value=type(data).__name__ if data is not None else None)
+    return data
+
+
+# Named presets a field may hold instead of a mapping (``base_model: demo:tiny-base``).
+_PRESETS: dict[Any, dict[str, Any]] = {"demo:tiny-base": {}}
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], file: Path) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a loaded mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError("an override must read key.sub=value", field="--set", value=item)
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        cur = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            nxt = cur.get(part)
+            if nxt is None or (isinstance(nxt, str) and nxt in _PRESETS):  # a preset name expands to its mapping, to set a field inside
+                nxt = cur[part] = dict(_PRESETS.get(nxt, {}))
+            if not isinstance(nxt, dict):
+                raise UserError(f"cannot set a field inside a {type(nxt).__name__}", file=file, field=key, value=nxt)
+            cur = nxt
+        cur[parts[-1]] = value
+    return data
+
+
+def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSpace:
+    """Load and validate a search space; raises UserError naming file, field and value."""
+    path = Path(path)
+    data = apply_overrides(read_yaml(path, "search space"), overrides or [], path)
+    try:
+        space = SearchSpace.model_validate({**data, "source_file": str(path)})
+    except ValidationError as e:
+        raise validation_error_to_user_error(e, path, data) from None
+    if not space.suite_path.exists():
+        raise UserError("suite file not found", file=path, field="evals", value=str(space.suite_path))
+    return space
+
+
+def dump_space(space: SearchSpace) -> str:
+    """The resolved space as YAML (defaults filled in), as ``validate`` prints it."""
+    return yaml.safe_dump(space.model_dump(mode="json", exclude_none=True), sort_keys=False)
+

@@ -1,0 +1,258 @@
+"""The loop that drives a study: the one place that combines stages.
+
+prepare (data, tokenizer, base) -> evaluate the base once (the reference) -> until the trial budget is
+spent: ask a proposal -> run it in a worker (or reuse a finished run with the same content hash) ->
+score it against the base -> tell Optuna. Everything is resumable: rerunning the same command reloads the
+study, reuses finished runs, and reruns only an interrupted trial.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autotune.errors import UserError
+from autotune.evaluate.suite import Suite, load_suite
+from autotune.launch import Launcher, LocalLauncher
+from autotune.objective import score
+from autotune.records import Proposal, RunResult, digest, read_json, write_json_atomic
+from autotune.spec import SearchSpace, dump_space
+
+ProgressFactory = Callable[[str], Any]
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a study: the running trial was stopped and will rerun when the study resumes."""
+
+
+@dataclass
+class StudyPaths:
+    root: Path
+
+    @property
+    def space_yaml(self) -> Path:
+        return self.root / "space.yaml"
+
+    @property
+    def space_json(self) -> Path:
+        return self.root / "space.json"
+
+    def trial_dir(self, key: str) -> Path:
+        return self.root / "trials" / key
+
+
+def study_dir(space: SearchSpace) -> Path:
+    """``<runs_dir>/<name>``; ``runs_dir`` is relative to the working directory (like ``reports/``)."""
+    return Path(space.search.runs_dir).expanduser().resolve() / space.name
+
+
+def _space_identity(space: SearchSpace) -> dict[str, Any]:
+    """What must not change under a running study (the trial budget may grow, the storage may move)."""
+    d = space.model_dump(mode="json")
+    d["search"] = {k: v for k, v in d["search"].items() if k not in ("trials", "storage", "runs_dir")}
+    return d
+
+
+def check_space(paths: StudyPaths, space: SearchSpace) -> None:
+    """Record the space on a new study; refuse to resume a study whose space has changed."""
+    ident = _space_identity(space)
+    if paths.space_json.exists():
+        old = read_json(paths.space_json)["identity"]
+        if old != ident:
+            changed = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
+            raise UserError(f"{paths.root} holds a study of a different space (changed: {', '.join(changed)}); "
+                            "give the space a new name, or remove that folder to start over",
+                            file=space.source_file, field="name", value=space.name)
+        return
+    paths.root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(paths.space_json, {"identity": ident, "digest": digest(ident), "source_file": space.source_file})
+    paths.space_yaml.write_text(f"# the space as run; digest {digest(ident)}\n" + dump_space(space))
+
+
+def _job_space(space: SearchSpace) -> dict[str, Any]:
+    """The space for a worker, with relative paths made absolute (it runs wherever the launcher puts it)."""
+    d = space.model_dump(mode="json")
+    d["evals"] = str(space.suite_path)
+    for name, dom in space.domains.items():
+        if not isinstance(dom.source, str):
+            d["domains"][name]["source"]["path"] = str(space.resolve(dom.source.path))
+    if isinstance(space.base_model, str):
+        d["base_model"] = str(space.resolve(space.base_model))
+    return d
+
+
+class Study:
+    def __init__(self, space: SearchSpace, *, launcher: Launcher | None = None,
+                 progress: ProgressFactory | None = None, log: Callable[[str], None] = print) -> None:
+        self.space = space
+        self.paths = StudyPaths(study_dir(space))
+        self.launcher = launcher or LocalLauncher()
+        self.progress = progress or (lambda label: _NullBar())
+        self.log = log
+        self.suite: Suite = load_suite(space.suite_path, list(space.domains))
+        self.prepared: dict[str, Any] = {}
+        self.base: RunResult | None = None
+
+    # ------------------------------------------------------------------ jobs
+    def _launch(self, folder: Path, job: dict[str, Any], label: str) -> RunResult:
+        folder.mkdir(parents=True, exist_ok=True)
+        result_path = folder / "result.json"
+        result_path.unlink(missing_ok=True)
+        job = {"space": _job_space(self.space), "space_file": self.space.source_file, **job}
+        write_json_atomic(folder / "job.json", job)
+        bar = self.progress(label)
+        try:
+            code = self.launcher.run(folder / "job.json", bar.update)
+        finally:
+            bar.close()
+        if not result_path.exists():
+            tail = _tail(folder / "worker.log")
+            return RunResult(status="failed", reason=f"worker exited with code {code} and no result{': ' + tail if tail else ''}")
+        return RunResult.from_json(read_json(result_path)) if job["kind"] == "trial" else read_json(result_path)
+
+    def prepare(self) -> dict[str, Any]:
+        out = self._launch(self.paths.root / "prepare", {"kind": "prepare"}, "prepare data + base model")
+        if out.get("status") != "ok":
+            if out.get("bad_input"):
+                raise UserError(out["reason"])
+            raise RuntimeError(f"preparing the data and base model failed: {out.get('reason')} "
+                               f"(log: {self.paths.root / 'prepare' / 'worker.log'})")
+        self.prepared = out
+        return out
+
+    def run_key(self, proposal: Proposal | None) -> str:
+        """Content hash of what determines a run (and its evaluation): names its folder."""
+        p = self.space.proxy
+        return digest({"proposal": proposal.key() if proposal else None, "base": self.prepared["base_hash"],
+                       "data": {n: m["splits"]["train"]["source_hash"] for n, m in self.prepared["manifests"].items()},
+                       "tokenizer": self.prepared["tokenizer_hash"], "suite": self.suite.digest(),
+                       "proxy": {"tokens": p.tokens, "seq_len": p.seq_len, "batch_tokens": p.batch_tokens}})
+
+    def run(self, proposal: Proposal | None, label: str) -> tuple[Path, RunResult]:
+        folder = self.paths.root / ("base" if proposal is None else "trials") / self.run_key(proposal)
+        done = folder / "result.json"
+        if done.exists():
+            cached = RunResult.from_json(read_json(done))
+            if cached.ok:
+                return folder, cached
+        job = {"kind": "trial", "prepared": self.prepared, "proposal": proposal.to_json() if proposal else None}
+        return folder, self._launch(folder, job, label)
+
+    def evaluate_base(self) -> RunResult:
+        _, result = self.run(None, "evaluate base model")
+        if not result.ok:
+            raise RuntimeError(f"evaluating the base model failed: {result.status}: {result.reason}")
+        self.base = result
+        return result
+
+    # ------------------------------------------------------------------ the loop
+    def search(self, trials: int | None = None) -> None:
+        from autotune.controller import Controller
+
+        check_space(self.paths, self.space)
+        ctl = Controller(self.space, self.paths.root)  # opens storage early: a bad URL fails before any work
+        self.prepare()
+        self.evaluate_base()
+        self._recover(ctl)
+        ctl.enqueue_prior()
+        budget = trials or self.space.search.trials
+        overall = self.progress(f"study {self.space.name}")
+        overall.update({"phase": "trials", "total": budget})
+        overall.update({"advance": ctl.finished()})
+        try:
+            while ctl.finished() < budget:
+                asked = ctl.ask()
+                label = f"trial {asked.number}"
+                try:
+                    folder, result = self.run(asked.proposal, label)
+                except KeyboardInterrupt:
+                    ctl.tell_failed(asked.trial, "interrupted", "stopped by Ctrl-C; rerun to resume", counts=False)
+                    ctl.requeue(ctl.study.trials[asked.number])
+                    raise Interrupted() from None
+                self._tell(ctl, asked.trial, folder, result)
+                overall.update({"advance": 1})
+        finally:
+            overall.close()
+        self.write_tables(ctl)
+
+    def _tell(self, ctl, trial, folder: Path, result: RunResult) -> None:
+        attrs = {"run_dir": str(folder.relative_to(self.paths.root)), "status": result.status}
+        if not result.ok:
+            self.log(f"trial {trial.number} {result.status}: {result.reason}")
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+            ctl.tell_failed(trial, result.status, result.reason)
+            return
+        s = score(self.space.objective, self.suite, result.metrics, self.base.metrics)
+        attrs.update({"metrics": result.metrics, "feasible": s.feasible,
+                      "train_tokens_per_s": result.train.get("tokens_per_s")})
+        ctl.tell_score(trial, s, attrs)
+
+    def _recover(self, ctl) -> None:
+        """Trials left RUNNING by a killed controller: tell a finished run's result, rerun the rest."""
+        for frozen in ctl.stale_running():
+            proposal = frozen.user_attrs.get("proposal")
+            trial = ctl.trial(frozen.number)
+            if proposal is not None:
+                folder = self.paths.trial_dir(self.run_key(Proposal.from_json(proposal)))
+                done = folder / "result.json"
+                if done.exists():
+                    self._tell(ctl, trial, folder, RunResult.from_json(read_json(done)))
+                    continue
+            ctl.tell_failed(trial, "interrupted", "the controller stopped while this trial ran; rerun", counts=False)
+            ctl.requeue(frozen)
+
+    # ------------------------------------------------------------------ outputs
+    def rows(self, ctl) -> list[dict[str, Any]]:
+        from optuna.trial import TrialState
+
+        rows = []
+        for t in ctl.study.get_trials(deepcopy=False):
+            if t.state == TrialState.FAIL and not t.user_attrs.get("counts", True):
+                continue  # interrupted and rerun: the rerun has its own row
+            prop = t.user_attrs.get("proposal") or {}
+            rows.append({"trial": t.number, "state": t.state.name.lower(), "status": t.user_attrs.get("status", ""),
+                         "mixture": prop.get("mixture", {}), "schedule": prop.get("schedule", {}),
+                         "seed": prop.get("seed"), "prior": bool(t.user_attrs.get("prior")),
+                         "target": t.user_attrs.get("target"), "general": t.user_attrs.get("general"),
+                         "feasible": t.user_attrs.get("feasible"), "metrics": t.user_attrs.get("metrics", {}),
+                         "reason": t.user_attrs.get("reason", ""), "run_dir": t.user_attrs.get("run_dir", "")})
+        return rows
+
+    def write_tables(self, ctl) -> None:
+        """``ratios.csv`` and ``metrics.csv``: one row per finished trial (the layout OLMix reads)."""
+        rows = [r for r in self.rows(ctl) if r["state"] == "complete"]
+        domains = list(self.space.domains)
+        keys = [e.key for e in self.suite.entries]
+        with open(self.paths.root / "ratios.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["run", "trial", *domains])
+            for r in rows:
+                w.writerow([r["run_dir"].split("/")[-1], r["trial"], *(f"{r['mixture'][d]:.6f}" for d in domains)])
+        with open(self.paths.root / "metrics.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["run", "trial", *keys, "target", "general", "feasible"])
+            for r in rows:
+                w.writerow([r["run_dir"].split("/")[-1], r["trial"], *(f"{r['metrics'].get(k, float('nan')):.6f}" for k in keys),
+                            f"{r['target']:.6f}", f"{r['general']:.6f}", r["feasible"]])
+        write_json_atomic(self.paths.root / "summary.json", {"base": self.base.metrics if self.base else {},
+                                                             "trials": self.rows(ctl)})
+
+
+class _NullBar:
+    def update(self, event: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _tail(path: Path, n: int = 1) -> str:
+    if not path.exists():
+        return ""
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])[-300:]
+

@@ -1,0 +1,86 @@
+"""Terminal output: progress bars for trials, training steps and evaluation; the end-of-study table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+class _Bar:
+    """One bar fed by worker progress events: ``{"phase", "total"}`` restarts it, ``{"advance"}`` moves it."""
+
+    def __init__(self, progress: Progress | None, label: str) -> None:
+        self.progress, self.label = progress, label
+        self.task = progress.add_task(label, total=None) if progress else None
+
+    def update(self, event: dict[str, Any]) -> None:
+        if self.progress is None:
+            return
+        if "phase" in event:
+            self.progress.reset(self.task, total=event.get("total"), description=f"{self.label}: {event['phase']}")
+        if "advance" in event:
+            self.progress.advance(self.task, event["advance"])
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.remove_task(self.task)
+
+
+class Bars:
+    def __init__(self, console: Console, enabled: bool = True) -> None:
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) if enabled else None
+
+    def task(self, label: str) -> _Bar:
+        return _Bar(self.progress, label)
+
+    def __enter__(self) -> Bars:
+        if self.progress:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress:
+            self.progress.stop()
+
+
+def _fmt(x: float | None, spec: str = "+.4f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def print_summary(console: Console, study) -> None:  # study: autotune.study.Study
+    from autotune.controller import Controller
+
+    ctl = Controller(study.space, study.paths.root)
+    rows = study.rows(ctl)
+    domains = list(study.space.domains)
+    table = Table(title=f"study {study.space.name}: scores are improvements over the base model (base = 0)")
+    for col in ("#", "state", *domains, "schedule", "peak_lr", "seed", "target", "general", "feasible"):
+        table.add_column(col, justify="right" if col not in ("state", "schedule") else "left")
+    for r in rows:
+        mix = [f"{r['mixture'].get(d, 0):.2f}" if r["mixture"] else "-" for d in domains]
+        sched = r["schedule"]
+        state = r["state"] if r["state"] == "complete" else f"{r['status'] or r['state']}: {r['reason'][:40]}"
+        table.add_row(str(r["trial"]) + (" (prior)" if r["prior"] else ""), state, *mix, str(sched.get("kind", "-")),
+                      f"{sched['peak_lr']:.2e}" if "peak_lr" in sched else "-", str(r["seed"]), _fmt(r["target"]),
+                      _fmt(r["general"]), {True: "yes", False: "no"}.get(r["feasible"], "-"))
+    console.print(table)
+    done = [r for r in rows if r["state"] == "complete"]
+    prior = [r for r in done if r["prior"]]
+    if len(prior) >= 2:
+        spread_t = max(r["target"] for r in prior) - min(r["target"] for r in prior)
+        spread_g = max(r["general"] for r in prior) - min(r["general"] for r in prior)
+        console.print(f"seed noise (prior mixture, {len(prior)} seeds): target spread {spread_t:.4f}, general spread {spread_g:.4f}")
+    feasible = [r for r in done if r["feasible"]]
+    if feasible:
+        best = max(feasible, key=lambda r: r["target"])
+        mix = ", ".join(f"{d} {best['mixture'][d]:.2f}" for d in domains)
+        console.print(f"best feasible: trial {best['trial']}: target {best['target']:+.4f}, general {best['general']:+.4f} "
+                      f"({mix}; {best['schedule'].get('kind')} peak_lr {best['schedule'].get('peak_lr', 0):.2e})",
+                      highlight=False)
+    elif done:
+        console.print("no trial met the general-retention constraint", style="yellow")
+    console.print(f"tables: {study.paths.root / 'ratios.csv'}, {study.paths.root / 'metrics.csv'}", highlight=False)

@@ -1,0 +1,167 @@
+"""The process a launcher starts: ``python -m autotune.worker JOB.json``.
+
+Two kinds of job, both ending in a ``result.json`` written atomically next to the job file:
+
+* ``prepare``: demo corpus / local files -> tokenizer -> packed tokens -> base checkpoint (all cached);
+* ``trial``: base checkpoint -> proxy mid-training run on the proposal's mixture and schedule (skipped for
+  the base model's reference evaluation) -> checkpoint -> suite evaluation (lm-eval + bits-per-byte).
+
+Progress goes to stdout as ``@@progress {json}`` lines the controller turns into bars; logs go to stderr.
+A crash, a NaN or an OOM becomes a result with that status and reason: the study goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from autotune.errors import TrialFailed, UserError
+from autotune.records import Proposal, RunResult, read_json, write_json_atomic
+from autotune.spec import SearchSpace
+
+PROGRESS_PREFIX = "@@progress "
+
+
+class PipeProgress:
+    """Progress as JSON lines on stdout, read by the controller (``autotune.launch``)."""
+
+    def start(self, phase: str, total: int) -> None:
+        self._emit({"phase": phase, "total": total})
+
+    def advance(self, n: int = 1) -> None:
+        self._emit({"advance": n})
+
+    @staticmethod
+    def _emit(obj: dict) -> None:
+        sys.stdout.write(PROGRESS_PREFIX + json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+
+def _threads(space: SearchSpace) -> int:
+    return space.proxy.threads or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+# ----------------------------------------------------------------------------------------------- prepare
+def prepare(space: SearchSpace, progress: PipeProgress) -> dict[str, Any]:
+    from autotune.data.prepare import pack_domain, tokenizer_hash, train_demo_tokenizer
+    from autotune.spec import DemoBase
+    from autotune.train.model import DEMO_PRETRAIN_MIX, checkpoint_hash, demo_base
+
+    demo = isinstance(space.base_model, DemoBase)
+    sources = {n: d.source for n, d in space.domains.items()}
+    if demo:
+        demo_sources = sorted({"demo:" + s for s in DEMO_PRETRAIN_MIX} | {s for s in sources.values() if isinstance(s, str)})
+        progress.start("tokenizer", 1)
+        tok_dir = train_demo_tokenizer(space.base_model.vocab_size, demo_sources)
+        progress.advance()
+    else:
+        tok_dir = space.resolve(space.base_model)
+        if not (tok_dir / "config.json").exists():
+            raise UserError("not a Hugging Face checkpoint folder (no config.json)", file=space.source_file,
+                            field="base_model", value=str(space.base_model))
+    progress.start("tokenize", len(sources) + (len(DEMO_PRETRAIN_MIX) if demo else 0))
+    packed = {}
+    for name, src in sources.items():
+        packed[name] = pack_domain(src, tok_dir, where=f"domains.{name}")
+        progress.advance()
+    if demo:
+        pre = {k: pack_domain("demo:" + k, tok_dir, where=f"demo:{k}") for k in DEMO_PRETRAIN_MIX}
+        for _ in pre:
+            progress.advance()
+        base = demo_base(space.base_model, tok_dir, pre, progress)
+    else:
+        base = tok_dir
+    return {"status": "ok", "tokenizer": str(tok_dir), "tokenizer_hash": tokenizer_hash(tok_dir),
+            "base": str(base), "base_hash": checkpoint_hash(base),
+            "domains": {n: str(p.folder) for n, p in packed.items()},
+            "manifests": {n: p.manifest for n, p in packed.items()}}
+
+
+# ----------------------------------------------------------------------------------------------- trial
+def run_trial(space: SearchSpace, job: dict[str, Any], out_dir: Path, progress: PipeProgress) -> RunResult:
+    import torch
+
+    from autotune.data.prepare import PackedDomain
+    from autotune.evaluate.bpb import bits_per_byte
+    from autotune.evaluate.harness import run_tasks
+    from autotune.evaluate.suite import load_suite
+    from autotune.train.model import load_causal_lm
+    from autotune.train.schedules import ScheduleParams
+    from autotune.train.trainer import TrainConfig, train
+
+    prepared = job["prepared"]
+    packed = {n: PackedDomain(Path(p)) for n, p in prepared["domains"].items()}
+    suite = load_suite(space.suite_path, list(space.domains))
+    model, tokenizer = load_causal_lm(Path(prepared["base"]))
+    train_info: dict[str, Any] = {}
+    if job.get("proposal"):
+        proposal = Proposal.from_json(job["proposal"])
+        cfg = TrainConfig(seq_len=space.proxy.seq_len, seqs_per_step=space.proxy.seqs_per_step, steps=space.proxy.steps,
+                          seed=proposal.seed, schedule=ScheduleParams(**proposal.schedule))
+        summary = train(model, {n: p.tokens("train") for n, p in packed.items()}, proposal.mixture, cfg,
+                        log_path=out_dir / "train_log.jsonl", progress=progress)
+        train_info = summary.to_json()
+        if job.get("keep_checkpoint", True):
+            model.config.use_cache = True
+            model.save_pretrained(out_dir / "checkpoint", safe_serialization=True)
+            tokenizer.save_pretrained(out_dir / "checkpoint")
+    model.eval()
+    metrics: dict[str, float] = {}
+    progress.start("eval", len(suite.tasks) + len(suite.bpb_domains))
+    t0 = time.perf_counter()
+    bpb_meta = {}
+    for domain in suite.bpb_domains:
+        r = bits_per_byte(model, tokenizer, packed[domain].tokens("heldout"), seq_len=space.proxy.seq_len,
+                          max_tokens=suite.bpb_tokens)
+        metrics[f"bpb/{domain}"] = r["bpb"]
+        bpb_meta[domain] = {"tokens": r["tokens"], "bytes": r["bytes"]}
+        progress.advance()
+    with torch.no_grad():
+        tasks = run_tasks(model, tokenizer, suite, out_dir / "samples", seed=space.proxy.seed)
+    progress.advance(len(suite.tasks))
+    metrics.update(tasks["metrics"])
+    meta = {**tasks["meta"], "bpb": bpb_meta, "seconds": round(time.perf_counter() - t0, 2),
+            "base_hash": prepared["base_hash"], "tokenizer_hash": prepared["tokenizer_hash"], "suite": suite.digest()}
+    return RunResult(status="ok", metrics=metrics, stderr=tasks["stderr"], train=train_info, eval_meta=meta)
+
+
+# ----------------------------------------------------------------------------------------------- main
+def main(job_path: str) -> int:
+    job_file = Path(job_path)
+    job = read_json(job_file)
+    out_dir = job_file.parent
+    result_path = out_dir / job.get("result", "result.json")
+    progress = PipeProgress()
+    from autotune.evaluate.harness import set_offline
+
+    set_offline()
+    try:
+        space = SearchSpace.model_validate({**job["space"], "source_file": job.get("space_file")})
+        import torch
+
+        torch.set_num_threads(_threads(space))
+        if job["kind"] == "prepare":
+            write_json_atomic(result_path, prepare(space, progress))
+            return 0
+        result = run_trial(space, job, out_dir, progress)
+    except TrialFailed as e:
+        result = RunResult(status=e.status, reason=e.reason)
+    except UserError as e:
+        result = RunResult(status="failed", reason=str(e), bad_input=True)
+    except MemoryError:
+        result = RunResult(status="oom", reason="out of memory (MemoryError)")
+    except Exception as e:  # a crash fails this trial, not the study; the log keeps the traceback
+        traceback.print_exc()
+        oom = "out of memory" in str(e).lower()
+        result = RunResult(status="oom" if oom else "failed", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+    write_json_atomic(result_path, result.to_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
