@@ -20,8 +20,9 @@ app = typer.Typer(
     help="Evaluation-driven mid-training auto-tuner: search data mixtures and LR schedules with proxy runs "
          "scored by lm-evaluation-harness.\n\nStart with: autotune search search_spaces/demo.yaml",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console()
-err = Console(stderr=True)
+# off a terminal (CI logs, pipes) rich would wrap tables at 80 columns
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 SpaceArg = Annotated[Path, typer.Argument(help="Search-space YAML, e.g. search_spaces/demo.yaml.", show_default=False)]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a field: --set proxy.tokens=2e5 (repeatable).")]

@@ -53,8 +53,10 @@ def redact(url: str) -> str:
     return url
 
 
-def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
-    s, seed = space.search.sampler, space.search.seed
+def make_sampler(space: SearchSpace, n_existing: int = 0) -> optuna.samplers.BaseSampler:
+    """The space's sampler, seeded with ``seed + n_existing``: deterministic given the study's state, and a
+    resumed study does not replay the random draws of its first session (that would repeat proposals)."""
+    s, seed = space.search.sampler, space.search.seed + n_existing
     if s == "tpe":
         # multivariate: mixture coordinates interact; n_startup kept small since proxy runs are costly
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(8, max(3, space.search.trials // 3)))
@@ -91,6 +93,8 @@ class Controller:
             self.study = optuna.create_study(
                 study_name=space.name, storage=storage, load_if_exists=True,
                 directions=directions(space.objective), sampler=make_sampler(space))
+            if self.study.trials:
+                self.study.sampler = make_sampler(space, len(self.study.trials))
         except (optuna.exceptions.StorageInternalError, ValueError, ImportError) as e:
             shown = redact(storage) if isinstance(storage, str) else space.search.storage
             raise UserError(f"cannot open the study storage: {type(e).__name__}: {str(e).splitlines()[0][:200]}",

@@ -44,6 +44,8 @@ class LocalLauncher:
         log = open(job_file.parent / "worker.log", "ab")  # noqa: SIM115  (closed below)
         proc = subprocess.Popen([self.python, "-m", "autotune.worker", str(job_file)], stdout=subprocess.PIPE,
                                 stderr=log, env=env, start_new_session=True, text=True, bufsize=1)
+        pid_file = job_file.parent / "worker.pid"
+        pid_file.write_text(str(proc.pid))
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -57,6 +59,29 @@ class LocalLauncher:
             raise
         finally:
             log.close()
+            pid_file.unlink(missing_ok=True)
+
+
+def kill_orphan(folder: Path) -> bool:
+    """Kill a worker left running in ``folder`` by a controller that died (SIGKILL); True if one was."""
+    pid_file = folder / "worker.pid"
+    if not pid_file.exists():
+        return False
+    try:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (ValueError, OSError):
+        pid_file.unlink(missing_ok=True)
+        return False
+    if b"autotune.worker" not in cmdline:  # the pid was reused by something else
+        pid_file.unlink(missing_ok=True)
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    pid_file.unlink(missing_ok=True)
+    return True
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -405,7 +405,11 @@ def _lookup(data: Any, loc: tuple[Any, ...]) -> Any:
 
 def validation_error_to_user_error(err: ValidationError, file: Path, data: Any) -> UserError:
     """The first pydantic error, as one line naming the file, the field and the value."""
-    first = err.errors()[0]
+    # Unions (float | FloatRange, str | PathSource) report one error per branch: prefer our own checks,
+    # then unknown / missing fields, over "not a number" from the branch the user did not mean.
+    rank = {"value_error": 0, "extra_forbidden": 1, "missing": 1, "literal_error": 1}
+    errors = err.errors()
+    first = min(errors, key=lambda e: rank.get(e["type"], 2))
     loc = tuple(first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
     field = _field_path(loc)
@@ -413,6 +417,8 @@ def validation_error_to_user_error(err: ValidationError, file: Path, data: Any) 
         return UserError("unknown field (a typo?)", file=file, field=field)
     if first["type"] == "missing":
         return UserError("required field is missing", file=file, field=field)
+    if not loc:  # a check across fields: its message names them
+        return UserError(msg, file=file)
     value = first.get("input", _lookup(data, loc))
     if isinstance(value, dict) and len(repr(value)) > 120:
         return UserError(msg, file=file, field=field)

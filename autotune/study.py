@@ -16,7 +16,7 @@ from typing import Any
 
 from autotune.errors import UserError
 from autotune.evaluate.suite import Suite, load_suite
-from autotune.launch import Launcher, LocalLauncher
+from autotune.launch import Launcher, LocalLauncher, kill_orphan
 from autotune.objective import score
 from autotune.records import Proposal, RunResult, digest, read_json, write_json_atomic
 from autotune.spec import SearchSpace, dump_space
@@ -154,6 +154,8 @@ class Study:
 
         check_space(self.paths, self.space)
         ctl = Controller(self.space, self.paths.root)  # opens storage early: a bad URL fails before any work
+        for folder in self.paths.root.glob("*/*"):  # workers left by a controller that was killed
+            kill_orphan(folder)
         self.prepare()
         self.evaluate_base()
         self._recover(ctl)

@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 
@@ -57,17 +64,19 @@ def print_summary(console: Console, study) -> None:  # study: autotune.study.Stu
     ctl = Controller(study.space, study.paths.root)
     rows = study.rows(ctl)
     domains = list(study.space.domains)
-    table = Table(title=f"study {study.space.name}: scores are improvements over the base model (base = 0)")
-    for col in ("#", "state", *domains, "schedule", "peak_lr", "seed", "target", "general", "feasible"):
-        table.add_column(col, justify="right" if col not in ("state", "schedule") else "left")
+    table = Table(title=f"study {study.space.name}: target and general are improvements over the base model (base = 0)")
+    for col in ("trial", "state", *domains, "schedule", "seed", "target", "general", "feasible"):
+        table.add_column(col, justify="left" if col in ("state", "schedule") else "right")
     for r in rows:
         mix = [f"{r['mixture'].get(d, 0):.2f}" if r["mixture"] else "-" for d in domains]
         sched = r["schedule"]
+        kind = f"{sched.get('kind', '-')} {sched['peak_lr']:.1e}" if "peak_lr" in sched else "-"
         state = r["state"] if r["state"] == "complete" else f"{r['status'] or r['state']}: {r['reason'][:40]}"
-        table.add_row(str(r["trial"]) + (" (prior)" if r["prior"] else ""), state, *mix, str(sched.get("kind", "-")),
-                      f"{sched['peak_lr']:.2e}" if "peak_lr" in sched else "-", str(r["seed"]), _fmt(r["target"]),
+        table.add_row(f"{r['trial']}{'p' if r['prior'] else ''}", state, *mix, kind, str(r["seed"]), _fmt(r["target"]),
                       _fmt(r["general"]), {True: "yes", False: "no"}.get(r["feasible"], "-"))
     console.print(table)
+    console.print("p: the prior mixture (its replicates with other seeds measure the noise); schedule: kind and peak LR",
+                  style="dim")
     done = [r for r in rows if r["state"] == "complete"]
     prior = [r for r in done if r["prior"]]
     if len(prior) >= 2:

@@ -28,7 +28,16 @@ PROGRESS_PREFIX = "@@progress "
 
 
 class PipeProgress:
-    """Progress as JSON lines on stdout, read by the controller (``autotune.launch``)."""
+    """Progress as JSON lines on a private copy of stdout, read by the controller (``autotune.launch``).
+
+    Everything else a library prints to stdout goes to the log (stderr), so the pipe carries only
+    progress; if the controller is gone (killed), progress goes quiet and the work goes on.
+    """
+
+    def __init__(self) -> None:
+        sys.stdout.flush()
+        self._out = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)  # stray prints, Python or C, go to the log
 
     def start(self, phase: str, total: int) -> None:
         self._emit({"phase": phase, "total": total})
@@ -36,10 +45,14 @@ class PipeProgress:
     def advance(self, n: int = 1) -> None:
         self._emit({"advance": n})
 
-    @staticmethod
-    def _emit(obj: dict) -> None:
-        sys.stdout.write(PROGRESS_PREFIX + json.dumps(obj) + "\n")
-        sys.stdout.flush()
+    def _emit(self, obj: dict) -> None:
+        if self._out is None:
+            return
+        try:
+            self._out.write(PROGRESS_PREFIX + json.dumps(obj) + "\n")
+            self._out.flush()
+        except (BrokenPipeError, OSError):
+            self._out = None
 
 
 def _threads(space: SearchSpace) -> int:
