@@ -26,6 +26,9 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 SpaceArg = Annotated[Path, typer.Argument(help="Search-space YAML, e.g. search_spaces/demo.yaml.", show_default=False)]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a field: --set proxy.tokens=2e5 (repeatable).")]
+StorageOpt = Annotated[str | None, typer.Option(
+    help="Optuna storage, overriding search.storage: sqlite (runs/<name>/study.db), postgresql://user@host/db "
+         "(start `autotune search` on several machines against one URL to share a study), or journal:PATH.")]
 
 
 def _fail(e: UserError) -> None:
@@ -57,8 +60,9 @@ def validate(space_file: SpaceArg, set_: SetOpt = None) -> None:
 
 
 @app.command()
-def search(space_file: SpaceArg, set_: SetOpt = None,
-           trials: Annotated[int | None, typer.Option(help="Trial budget (default: search.trials of the space).")] = None,
+def search(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None,
+           trials: Annotated[int | None, typer.Option(help="Trial budget of the whole study, all workers together "
+                                                            "(default: search.trials of the space).")] = None,
            quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False) -> None:
     """Run (or resume) a study: propose mixtures + schedules, train proxies, score them, report.
 
@@ -69,19 +73,23 @@ def search(space_file: SpaceArg, set_: SetOpt = None,
     Example: autotune search search_spaces/demo.yaml --set search.trials=4
     """
     from autotune.spec import load_space
-    from autotune.study import Interrupted, Study, study_dir
+    from autotune.study import Interrupted, Study, StudyFailed, study_dir
     from autotune.ui import Bars, print_summary
 
     try:
         space = load_space(space_file, set_)
         bars = Bars(console, enabled=not quiet)
-        study = Study(space, progress=bars.task, log=lambda m: console.print(m, highlight=False, markup=False))
+        study = Study(space, storage=storage, progress=bars.task,
+                      log=lambda m: console.print(m, highlight=False, markup=False))
         console.print(f"study [bold]{space.name}[/] in {study_dir(space)}  ({trials or space.search.trials} trials, "
                       f"{space.proxy.tokens:,} tokens each)", highlight=False)
         with bars:
             study.search(trials)
     except UserError as e:
         _fail(e)
+    except StudyFailed as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     except Interrupted:
         err.print("[yellow]interrupted[/]: the running trial was stopped; run the same command again to resume.")
         raise typer.Exit(130) from None
@@ -89,10 +97,35 @@ def search(space_file: SpaceArg, set_: SetOpt = None,
         err.print("[yellow]interrupted[/]; run the same command again to resume.")
         raise typer.Exit(130) from None
     print_summary(console, study)
+    try:
+        from autotune.report import write_report
+
+        page = write_report(study.paths.root)
+        console.print(f"report: {page}", highlight=False)
+    except Exception as e:  # noqa: BLE001  (a report problem never fails a finished search)
+        err.print(f"[yellow]warning:[/] the report was not written ({type(e).__name__}: {e}); "
+                  f"run: autotune report {study.paths.root}", highlight=False)
 
 
 @app.command()
-def status(space_file: SpaceArg, set_: SetOpt = None) -> None:
+def report(study: Annotated[Path, typer.Argument(help="A study folder, e.g. runs/demo.", show_default=False)],
+           out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for index.html (default: reports/<study name>).")] = None) -> None:
+    """Write a study's HTML report: one self-contained file that opens offline. Reruns nothing.
+
+    Exit codes: 0 written, 2 not a study folder.
+
+    Example: autotune report runs/demo
+    """
+    from autotune.report import report_command
+
+    try:
+        raise typer.Exit(report_command(study, out))
+    except UserError as e:
+        _fail(e)
+
+
+@app.command()
+def status(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None) -> None:
     """Show a study's trials: state, mixture, schedule, scores, feasibility and failure reasons.
 
     Example: autotune status search_spaces/demo.yaml
@@ -105,7 +138,7 @@ def status(space_file: SpaceArg, set_: SetOpt = None) -> None:
         space = load_space(space_file, set_)
         if not (study_dir(space) / "space.json").exists():
             raise UserError("no study has run for this space yet", file=space_file, field="name", value=space.name)
-        study = Study(space)
+        study = Study(space, storage=storage)
         print_summary(console, study)
     except UserError as e:
         _fail(e)

@@ -11,6 +11,11 @@ that ``SimplexMap`` turns into shares inside the bounds and floors (see ``autotu
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,26 +26,65 @@ from optuna.trial import TrialState
 
 from autotune.errors import UserError
 from autotune.objective import Score, directions
-from autotune.records import Proposal
+from autotune.records import Proposal, digest
 from autotune.simplex import SimplexMap
 from autotune.spec import FloatRange, SearchSpace
 
 _SCHEDULE_FIELDS = ("kind", "peak_lr", "warmup_fraction", "decay_fraction", "final_lr_ratio")
 
 
-def storage_url(space: SearchSpace, study_dir: Path) -> str | optuna.storages.BaseStorage:
-    s = space.search.storage
+# A worker records a heartbeat for its running trial every search.heartbeat_s; a trial silent for
+# search.grace_s is taken as lost (its machine died) by whichever worker notices first, failed, and retried
+# once. Optuna's RDB storage implements the heartbeat; on a journal file, only dead owners on the same host
+# are detected (by pid).
+
+
+def worker_host() -> str:
+    """This worker's host name; AUTOTUNE_HOST overrides it (containers that share one hostname)."""
+    return os.environ.get("AUTOTUNE_HOST") or socket.gethostname()
+
+
+def storage_spec(space: SearchSpace, study_dir: Path, override: str | None = None) -> str:
+    s = override or space.search.storage
     if s == "sqlite":
         return f"sqlite:///{study_dir / 'study.db'}"
+    return s
+
+
+def open_storage(space: SearchSpace, study_dir: Path, override: str | None = None,
+                 on_stale=None) -> optuna.storages.BaseStorage:
+    s = storage_spec(space, study_dir, override)
+    field = "--storage" if override else "search.storage"
     if s.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         path = Path(s.removeprefix("journal:")).expanduser()
+        if not path.parent.is_dir():
+            raise UserError("the journal file's folder does not exist", file=space.source_file, field=field, value=s)
         return JournalStorage(JournalFileBackend(str(path)))
-    if "://" in s:
-        return s
-    raise UserError("storage must be 'sqlite', an RDB URL (postgresql://...) or 'journal:PATH'",
-                    file=space.source_file, field="search.storage", value=s)
+    if "://" not in s:
+        raise UserError("storage must be 'sqlite', an RDB URL (postgresql://...) or 'journal:PATH'",
+                        file=space.source_file, field=field, value=redact(s))
+    kwargs = {"pool_pre_ping": True} if not s.startswith("sqlite") else {}
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(s, engine_kwargs=kwargs, heartbeat_interval=space.search.heartbeat_s,
+                                                  grace_period=space.search.grace_s, heartbeat_stale_trial_callback=on_stale)
+        except Exception as e:  # noqa: BLE001  (driver errors vary: OperationalError, ArgumentError, ImportError ...)
+            # workers starting together on a new database race to create Optuna's tables: the loser retries
+            if type(e).__name__ != "IntegrityError" or attempt == 4:
+                raise _storage_error(e, s, space, field) from None
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
+
+
+def _storage_error(e: Exception, url: str, space: SearchSpace, field: str) -> UserError:
+    first = (str(e).splitlines()[0][:200] if str(e) else "").replace(url, redact(url))
+    hint = " (pip install psycopg2-binary)" if isinstance(e, ImportError | ModuleNotFoundError) else ""
+    return UserError(f"cannot open the study storage: {type(e).__name__}: {first}{hint}",
+                     file=space.source_file, field=field, value=redact(url))
 
 
 def redact(url: str) -> str:
@@ -49,17 +93,23 @@ def redact(url: str) -> str:
         scheme, rest = url.split("://", 1)
         cred, host = rest.rsplit("@", 1)
         user = cred.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
+        return f"{scheme}://{user}{':***' if ':' in cred else ''}@{host}"
     return url
 
 
-def make_sampler(space: SearchSpace, n_existing: int = 0) -> optuna.samplers.BaseSampler:
-    """The space's sampler, seeded with ``seed + n_existing``: deterministic given the study's state, and a
-    resumed study does not replay the random draws of its first session (that would repeat proposals)."""
-    s, seed = space.search.sampler, space.search.seed + n_existing
+def sampler_seed(space: SearchSpace, n_existing: int, worker: str) -> int:
+    """search.seed mixed with the study's trial count and this worker's identity: a resumed study does not
+    replay its first session's draws, and concurrent workers never draw the same points."""
+    return int(digest([space.search.seed, n_existing, worker], 8), 16)
+
+
+def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+    s = space.search.sampler
     if s == "tpe":
         # multivariate: mixture coordinates interact; n_startup kept small since proxy runs are costly
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(8, max(3, space.search.trials // 3)))
+        # constant liar: parallel workers see running trials as bad, so they do not all propose the same point
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                          n_startup_trials=min(8, max(3, space.search.trials // 3)))
     if s == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if s == "qmc":
@@ -84,22 +134,21 @@ class Asked:
 class Controller:
     """Ask/tell over one Optuna study, resumable: the same space and storage reload the same study."""
 
-    def __init__(self, space: SearchSpace, study_dir: Path) -> None:
+    def __init__(self, space: SearchSpace, study_dir: Path, storage: str | None = None) -> None:
         self.space = space
         self.simplex = SimplexMap.from_space(space)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = storage_url(space, study_dir)
+        self.storage = open_storage(space, study_dir, storage, on_stale=self._on_stale)
         try:
+            self.host, self.pid = worker_host(), os.getpid()
             self.study = optuna.create_study(
-                study_name=space.name, storage=storage, load_if_exists=True,
-                directions=directions(space.objective), sampler=make_sampler(space))
-            if self.study.trials:
-                self.study.sampler = make_sampler(space, len(self.study.trials))
-        except (optuna.exceptions.StorageInternalError, ValueError, ImportError) as e:
-            shown = redact(storage) if isinstance(storage, str) else space.search.storage
-            raise UserError(f"cannot open the study storage: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
-                            file=space.source_file, field="search.storage", value=redact(shown)) from None
-        logging.getLogger("optuna").setLevel(logging.WARNING)
+                study_name=space.name, storage=self.storage, load_if_exists=True,
+                directions=directions(space.objective), sampler=optuna.samplers.RandomSampler())
+        except (optuna.exceptions.StorageInternalError, ValueError) as e:
+            spec = storage_spec(space, study_dir, storage)
+            raise UserError(f"cannot open the study: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                            file=space.source_file, field="search.storage", value=redact(spec)) from None
+        self.study.sampler = make_sampler(space, sampler_seed(space, len(self.study.trials), f"{self.host}:{self.pid}"))
 
     # ------------------------------------------------------------------ distributions
     def distributions(self) -> dict[str, Any]:
@@ -148,7 +197,11 @@ class Controller:
         seed = int(trial.user_attrs.get("seed", self.space.proxy.seed))
         proposal = self.params_to_proposal(trial.params, seed)
         trial.set_user_attr("proposal", proposal.to_json())
+        trial.set_user_attr("owner", {"host": self.host, "pid": self.pid})
         return Asked(trial, proposal)
+
+    def heartbeat(self, trial: optuna.Trial) -> Heartbeat:
+        return Heartbeat(self.storage, trial._trial_id, self.space.search.heartbeat_s)
 
     def tell_score(self, trial: optuna.Trial, score: Score, attrs: dict[str, Any]) -> None:
         for k, v in attrs.items():
@@ -171,24 +224,103 @@ class Controller:
         return self.study.trials[number]._trial_id
 
     # ------------------------------------------------------------------ bookkeeping
-    def finished(self) -> int:
-        """Trials that used up budget: complete, pruned, or failed on their own (not interrupted)."""
-        n = 0
-        for t in self.study.get_trials(deepcopy=False):
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-                n += 1
-            elif t.state == TrialState.FAIL and t.user_attrs.get("counts", True):
-                n += 1
-        return n
+    def _counts(self, t: optuna.trial.FrozenTrial, retried: set[int]) -> bool:
+        """Whether a trial holds a place in the budget: not waiting, not interrupted, not replaced by a retry."""
+        if t.state == TrialState.WAITING:
+            return False
+        if t.state == TrialState.FAIL:
+            return t.user_attrs.get("counts", True) and t.number not in retried
+        return True
 
-    def stale_running(self) -> list[optuna.trial.FrozenTrial]:
-        """RUNNING trials left by a controller that was killed (one controller per study for now)."""
-        return self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    def _retried(self) -> set[int]:
+        return {t.user_attrs["retry_of"] for t in self.study.get_trials(deepcopy=False) if "retry_of" in t.user_attrs}
+
+    def finished(self) -> int:
+        """Trials that used up budget: complete, pruned, or failed for good (not interrupted, not retried)."""
+        retried = self._retried()
+        return sum(1 for t in self.study.get_trials(deepcopy=False)
+                   if t.state != TrialState.RUNNING and self._counts(t, retried))
+
+    def running(self) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+    def claimed_before(self, number: int) -> int:
+        """Trials numbered below ``number`` that hold a place in the budget (done, counting, or running)."""
+        retried = self._retried()
+        return sum(1 for t in self.study.get_trials(deepcopy=False) if t.number < number and self._counts(t, retried))
+
+    def dead_owner_trials(self) -> list[optuna.trial.FrozenTrial]:
+        """RUNNING trials whose controller ran on this host and is gone (killed): recoverable at once."""
+        out = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = t.user_attrs.get("owner") or {}
+            if owner.get("host") == self.host and owner.get("pid") != self.pid and not _alive(owner.get("pid")):
+                out.append(t)
+        return out
+
+    def fail_lost_trials(self) -> None:
+        """Trials whose heartbeat stopped on any machine: failed (reason recorded) and retried once."""
+        optuna.storages.fail_stale_trials(self.study)
+
+    def _on_stale(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        # the trial is FAIL already (its attributes are frozen): its retry carries ``retry_of``
+        self.retry_once(frozen)
+
+    def retry_once(self, frozen: optuna.trial.FrozenTrial) -> bool:
+        """Enqueue a failed trial's proposal again, unless it is itself a retry. True if enqueued."""
+        if frozen.user_attrs.get("retry_of") is not None:
+            return False
+        attrs = {k: v for k, v in frozen.user_attrs.items() if k in ("seed", "prior")}
+        self.study.enqueue_trial(frozen.params, user_attrs={**attrs, "retry_of": frozen.number})
+        return True
 
     def requeue(self, frozen: optuna.trial.FrozenTrial) -> None:
-        """Ask for an interrupted trial's exact proposal again, as the next trial."""
-        attrs = {k: v for k, v in frozen.user_attrs.items() if k in ("seed", "prior")}
+        """Ask for an interrupted trial's exact proposal again, as the next trial (no retry limit)."""
+        attrs = {k: v for k, v in frozen.user_attrs.items() if k in ("seed", "prior", "retry_of")}
         self.study.enqueue_trial(frozen.params, user_attrs=attrs)
 
     def trial(self, number: int) -> optuna.Trial:
         return optuna.Trial(self.study, self._trial_id(number))
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Heartbeat:
+    """Records the trial's heartbeat on a thread while the trial runs (RDB storages; a no-op elsewhere)."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, interval_s: float) -> None:
+        from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+        self.storage, self.trial_id, self.interval_s = storage, trial_id, interval_s
+        self.enabled = isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:  # noqa: BLE001  (a storage hiccup must not kill the run; the next beat retries)
+                logging.getLogger(__name__).warning("heartbeat failed for trial id %s", self.trial_id)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()

@@ -9,12 +9,15 @@ Slurm (submitit) and ``accelerate launch`` join this protocol with the scale-out
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -29,8 +32,11 @@ _WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_":
                "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
 
 
+TIMED_OUT = -1000  # run()'s return value when the job ran past its time limit and was stopped
+
+
 class Launcher(Protocol):
-    def run(self, job_file: Path, on_progress: ProgressCallback) -> int: ...
+    def run(self, job_file: Path, on_progress: ProgressCallback, timeout_s: float | None = None) -> int: ...
 
 
 class LocalLauncher:
@@ -39,27 +45,84 @@ class LocalLauncher:
     def __init__(self, python: str = sys.executable) -> None:
         self.python = python
 
-    def run(self, job_file: Path, on_progress: ProgressCallback) -> int:
+    def command(self, job_file: Path) -> list[str]:
+        return [self.python, "-m", "autotune.worker", str(job_file)]
+
+    def run(self, job_file: Path, on_progress: ProgressCallback, timeout_s: float | None = None) -> int:
         env = {**os.environ, **_WORKER_ENV}
         log = open(job_file.parent / "worker.log", "ab")  # noqa: SIM115  (closed below)
-        proc = subprocess.Popen([self.python, "-m", "autotune.worker", str(job_file)], stdout=subprocess.PIPE,
-                                stderr=log, env=env, start_new_session=True, text=True, bufsize=1)
+        proc = subprocess.Popen(self.command(job_file), stdout=subprocess.PIPE, stderr=log, env=env,
+                                start_new_session=True, text=True, bufsize=1)
         pid_file = job_file.parent / "worker.pid"
         pid_file.write_text(str(proc.pid))
+        fired = threading.Event()
+
+        def on_timeout() -> None:
+            fired.set()
+            _kill_group(proc)
+
+        timer = threading.Timer(timeout_s, on_timeout) if timeout_s else None
         try:
+            if timer:
+                timer.start()
             assert proc.stdout is not None
             for line in proc.stdout:
                 if line.startswith(PROGRESS_PREFIX):
                     on_progress(json.loads(line[len(PROGRESS_PREFIX):]))
                 else:
                     log.write(line.encode())
-            return proc.wait()
+            code = proc.wait()
+            return TIMED_OUT if fired.is_set() else code
         except BaseException:
             _kill_group(proc)
             raise
         finally:
+            if timer:
+                timer.cancel()
             log.close()
             pid_file.unlink(missing_ok=True)
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on a run folder (``flock`` on ``.lock``), held while its job runs.
+
+    Two workers of one study that need the same folder (the base model, a duplicate proposal) run it
+    once: the second waits, then finds the first one's result. Released when the process dies.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def folder_locked(folder: Path) -> bool:
+    """True if some live process holds the folder's lock (its job is running)."""
+    lock = folder / ".lock"
+    if not lock.exists():
+        return False
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 def kill_orphan(folder: Path) -> bool:
@@ -82,15 +145,3 @@ def kill_orphan(folder: Path) -> bool:
         pass
     pid_file.unlink(missing_ok=True)
     return True
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()

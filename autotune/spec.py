@@ -270,6 +270,15 @@ class Search(_Frozen):
     storage: str = Field("sqlite", description="sqlite (runs/<study>/study.db), an RDB URL, or journal:PATH")
     seed: int = 0
     runs_dir: str = "runs"
+    trial_timeout_s: float | None = Field(None, gt=0, description="stop a trial's worker after this long: a failed trial 'timeout'")
+    heartbeat_s: int = Field(10, ge=1, description="a running trial's heartbeat interval (RDB storages)")
+    grace_s: int = Field(60, ge=2, description="a trial silent this long is lost: failed and retried once")
+
+    @model_validator(mode="after")
+    def _check(self) -> Search:
+        if self.grace_s <= self.heartbeat_s:
+            raise ValueError(f"grace_s {self.grace_s} must exceed heartbeat_s {self.heartbeat_s}")
+        return self
 
 
 class SearchSpace(_Frozen):

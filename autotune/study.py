@@ -16,12 +16,16 @@ from typing import Any
 
 from autotune.errors import UserError
 from autotune.evaluate.suite import Suite, load_suite
-from autotune.launch import Launcher, LocalLauncher, kill_orphan
+from autotune.launch import TIMED_OUT, Launcher, LocalLauncher, folder_lock, folder_locked, kill_orphan
 from autotune.objective import score
 from autotune.records import Proposal, RunResult, digest, read_json, write_json_atomic
 from autotune.spec import SearchSpace, dump_space
 
 ProgressFactory = Callable[[str], Any]
+
+
+class StudyFailed(Exception):
+    """The study cannot go on (its data or base model could not be prepared): exit 1 with the reason."""
 
 
 class Interrupted(Exception):
@@ -85,9 +89,10 @@ def _job_space(space: SearchSpace) -> dict[str, Any]:
 
 
 class Study:
-    def __init__(self, space: SearchSpace, *, launcher: Launcher | None = None,
+    def __init__(self, space: SearchSpace, *, launcher: Launcher | None = None, storage: str | None = None,
                  progress: ProgressFactory | None = None, log: Callable[[str], None] = print) -> None:
         self.space = space
+        self.storage = storage
         self.paths = StudyPaths(study_dir(space))
         self.launcher = launcher or LocalLauncher()
         self.progress = progress or (lambda label: _NullBar())
@@ -95,6 +100,11 @@ class Study:
         self.suite: Suite = load_suite(space.suite_path, list(space.domains))
         self.prepared: dict[str, Any] = {}
         self.base: RunResult | None = None
+
+    def controller(self):
+        from autotune.controller import Controller
+
+        return Controller(self.space, self.paths.root, self.storage)
 
     # ------------------------------------------------------------------ jobs
     def _launch(self, folder: Path, job: dict[str, Any], label: str) -> RunResult:
@@ -105,20 +115,24 @@ class Study:
         write_json_atomic(folder / "job.json", job)
         bar = self.progress(label)
         try:
-            code = self.launcher.run(folder / "job.json", bar.update)
+            timeout = self.space.search.trial_timeout_s if job.get("proposal") else None  # trials only
+            code = self.launcher.run(folder / "job.json", bar.update, timeout_s=timeout)
         finally:
             bar.close()
+        if code == TIMED_OUT:
+            return RunResult(status="timeout", reason=f"stopped after search.trial_timeout_s = {self.space.search.trial_timeout_s} s")
         if not result_path.exists():
             tail = _tail(folder / "worker.log")
-            return RunResult(status="failed", reason=f"worker exited with code {code} and no result{': ' + tail if tail else ''}")
+            return RunResult(status="crashed", reason=f"worker exited with code {code} and no result{': ' + tail if tail else ''}")
         return RunResult.from_json(read_json(result_path)) if job["kind"] == "trial" else read_json(result_path)
 
     def prepare(self) -> dict[str, Any]:
-        out = self._launch(self.paths.root / "prepare", {"kind": "prepare"}, "prepare data + base model")
+        with folder_lock(self.paths.root / "prepare"):  # workers of one study prepare one at a time
+            out = self._launch(self.paths.root / "prepare", {"kind": "prepare"}, "prepare data + base model")
         if out.get("status") != "ok":
             if out.get("bad_input"):
                 raise UserError(out["reason"])
-            raise RuntimeError(f"preparing the data and base model failed: {out.get('reason')} "
+            raise StudyFailed(f"preparing the data and base model failed: {out.get('reason')} "
                                f"(log: {self.paths.root / 'prepare' / 'worker.log'})")
         self.prepared = out
         return out
@@ -132,50 +146,61 @@ class Study:
                        "proxy": {"tokens": p.tokens, "seq_len": p.seq_len, "batch_tokens": p.batch_tokens}})
 
     def run(self, proposal: Proposal | None, label: str) -> tuple[Path, RunResult]:
+        """Run a proposal (None: the base model, evaluated only), or reuse a finished run of the same content.
+
+        The folder is locked while it runs, so a duplicate proposal on another worker waits and reuses.
+        """
         folder = self.paths.root / ("base" if proposal is None else "trials") / self.run_key(proposal)
-        done = folder / "result.json"
-        if done.exists():
-            cached = RunResult.from_json(read_json(done))
-            if cached.ok:
-                return folder, cached
-        job = {"kind": "trial", "prepared": self.prepared, "proposal": proposal.to_json() if proposal else None}
-        return folder, self._launch(folder, job, label)
+        with folder_lock(folder):
+            done = folder / "result.json"
+            if done.exists():
+                cached = RunResult.from_json(read_json(done))
+                if cached.ok:
+                    return folder, cached
+            job = {"kind": "trial", "prepared": self.prepared, "proposal": proposal.to_json() if proposal else None}
+            return folder, self._launch(folder, job, label)
 
     def evaluate_base(self) -> RunResult:
         _, result = self.run(None, "evaluate base model")
         if not result.ok:
-            raise RuntimeError(f"evaluating the base model failed: {result.status}: {result.reason}")
+            raise StudyFailed(f"evaluating the base model failed: {result.status}: {result.reason} "
+                              f"(log: {self.paths.root / 'base'})")
         self.base = result
         return result
 
     # ------------------------------------------------------------------ the loop
     def search(self, trials: int | None = None) -> None:
-        from autotune.controller import Controller
-
         check_space(self.paths, self.space)
-        ctl = Controller(self.space, self.paths.root)  # opens storage early: a bad URL fails before any work
-        for folder in self.paths.root.glob("*/*"):  # workers left by a controller that was killed
-            kill_orphan(folder)
+        ctl = self.controller()  # opens storage early: a bad URL fails before any work
+        for folder in [*self.paths.root.glob("*"), *self.paths.root.glob("*/*")]:  # workers of a killed controller
+            if not folder_locked(folder):
+                kill_orphan(folder)
         self.prepare()
         self.evaluate_base()
         self._recover(ctl)
-        ctl.enqueue_prior()
+        with folder_lock(self.paths.root / "prepare"):  # workers starting together enqueue the prior once
+            ctl.enqueue_prior()
         budget = trials or self.space.search.trials
         overall = self.progress(f"study {self.space.name}")
         overall.update({"phase": "trials", "total": budget})
         overall.update({"advance": ctl.finished()})
         try:
-            while ctl.finished() < budget:
+            while ctl.finished() + ctl.running() < budget:
                 asked = ctl.ask()
-                label = f"trial {asked.number}"
+                if ctl.claimed_before(asked.number) >= budget:  # another worker took the last place first
+                    ctl.tell_failed(asked.trial, "surplus", "the budget was filled by other workers", counts=False)
+                    break
                 try:
-                    folder, result = self.run(asked.proposal, label)
+                    with ctl.heartbeat(asked.trial):
+                        folder, result = self.run(asked.proposal, f"trial {asked.number}")
                 except KeyboardInterrupt:
                     ctl.tell_failed(asked.trial, "interrupted", "stopped by Ctrl-C; rerun to resume", counts=False)
                     ctl.requeue(ctl.study.trials[asked.number])
                     raise Interrupted() from None
                 self._tell(ctl, asked.trial, folder, result)
                 overall.update({"advance": 1})
+                ctl.fail_lost_trials()
+            # other workers may still be running the last trials: tables cover what is finished now
         finally:
             overall.close()
         self.write_tables(ctl)
@@ -186,7 +211,10 @@ class Study:
             self.log(f"trial {trial.number} {result.status}: {result.reason}")
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
-            ctl.tell_failed(trial, result.status, result.reason)
+            frozen = ctl.study.trials[trial.number]
+            # a crash may be transient (a killed or segfaulted worker): retried once; NaN, OOM, timeout are not
+            retried = result.status == "crashed" and ctl.retry_once(frozen)
+            ctl.tell_failed(trial, result.status, result.reason + (" (retried once)" if retried else ""))
             return
         s = score(self.space.objective, self.suite, result.metrics, self.base.metrics)
         attrs.update({"metrics": result.metrics, "feasible": s.feasible,
@@ -194,8 +222,12 @@ class Study:
         ctl.tell_score(trial, s, attrs)
 
     def _recover(self, ctl) -> None:
-        """Trials left RUNNING by a killed controller: tell a finished run's result, rerun the rest."""
-        for frozen in ctl.stale_running():
+        """Trials left RUNNING by a killed controller on this host: tell a finished run's result, rerun the rest.
+
+        Trials of other machines are recovered by heartbeat (``Controller.fail_lost_trials``).
+        """
+        ctl.fail_lost_trials()
+        for frozen in ctl.dead_owner_trials():
             proposal = frozen.user_attrs.get("proposal")
             trial = ctl.trial(frozen.number)
             if proposal is not None:
@@ -213,15 +245,19 @@ class Study:
 
         rows = []
         for t in ctl.study.get_trials(deepcopy=False):
-            if t.state == TrialState.FAIL and not t.user_attrs.get("counts", True):
-                continue  # interrupted and rerun: the rerun has its own row
+            if t.state == TrialState.WAITING or (t.state == TrialState.FAIL and not t.user_attrs.get("counts", True)):
+                continue  # queued, or interrupted and rerun: the rerun has its own row
             prop = t.user_attrs.get("proposal") or {}
-            rows.append({"trial": t.number, "state": t.state.name.lower(), "status": t.user_attrs.get("status", ""),
+            status = t.user_attrs.get("status", "lost" if t.state == TrialState.FAIL else "")
+            reason = t.user_attrs.get("reason", "no heartbeat: its worker died" if status == "lost" else "")
+            duration = t.duration.total_seconds() if t.duration else None
+            rows.append({"trial": t.number, "state": t.state.name.lower(), "status": status, "duration_s": duration,
+                         "retry_of": t.user_attrs.get("retry_of"),
                          "mixture": prop.get("mixture", {}), "schedule": prop.get("schedule", {}),
                          "seed": prop.get("seed"), "prior": bool(t.user_attrs.get("prior")),
                          "target": t.user_attrs.get("target"), "general": t.user_attrs.get("general"),
                          "feasible": t.user_attrs.get("feasible"), "metrics": t.user_attrs.get("metrics", {}),
-                         "reason": t.user_attrs.get("reason", ""), "run_dir": t.user_attrs.get("run_dir", "")})
+                         "reason": reason, "run_dir": t.user_attrs.get("run_dir", "")})
         return rows
 
     def write_tables(self, ctl) -> None:

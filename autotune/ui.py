@@ -59,9 +59,7 @@ def _fmt(x: float | None, spec: str = "+.4f") -> str:
 
 
 def print_summary(console: Console, study) -> None:  # study: autotune.study.Study
-    from autotune.controller import Controller
-
-    ctl = Controller(study.space, study.paths.root)
+    ctl = study.controller()
     rows = study.rows(ctl)
     domains = list(study.space.domains)
     table = Table(title=f"study {study.space.name}: target and general are improvements over the base model (base = 0)")

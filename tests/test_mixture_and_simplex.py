@@ -106,3 +106,18 @@ def test_unconstrained_simplex_is_uniform():
     ws = np.array([list(m.to_weights([rng.random() for _ in range(k - 1)]).values()) for _ in range(20000)])
     assert ws.mean(axis=0) == pytest.approx([0.25] * k, abs=0.01)
     assert (ws[:, 0] > 0.5).mean() == pytest.approx((1 - 0.5) ** (k - 1), abs=0.01)  # Beta(1, k-1) tail
+
+
+def test_ten_thousand_mixtures_over_17_domains_in_bounds():
+    """Batch sampling: every one of 10,000 mixtures satisfies the bounds and floors (speed: benchmarks/)."""
+    rng = random.Random(17)
+    m = _map(17, rng)
+    u = np.random.default_rng(0).random((10_000, 16))
+    w = m.to_weights_batch(u)
+    assert w.shape == (10_000, 17)
+    assert np.allclose(w.sum(axis=1), 1.0, atol=1e-9)
+    assert (w >= np.array(m.lo) - 1e-9).all() and (w <= np.array(m.hi) + 1e-9).all()
+    gen = w[:, [i for i, r in enumerate(m.role) if r == "general"]].sum(axis=1)
+    assert (gen >= m.floors["general"] - 1e-9).all()
+    # the batch path and the one-row path agree
+    assert m.to_weights(list(u[3])) == pytest.approx(dict(zip(m.domains, w[3], strict=True)))
