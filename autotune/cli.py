@@ -144,6 +144,29 @@ def status(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
         _fail(e)
 
 
+@app.command()
+def export(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None,
+           out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the tables (default: runs/<name>/export).")] = None,
+           fmt: Annotated[str, typer.Option("--format", "-f", help="csv or parquet.")] = "csv") -> None:
+    """Export a study's trials: trials (state, params, values, duration, reason), ratios and metrics (as OLMix reads).
+
+    Example: autotune export search_spaces/demo.yaml --format parquet
+    """
+    from autotune.export import export as export_tables
+    from autotune.spec import load_space
+    from autotune.study import Study, study_dir
+
+    try:
+        space = load_space(space_file, set_)
+        if not (study_dir(space) / "space.json").exists():
+            raise UserError("no study has run for this space yet", file=space_file, field="name", value=space.name)
+        study = Study(space, storage=storage)
+        for path in export_tables(study, out or study_dir(space) / "export", fmt):
+            console.print(str(path), highlight=False)
+    except UserError as e:
+        _fail(e)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -47,6 +47,7 @@ def worker_host() -> str:
 def storage_spec(space: SearchSpace, study_dir: Path, override: str | None = None) -> str:
     s = override or space.search.storage
     if s == "sqlite":
+        study_dir.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{study_dir / 'study.db'}"
     return s
 
@@ -121,6 +122,21 @@ def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
     raise AssertionError(s)  # the spec admits only the names above
 
 
+def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
+    """Pruning over token rungs; resources are tokens trained, the first rung the minimum."""
+    kind = space.search.pruner
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    first = space.proxy.rung_steps[0] * space.proxy.seqs_per_step * space.proxy.seq_len
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=2)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=space.proxy.tokens, reduction_factor=2)
+    raise AssertionError(kind)
+
+
 @dataclass
 class Asked:
     trial: optuna.Trial
@@ -143,7 +159,8 @@ class Controller:
             self.host, self.pid = worker_host(), os.getpid()
             self.study = optuna.create_study(
                 study_name=space.name, storage=self.storage, load_if_exists=True,
-                directions=directions(space.objective), sampler=optuna.samplers.RandomSampler())
+                directions=directions(space.objective), sampler=optuna.samplers.RandomSampler(),
+                pruner=make_pruner(space))
         except (optuna.exceptions.StorageInternalError, ValueError) as e:
             spec = storage_spec(space, study_dir, storage)
             raise UserError(f"cannot open the study: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
@@ -211,6 +228,16 @@ class Controller:
         if score.constraint is not None:
             trial.set_constraint("general_retention", score.constraint)
         self.study.tell(trial, list(score.values))
+
+    def report_rung(self, trial: optuna.Trial, tokens: int, value: float) -> bool:
+        """Report a rung's intermediate value; True if the pruner says to stop the trial."""
+        trial.report(value, step=tokens)
+        return trial.should_prune()
+
+    def tell_pruned(self, trial: optuna.Trial, reason: str, attrs: dict[str, Any]) -> None:
+        for k, v in {**attrs, "status": "pruned", "reason": reason}.items():
+            trial.set_user_attr(k, v)
+        self.study.tell(trial, state=TrialState.PRUNED)
 
     def tell_failed(self, trial: optuna.Trial | int, status: str, reason: str, *, counts: bool = True) -> None:
         """A failed trial keeps its reason; ``counts=False`` (interrupted) does not use up the trial budget."""

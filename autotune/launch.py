@@ -83,6 +83,77 @@ class LocalLauncher:
             pid_file.unlink(missing_ok=True)
 
 
+class SubmititLauncher:
+    """Each job as a Slurm job through submitit (``cluster="local"``: submitit's local executor, for tests).
+
+    The worker runs in the job's own process on a compute node; the controller follows its progress file
+    (``progress.jsonl`` beside the job file) and cancels the job on timeout or Ctrl-C. Executor parameters
+    (partition, gpus_per_node, timeout_min, ...) pass through as submitit's ``update_parameters``.
+    """
+
+    def __init__(self, cluster: str | None = None, poll_s: float = 0.5, **params: object) -> None:
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise ImportError("the slurm launcher needs submitit: pip install 'autotune[slurm]'") from None
+        self.cluster, self.poll_s, self.params = cluster, poll_s, params
+
+    def run(self, job_file: Path, on_progress: ProgressCallback, timeout_s: float | None = None) -> int:
+        import time
+
+        import submitit
+
+        folder = job_file.parent
+        progress_file = folder / "progress.jsonl"
+        progress_file.unlink(missing_ok=True)
+        executor = submitit.AutoExecutor(folder=folder / "submitit", cluster=self.cluster)
+        executor.update_parameters(**self.params)
+        env = {**_WORKER_ENV, "AUTOTUNE_PROGRESS_FILE": str(progress_file)}
+        job = executor.submit(_submitit_entry, str(job_file), env)
+        start, offset = time.monotonic(), 0
+        try:
+            while True:
+                done = job.done()
+                offset = _follow(progress_file, offset, on_progress)
+                if done:
+                    break
+                if timeout_s and time.monotonic() - start > timeout_s:
+                    job.cancel()
+                    return TIMED_OUT
+                time.sleep(self.poll_s)
+            try:
+                return int(job.result() or 0)
+            except Exception as e:  # noqa: BLE001  (the job died: no result.json; the log says why)
+                with open(folder / "worker.log", "a") as log:
+                    log.write(f"submitit job {job.job_id} failed: {e}\n")
+                return 1
+        except BaseException:
+            job.cancel()
+            raise
+
+
+def _submitit_entry(job_file: str, env: dict[str, str]) -> int:
+    """Runs on the compute node: the worker, with the environment a local worker gets."""
+    os.environ.update(env)
+    from autotune.worker import main
+
+    return main(job_file)
+
+
+def _follow(path: Path, offset: int, on_progress: ProgressCallback) -> int:
+    """Feed complete new lines of a progress file to ``on_progress``; returns the new offset."""
+    if not path.exists():
+        return offset
+    with open(path) as f:
+        f.seek(offset)
+        chunk = f.read()
+    complete = chunk[: chunk.rfind("\n") + 1]
+    for line in complete.splitlines():
+        if line.startswith(PROGRESS_PREFIX):
+            on_progress(json.loads(line[len(PROGRESS_PREFIX):]))
+    return offset + len(complete.encode())
+
+
 @contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
     """An exclusive lock on a run folder (``flock`` on ``.lock``), held while its job runs.

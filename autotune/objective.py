@@ -52,3 +52,14 @@ def score(objective: Objective, suite: Suite, metrics: dict[str, float], base: d
     floor = objective.general_floor
     constraint = None if floor is None else floor - g["general"]
     return Score(target=g["target"], general=g["general"], values=values, constraint=constraint)
+
+
+def rung_value(objective: Objective, suite: Suite, metrics: dict[str, float], base: dict[str, float]) -> float:
+    """A rung's intermediate value: the objective's group scored on its bits-per-byte entries only (the
+    cheap evaluation run mid-training), relative to the base model like the final score."""
+    group = objective.maximize or "target"
+    entries = [e for e in getattr(suite, group) if e.key in metrics]
+    if not entries:
+        raise ValueError(f"the suite's {group} group has no bits-per-byte entry to score rungs with")
+    total = sum(e.weight for e in entries)
+    return sum(e.weight * entry_score(e, metrics[e.key], base[e.key]) for e in entries) / total

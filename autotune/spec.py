@@ -189,6 +189,8 @@ class Proxy(_Frozen):
     seed: int = 0
     replicates: int = Field(1, ge=1, description="runs of the prior mixture with seeds seed, seed+1, ...: the noise floor")
     threads: int | None = Field(None, ge=1, description="torch threads in the worker (default: all cores)")
+    rungs: list[float] | None = Field(None, description="fractions of tokens with a cheap held-out bits-per-byte "
+                                      "evaluation reported to Optuna (multi-fidelity), e.g. [0.25, 0.5, 1.0]")
 
     @field_validator("tokens", "batch_tokens", mode="before")
     @classmethod
@@ -205,6 +207,10 @@ class Proxy(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> Proxy:
+        if self.rungs is not None:
+            r = self.rungs
+            if not r or any(not 0 < x <= 1 for x in r) or any(a >= b for a, b in zip(r, r[1:], strict=False)) or r[-1] != 1.0:
+                raise ValueError(f"rungs must increase within (0, 1] and end at 1.0 (got {r})")
         if self.batch_tokens < self.seq_len:
             raise ValueError(f"batch_tokens {self.batch_tokens} is below seq_len {self.seq_len}")
         if self.tokens < self.batch_tokens:
@@ -218,6 +224,11 @@ class Proxy(_Frozen):
     @property
     def steps(self) -> int:
         return self.tokens // (self.seqs_per_step * self.seq_len)
+
+    @property
+    def rung_steps(self) -> list[int]:
+        """Steps after which a rung is evaluated (the last rung is the full run's own evaluation)."""
+        return sorted({max(1, round(f * self.steps)) for f in (self.rungs or [])[:-1]} - {self.steps})
 
 
 _CONSTRAINT = re.compile(r"^\s*general\s*>=\s*(base\s*(?P<sign>[-+])\s*)?(?P<num>[0-9.eE+-]+)\s*$|^\s*general\s*>=\s*base\s*$")
@@ -264,8 +275,19 @@ class Objective(_Frozen):
         return -num if m.group("sign") == "-" else num
 
 
+class LauncherSpec(_Frozen):
+    """Where trials run: ``local`` (a subprocess here) or ``slurm`` (a Slurm job per trial through submitit;
+    ``cluster: local`` runs submitit's local executor). Other keys go to submitit's ``update_parameters``."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    kind: Literal["local", "slurm"] = "local"
+    cluster: str | None = None
+
+
 class Search(_Frozen):
     sampler: Literal["tpe", "random", "qmc", "cmaes", "gp"] = "tpe"
+    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
+    launcher: LauncherSpec = Field(default_factory=LauncherSpec)
     trials: int = Field(16, ge=1)
     storage: str = Field("sqlite", description="sqlite (runs/<study>/study.db), an RDB URL, or journal:PATH")
     seed: int = 0
@@ -341,6 +363,10 @@ class SearchSpace(_Frozen):
             raise ValueError(f"mixture: floors and minimums need {need:.4g} > 1 of the tokens")
         if self.mixture.prior is not None:
             self.check_mixture(self.mixture.prior, "mixture.prior")
+        if self.search.pruner != "none" and len(self.proxy.rungs or []) < 2:
+            raise ValueError(f"search.pruner {self.search.pruner!r} needs proxy.rungs with at least 2 rungs, e.g. [0.25, 0.5, 1.0]")
+        if self.search.pruner != "none" and self.objective.pareto:
+            raise ValueError("search.pruner: Optuna cannot prune a multi-objective (pareto) study; use pruner: none")
         return self
 
     def bounds(self, domain: str) -> Bounds:

@@ -8,7 +8,6 @@ study, reuses finished runs, and reruns only an interrupted trial.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,14 @@ ProgressFactory = Callable[[str], Any]
 
 class StudyFailed(Exception):
     """The study cannot go on (its data or base model could not be prepared): exit 1 with the reason."""
+
+
+class Pruned(Exception):
+    """Raised from the progress callback when the pruner stops a trial at a rung; the worker is stopped."""
+
+    def __init__(self, reason: str, rungs: list[dict]) -> None:
+        super().__init__(reason)
+        self.reason, self.rungs = reason, rungs
 
 
 class Interrupted(Exception):
@@ -46,6 +53,18 @@ class StudyPaths:
 
     def trial_dir(self, key: str) -> Path:
         return self.root / "trials" / key
+
+
+def make_launcher(space: SearchSpace) -> Launcher:
+    spec = space.search.launcher
+    if spec.kind == "slurm":
+        from autotune.launch import SubmititLauncher
+
+        try:
+            return SubmititLauncher(cluster=spec.cluster, **(spec.model_extra or {}))
+        except ImportError as e:
+            raise UserError(str(e), file=space.source_file, field="search.launcher.kind", value="slurm") from None
+    return LocalLauncher()
 
 
 def study_dir(space: SearchSpace) -> Path:
@@ -71,9 +90,13 @@ def check_space(paths: StudyPaths, space: SearchSpace) -> None:
                             "give the space a new name, or remove that folder to start over",
                             file=space.source_file, field="name", value=space.name)
         return
-    paths.root.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(paths.space_json, {"identity": ident, "digest": digest(ident), "source_file": space.source_file})
-    paths.space_yaml.write_text(f"# the space as run; digest {digest(ident)}\n" + dump_space(space))
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(paths.space_json, {"identity": ident, "digest": digest(ident), "source_file": space.source_file})
+        paths.space_yaml.write_text(f"# the space as run; digest {digest(ident)}\n" + dump_space(space))
+    except OSError as e:
+        raise UserError(f"cannot write the study folder {paths.root}: {e.strerror}", file=space.source_file,
+                        field="search.runs_dir", value=space.search.runs_dir) from None
 
 
 def _job_space(space: SearchSpace) -> dict[str, Any]:
@@ -94,7 +117,7 @@ class Study:
         self.space = space
         self.storage = storage
         self.paths = StudyPaths(study_dir(space))
-        self.launcher = launcher or LocalLauncher()
+        self.launcher = launcher or make_launcher(space)
         self.progress = progress or (lambda label: _NullBar())
         self.log = log
         self.suite: Suite = load_suite(space.suite_path, list(space.domains))
@@ -107,7 +130,7 @@ class Study:
         return Controller(self.space, self.paths.root, self.storage)
 
     # ------------------------------------------------------------------ jobs
-    def _launch(self, folder: Path, job: dict[str, Any], label: str) -> RunResult:
+    def _launch(self, folder: Path, job: dict[str, Any], label: str, on_event: Callable[[dict], None] | None = None) -> RunResult:
         folder.mkdir(parents=True, exist_ok=True)
         result_path = folder / "result.json"
         result_path.unlink(missing_ok=True)
@@ -116,7 +139,7 @@ class Study:
         bar = self.progress(label)
         try:
             timeout = self.space.search.trial_timeout_s if job.get("proposal") else None  # trials only
-            code = self.launcher.run(folder / "job.json", bar.update, timeout_s=timeout)
+            code = self.launcher.run(folder / "job.json", _tee(bar.update, on_event), timeout_s=timeout)
         finally:
             bar.close()
         if code == TIMED_OUT:
@@ -145,7 +168,8 @@ class Study:
                        "tokenizer": self.prepared["tokenizer_hash"], "suite": self.suite.digest(),
                        "proxy": {"tokens": p.tokens, "seq_len": p.seq_len, "batch_tokens": p.batch_tokens}})
 
-    def run(self, proposal: Proposal | None, label: str) -> tuple[Path, RunResult]:
+    def run(self, proposal: Proposal | None, label: str,
+            on_event: Callable[[dict], None] | None = None) -> tuple[Path, RunResult]:
         """Run a proposal (None: the base model, evaluated only), or reuse a finished run of the same content.
 
         The folder is locked while it runs, so a duplicate proposal on another worker waits and reuses.
@@ -158,7 +182,7 @@ class Study:
                 if cached.ok:
                     return folder, cached
             job = {"kind": "trial", "prepared": self.prepared, "proposal": proposal.to_json() if proposal else None}
-            return folder, self._launch(folder, job, label)
+            return folder, self._launch(folder, job, label, on_event)
 
     def evaluate_base(self) -> RunResult:
         _, result = self.run(None, "evaluate base model")
@@ -192,7 +216,12 @@ class Study:
                     break
                 try:
                     with ctl.heartbeat(asked.trial):
-                        folder, result = self.run(asked.proposal, f"trial {asked.number}")
+                        folder, result = self.run(asked.proposal, f"trial {asked.number}", self._rung_reporter(ctl, asked))
+                except Pruned as p:
+                    ctl.tell_pruned(asked.trial, p.reason, {"rungs": p.rungs})
+                    self.log(f"trial {asked.number} pruned: {p.reason}")
+                    overall.update({"advance": 1})
+                    continue
                 except KeyboardInterrupt:
                     ctl.tell_failed(asked.trial, "interrupted", "stopped by Ctrl-C; rerun to resume", counts=False)
                     ctl.requeue(ctl.study.trials[asked.number])
@@ -204,6 +233,24 @@ class Study:
         finally:
             overall.close()
         self.write_tables(ctl)
+
+    def _rung_reporter(self, ctl, asked) -> Callable[[dict], None]:
+        """Progress-event hook: report each rung's bits-per-byte score; raise Pruned when the pruner says stop."""
+        from autotune.objective import rung_value
+
+        seen: list[dict] = []
+
+        def on_event(event: dict) -> None:
+            if "rung" not in event:
+                return
+            value = rung_value(self.space.objective, self.suite, event["metrics"], self.base.metrics)
+            seen.append({**event, "value": value})
+            asked.trial.set_user_attr("rungs", seen)
+            if ctl.report_rung(asked.trial, event["tokens"], value):
+                raise Pruned(f"pruned at rung {event['rung']} ({event['tokens']:,} tokens) by {self.space.search.pruner}: "
+                             f"bits-per-byte score {value:+.4f}", seen)
+
+        return on_event
 
     def _tell(self, ctl, trial, folder: Path, result: RunResult) -> None:
         attrs = {"run_dir": str(folder.relative_to(self.paths.root)), "status": result.status}
@@ -261,23 +308,25 @@ class Study:
         return rows
 
     def write_tables(self, ctl) -> None:
-        """``ratios.csv`` and ``metrics.csv``: one row per finished trial (the layout OLMix reads)."""
-        rows = [r for r in self.rows(ctl) if r["state"] == "complete"]
-        domains = list(self.space.domains)
-        keys = [e.key for e in self.suite.entries]
-        with open(self.paths.root / "ratios.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["run", "trial", *domains])
-            for r in rows:
-                w.writerow([r["run_dir"].split("/")[-1], r["trial"], *(f"{r['mixture'][d]:.6f}" for d in domains)])
-        with open(self.paths.root / "metrics.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["run", "trial", *keys, "target", "general", "feasible"])
-            for r in rows:
-                w.writerow([r["run_dir"].split("/")[-1], r["trial"], *(f"{r['metrics'].get(k, float('nan')):.6f}" for k in keys),
-                            f"{r['target']:.6f}", f"{r['general']:.6f}", r["feasible"]])
+        """``ratios.csv`` and ``metrics.csv`` (one row per finished trial, as OLMix reads them), ``summary.json``."""
+        from autotune.export import trial_frames
+
+        frames = trial_frames(self, ctl)
+        frames["ratios"].to_csv(self.paths.root / "ratios.csv", index=False, float_format="%.6f")
+        frames["metrics"].to_csv(self.paths.root / "metrics.csv", index=False, float_format="%.6f")
         write_json_atomic(self.paths.root / "summary.json", {"base": self.base.metrics if self.base else {},
                                                              "trials": self.rows(ctl)})
+
+
+def _tee(first: Callable[[dict], None], second: Callable[[dict], None] | None) -> Callable[[dict], None]:
+    if second is None:
+        return first
+
+    def both(event: dict) -> None:
+        first(event)
+        second(event)
+
+    return both
 
 
 class _NullBar:

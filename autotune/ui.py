@@ -63,7 +63,7 @@ def print_summary(console: Console, study) -> None:  # study: autotune.study.Stu
     rows = study.rows(ctl)
     domains = list(study.space.domains)
     table = Table(title=f"study {study.space.name}: target and general are improvements over the base model (base = 0)")
-    for col in ("trial", "state", *domains, "schedule", "seed", "target", "general", "feasible"):
+    for col in ("trial", "state", *domains, "schedule", "seed", "target", "general", "feasible", "time"):
         table.add_column(col, justify="left" if col in ("state", "schedule") else "right")
     for r in rows:
         mix = [f"{r['mixture'].get(d, 0):.2f}" if r["mixture"] else "-" for d in domains]
@@ -71,7 +71,8 @@ def print_summary(console: Console, study) -> None:  # study: autotune.study.Stu
         kind = f"{sched.get('kind', '-')} {sched['peak_lr']:.1e}" if "peak_lr" in sched else "-"
         state = r["state"] if r["state"] == "complete" else f"{r['status'] or r['state']}: {r['reason'][:40]}"
         table.add_row(f"{r['trial']}{'p' if r['prior'] else ''}", state, *mix, kind, str(r["seed"]), _fmt(r["target"]),
-                      _fmt(r["general"]), {True: "yes", False: "no"}.get(r["feasible"], "-"))
+                      _fmt(r["general"]), {True: "yes", False: "no"}.get(r["feasible"], "-"),
+                      f"{r['duration_s']:.0f}s" if r.get("duration_s") is not None else "-")
     console.print(table)
     console.print("p: the prior mixture (its replicates with other seeds measure the noise); schedule: kind and peak LR",
                   style="dim")

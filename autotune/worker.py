@@ -34,16 +34,23 @@ class PipeProgress:
     progress; if the controller is gone (killed), progress goes quiet and the work goes on.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, path: str | None = None) -> None:
         sys.stdout.flush()
-        self._out = os.fdopen(os.dup(1), "w", buffering=1)
-        os.dup2(2, 1)  # stray prints, Python or C, go to the log
+        if path:  # a launcher that does not hold our stdout (Slurm) follows this file instead
+            self._out = open(path, "a", buffering=1)  # noqa: SIM115  (lives as long as the worker)
+        else:
+            self._out = os.fdopen(os.dup(1), "w", buffering=1)
+            os.dup2(2, 1)  # stray prints, Python or C, go to the log
 
     def start(self, phase: str, total: int) -> None:
         self._emit({"phase": phase, "total": total})
 
     def advance(self, n: int = 1) -> None:
         self._emit({"advance": n})
+
+    def emit(self, event: dict) -> None:
+        """Any other event for the controller (a rung's metrics)."""
+        self._emit(event)
 
     def _emit(self, obj: dict) -> None:
         if self._out is None:
@@ -117,7 +124,8 @@ def run_trial(space: SearchSpace, job: dict[str, Any], out_dir: Path, progress: 
         cfg = TrainConfig(seq_len=space.proxy.seq_len, seqs_per_step=space.proxy.seqs_per_step, steps=space.proxy.steps,
                           seed=proposal.seed, schedule=ScheduleParams(**proposal.schedule))
         summary = train(model, {n: p.tokens("train") for n, p in packed.items()}, proposal.mixture, cfg,
-                        log_path=out_dir / "train_log.jsonl", progress=progress)
+                        log_path=out_dir / "train_log.jsonl", progress=progress,
+                        after_step=_rung_evaluator(space, suite, model, tokenizer, packed, out_dir, progress))
         train_info = summary.to_json()
         if job.get("keep_checkpoint", True):
             model.config.use_cache = True
@@ -143,13 +151,39 @@ def run_trial(space: SearchSpace, job: dict[str, Any], out_dir: Path, progress: 
     return RunResult(status="ok", metrics=metrics, stderr=tasks["stderr"], train=train_info, eval_meta=meta)
 
 
+def _rung_evaluator(space: SearchSpace, suite, model, tokenizer, packed, out_dir: Path, progress: PipeProgress):
+    """At each rung: held-out bits-per-byte on the suite's domains, kept in rungs.jsonl and sent to the
+    controller, which reports it to Optuna and may stop the run (pruning)."""
+    import torch
+
+    from autotune.evaluate.bpb import bits_per_byte
+
+    rung_steps = space.proxy.rung_steps
+    if not rung_steps:
+        return None
+    seqs = space.proxy.seqs_per_step * space.proxy.seq_len
+
+    def after_step(steps_done: int) -> None:
+        if steps_done not in rung_steps:
+            return
+        with torch.no_grad():
+            metrics = {f"bpb/{d}": bits_per_byte(model, tokenizer, packed[d].tokens("heldout"), seq_len=space.proxy.seq_len,
+                                                  max_tokens=suite.bpb_tokens)["bpb"] for d in suite.bpb_domains}
+        event = {"rung": rung_steps.index(steps_done), "step": steps_done, "tokens": steps_done * seqs, "metrics": metrics}
+        with open(out_dir / "rungs.jsonl", "a") as f:
+            f.write(json.dumps(event) + "\n")
+        progress.emit(event)
+
+    return after_step
+
+
 # ----------------------------------------------------------------------------------------------- main
 def main(job_path: str) -> int:
     job_file = Path(job_path)
     job = read_json(job_file)
     out_dir = job_file.parent
     result_path = out_dir / job.get("result", "result.json")
-    progress = PipeProgress()
+    progress = PipeProgress(os.environ.get("AUTOTUNE_PROGRESS_FILE"))
     from autotune.evaluate.harness import set_offline
 
     set_offline()

@@ -75,6 +75,8 @@ def _path_documents(source, split: str, *, where: str) -> list[str]:
     docs: list[str] = []
     for f in files:
         p = Path(f)
+        if p.is_file() and p.stat().st_size == 0:
+            raise UserError("empty file: no documents", file=p, field=f"{where}.source.path", value=source.path)
         try:
             text = p.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
@@ -86,7 +88,8 @@ def _path_documents(source, split: str, *, where: str) -> list[str]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise UserError(f"line {lineno} is not JSON ({e.msg})", file=p) from None
+                    raise UserError(f"line {lineno} is not JSON ({e.msg})", file=p, field=f"{where}.source.path",
+                                    value=source.path) from None
                 if not isinstance(obj, dict) or not isinstance(obj.get(source.text_field), str):
                     raise UserError(f"line {lineno} has no string field {source.text_field!r}",
                                     file=p, field=f"{where}.source.text_field", value=source.text_field)

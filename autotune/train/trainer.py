@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -101,7 +102,10 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def train(model: torch.nn.Module, domains: dict[str, np.ndarray], ratios: dict[str, float], cfg: TrainConfig,
-          *, log_path: Path | None = None, progress: Progress | None = None) -> TrainSummary:
+          *, log_path: Path | None = None, progress: Progress | None = None,
+          after_step: Callable[[int], None] | None = None) -> TrainSummary:
+    """Train in place. ``after_step(steps_done)`` runs after each update (rung evaluations); it may use the
+    model in eval mode: training mode is restored after it."""
     progress = progress or NullProgress()
     torch.manual_seed(cfg.seed)
     model.train()
@@ -150,6 +154,9 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], ratios: dict[s
                                       "loss_per_domain": {k: round(v, 5) for k, v in per_domain.items()},
                                       "tokens": summary.tokens}) + "\n")
             progress.advance()
+            if after_step is not None:
+                after_step(step + 1)
+                model.train()
     finally:
         summary.seconds = time.perf_counter() - t0
         if log:

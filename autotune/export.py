@@ -1,0 +1,49 @@
+"""Export a study's trials as tables: ``trials`` (every trial: state, params, values, duration, reason),
+``ratios`` + ``metrics`` (finished trials, one row each, the layout OLMix reads). CSV or parquet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from autotune.errors import UserError
+
+
+def trial_frames(study, ctl=None) -> dict[str, pd.DataFrame]:  # study: autotune.study.Study
+    rows = study.rows(ctl or study.controller())
+    domains = list(study.space.domains)
+    keys = [e.key for e in study.suite.entries]
+    trials = []
+    for r in rows:
+        row = {"trial": r["trial"], "state": r["state"], "status": r["status"], "reason": r["reason"],
+               "duration_s": r["duration_s"], "seed": r["seed"], "prior": r["prior"], "retry_of": r["retry_of"],
+               "target": r["target"], "general": r["general"], "feasible": r["feasible"], "run": r["run_dir"].split("/")[-1]}
+        row.update({f"mix.{d}": r["mixture"].get(d) for d in domains})
+        row.update({f"schedule.{k}": v for k, v in r["schedule"].items()})
+        row.update({k: r["metrics"].get(k) for k in keys})
+        trials.append(row)
+    df = pd.DataFrame(trials)
+    done = df[df["state"] == "complete"] if len(df) else df
+    ratios = done[["run", "trial", *[f"mix.{d}" for d in domains]]].rename(columns={f"mix.{d}": d for d in domains}) \
+        if len(done) else pd.DataFrame(columns=["run", "trial", *domains])
+    metrics = done[["run", "trial", *keys, "target", "general", "feasible"]] if len(done) else \
+        pd.DataFrame(columns=["run", "trial", *keys, "target", "general", "feasible"])
+    return {"trials": df, "ratios": ratios, "metrics": metrics}
+
+
+def export(study, out_dir: Path, fmt: str = "csv") -> list[Path]:
+    if fmt not in ("csv", "parquet"):
+        raise UserError("format must be csv or parquet", field="--format", value=fmt)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, df in trial_frames(study).items():
+        path = out_dir / f"{name}.{fmt}"
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        if fmt == "csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_parquet(tmp, index=False)
+        tmp.replace(path)
+        written.append(path)
+    return written

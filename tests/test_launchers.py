@@ -1,0 +1,68 @@
+"""One contract, every launcher: the local subprocess launcher and the Slurm launcher through submitit's
+local executor (no Slurm here; the code path is the same `AutoExecutor` a cluster uses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+from conftest import tiny_space, write_space
+
+from autotune.launch import TIMED_OUT, LocalLauncher, SubmititLauncher
+from autotune.spec import load_space
+from autotune.study import _job_space
+
+LAUNCHERS = {"local": lambda: LocalLauncher(), "submitit-local": lambda: SubmititLauncher(cluster="local", poll_s=0.2)}
+
+
+def _prepare_job(tmp_path):
+    space = load_space(write_space(tmp_path, tiny_space("launch")))
+    folder = tmp_path / "job"
+    folder.mkdir()
+    job = folder / "job.json"
+    job.write_text(json.dumps({"kind": "prepare", "space": _job_space(space), "space_file": space.source_file}))
+    return job
+
+
+@pytest.mark.parametrize("kind", list(LAUNCHERS))
+def test_runs_a_job_and_streams_progress(tmp_path, kind):
+    job = _prepare_job(tmp_path)
+    events: list[dict] = []
+    code = LAUNCHERS[kind]().run(job, events.append)
+    assert code == 0
+    result = json.loads((job.parent / "result.json").read_text())
+    assert result["status"] == "ok" and set(result["domains"]) == {"math", "code", "general"}
+    assert {"phase": "tokenize", "total": 5} in events  # 3 domains + the 2 pre-training sources
+    assert any("advance" in e for e in events)
+
+
+@pytest.mark.parametrize("kind", list(LAUNCHERS))
+def test_timeout_stops_the_job(tmp_path, kind):
+    job = _prepare_job(tmp_path)
+    assert LAUNCHERS[kind]().run(job, lambda e: None, timeout_s=0.3) == TIMED_OUT
+    assert not (job.parent / "result.json").exists()
+
+
+@pytest.mark.parametrize("kind", list(LAUNCHERS))
+def test_a_crashed_job_leaves_no_result_and_a_nonzero_code(tmp_path, kind):
+    job = tmp_path / "job.json"
+    job.write_text("{ not json")
+    assert LAUNCHERS[kind]().run(job, lambda e: None) != 0
+    assert not (tmp_path / "result.json").exists()
+
+
+@pytest.mark.slow
+def test_search_through_the_slurm_launcher(tmp_path):
+    spec = tiny_space("slurm", trials=1)
+    spec["search"]["launcher"] = {"kind": "slurm", "cluster": "local", "timeout_min": 10}
+    space = write_space(tmp_path, spec)
+    proc = subprocess.run([sys.executable, "-m", "autotune.cli", "search", str(space), "--quiet"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = optuna.load_study(study_name="slurm", storage=f"sqlite:///{tmp_path / 'runs/slurm/study.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
+    assert list((tmp_path / "runs/slurm/trials").glob("*/submitit/*"))  # it went through submitit
