@@ -114,7 +114,9 @@ def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
     if s == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if s == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, qmc_type="sobol", scramble=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(seed=seed, qmc_type="sobol", scramble=True)
     if s == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed)
     if s == "gp":
@@ -210,7 +212,10 @@ class Controller:
             self.study.enqueue_trial(self.prior_params(), user_attrs={"seed": self.space.proxy.seed + k, "prior": True})
 
     def ask(self) -> Asked:
-        trial = self.study.ask(self.distributions())
+        with warnings.catch_warnings():
+            # heartbeats are recorded by our own thread around each proxy run (ask/tell), not by optimize()
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+            trial = self.study.ask(self.distributions())
         seed = int(trial.user_attrs.get("seed", self.space.proxy.seed))
         proposal = self.params_to_proposal(trial.params, seed)
         trial.set_user_attr("proposal", proposal.to_json())
