@@ -103,15 +103,27 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def train(model: torch.nn.Module, domains: dict[str, np.ndarray], ratios: dict[str, float], cfg: TrainConfig,
           *, log_path: Path | None = None, progress: Progress | None = None,
-          after_step: Callable[[int], None] | None = None) -> TrainSummary:
+          after_step: Callable[[int], None] | None = None, accelerator=None) -> TrainSummary:
     """Train in place. ``after_step(steps_done)`` runs after each update (rung evaluations); it may use the
-    model in eval mode: training mode is restored after it."""
+    model in eval mode: training mode is restored after it.
+
+    With an ``accelerate.Accelerator`` over W processes (``accelerate launch``), every process builds the
+    step's full batch (the same, from the seed) and trains on rows ``rank::W``; DDP averages the gradients,
+    so the run equals the single-process one and the mixture stays exact. Logs and progress belong to the
+    main process (pass ``log_path`` / ``progress`` only there).
+    """
     progress = progress or NullProgress()
     torch.manual_seed(cfg.seed)
     model.train()
     if hasattr(model, "config"):
         model.config.use_cache = False
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.schedule.peak_lr, betas=cfg.betas)
+    world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
+    if cfg.seqs_per_step % world:
+        raise TrialFailed("failed", f"{cfg.seqs_per_step} sequences per step do not split over {world} processes")
+    if accelerator:
+        model, opt = accelerator.prepare(model, opt)
+    device = next(model.parameters()).device
     plan = step_counts(ratios, cfg.seqs_per_step, cfg.steps)
     summary = TrainSummary(tokens_per_domain=dict.fromkeys(ratios, 0))
     tail = max(1, cfg.steps // 10)
@@ -125,19 +137,24 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], ratios: dict[s
             for g in opt.param_groups:
                 g["lr"] = lr
             batch, names = batch_for_step(domains, counts, cfg.seq_len, cfg.seed, step)
-            x = torch.from_numpy(batch)
+            x = torch.from_numpy(batch[rank::world]).to(device)
             logits = model(input_ids=x[:, :-1]).logits
             tok_loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1),
                                        reduction="none").view(x.size(0), -1)
             loss = tok_loss.mean()
-            if not torch.isfinite(loss):
-                raise TrialFailed("diverged", f"loss is {loss.item()} at step {step} (lr {lr:.3g})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
             row_loss = tok_loss.detach().mean(dim=1)
+            if accelerator:  # every process sees all rows' losses, in rank order
+                row_loss = accelerator.gather(row_loss)
+                names = [n for r in range(world) for n in names[r::world]]
+            step_loss = row_loss.mean().item()
+            if not math.isfinite(step_loss):
+                raise TrialFailed("diverged", f"loss is {step_loss} at step {step} (lr {lr:.3g})")
+            opt.zero_grad(set_to_none=True)
+            (accelerator.backward(loss) if accelerator else loss.backward())
+            if cfg.grad_clip > 0:
+                clip = accelerator.clip_grad_norm_ if accelerator else torch.nn.utils.clip_grad_norm_
+                clip(model.parameters(), cfg.grad_clip)
+            opt.step()
             per_domain = {}
             for name in counts:
                 idx = [i for i, n in enumerate(names) if n == name]
@@ -147,10 +164,10 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], ratios: dict[s
                     if step >= cfg.steps - tail:
                         tail_loss[name].append(per_domain[name])
             summary.steps = step + 1
-            summary.tokens += x.size(0) * cfg.seq_len
-            summary.final_loss = loss.item()
+            summary.tokens += len(names) * cfg.seq_len
+            summary.final_loss = step_loss
             if log and (step % cfg.log_every == 0 or step == cfg.steps - 1):
-                log.write(json.dumps({"step": step, "lr": lr, "loss": round(loss.item(), 5),
+                log.write(json.dumps({"step": step, "lr": lr, "loss": round(step_loss, 5),
                                       "loss_per_domain": {k: round(v, 5) for k, v in per_domain.items()},
                                       "tokens": summary.tokens}) + "\n")
             progress.advance()
