@@ -25,7 +25,7 @@ def bits_per_byte(model, tokenizer, tokens: np.ndarray, *, seq_len: int, max_tok
     nll = 0.0
     for i in range(0, n_windows, batch_size):
         idx = range(i, min(i + batch_size, n_windows))
-        x = torch.from_numpy(np.stack([arr[j * seq_len: (j + 1) * seq_len + 1] for j in idx]))
+        x = torch.from_numpy(np.stack([arr[j * seq_len: (j + 1) * seq_len + 1] for j in idx])).to(model.device)
         logits = model(input_ids=x[:, :-1]).logits.float()
         nll += F.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1), reduction="sum").item()
     targets = arr[1: n_windows * seq_len + 1]

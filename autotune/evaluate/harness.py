@@ -1,19 +1,41 @@
-"""lm-evaluation-harness adapter (HF backend): a live model + a suite -> metrics, stderrs, per-sample logs.
+"""The evaluator: a model + a suite -> scores, standard errors, per-sample logs and a reproducibility record.
 
-Runs ``lm_eval.simple_evaluate`` in-process on an ``HFLM`` that wraps the model already in memory (no
-reload, no CLI start-up: about 1-2 s for the demo suite). Custom tasks load from the suite's
-``task_dirs``; a task YAML's relative ``data_files`` are resolved against the YAML's folder (lm-eval
-would resolve them against the working directory). Everything stays offline.
+``run_suite`` is the one entry point (the worker, ``autotune eval`` and the gate call it)::
+
+    result = run_suite(Checkpoint(path), load_suite("evals/demo.yaml"), out_dir=folder)
+    result.metrics   # {"demo_math_mc/acc": 0.31, "bpb/math": 1.92, ...}
+
+1. Every task entry is resolved and checked (pure: ``taskdefs``) and keyed for the cache by everything its
+   scores depend on (``cache``): backend, model hash, batch size, few-shot count, template hash,
+   lm-eval version, limit, seeds. Entries that share a run (one task, two metrics) share it.
+2. Cached runs are read back; if all are cached nothing heavy is imported and no model is loaded.
+3. Held-out bits-per-byte runs on the HF model; the remaining tasks run through the suite's backend
+   (``backends``), opened once: one model load / one server for all tasks. lm-eval's ``simple_evaluate``
+   runs once per group of tasks with the same ``limit`` (lm-eval's limit is global), with lm-eval's own
+   seeds (its CLI's defaults), ``log_samples`` on and bootstrapping off (standard errors of mean metrics
+   come from the per-sample values instead). Continuous metrics and chance levels come from the
+   per-sample log-likelihoods (``continuous``).
+4. Per-sample logs go to ``out_dir/samples/<task>.jsonl``; the record of what was run to ``meta``.
+
+Everything stays offline (``set_offline``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotune.evaluate.suite import Suite, TaskEntry, find_task_yaml
+from autotune.errors import UserError
+from autotune.evaluate.backends import Checkpoint, InMemoryModel, ModelRef, make_backend
+from autotune.evaluate.cache import Cache, NullCache, ResultCache, cache_key, checkpoint_hash
+from autotune.evaluate.continuous import chance_corrected, derived_metrics, sample_stderr
+from autotune.evaluate.suite import CONTINUOUS_METRICS, BpbEntry, Suite, TaskEntry
+from autotune.evaluate.taskdefs import TaskDef, check_entry, lm_eval_version, template_hash
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -24,73 +46,388 @@ def set_offline() -> None:
     os.environ.update(OFFLINE_ENV)
 
 
-def task_spec(entry: TaskEntry, suite: Suite) -> str | dict[str, Any]:
-    """The lm-eval task spec: a stock task's name, or a custom task's full config with absolute data files.
+@dataclass(frozen=True)
+class HeldoutTokens:
+    """A domain's held-out tokens for bits-per-byte; ``fingerprint`` identifies them (source + tokenizer)."""
 
-    lm-eval 0.4.13 reads a ``{"task": name, ...}`` dict as a new inline task, not as overrides of the
-    registered one, so custom tasks are passed whole (their YAML, with ``data_files`` made absolute).
-    """
-    yaml_path = find_task_yaml(entry.task, suite.task_paths)
-    if yaml_path is None:
-        return {"task": entry.task, "num_fewshot": entry.num_fewshot} if entry.num_fewshot else entry.task
-    import yaml
-
-    cfg = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
-    kwargs = dict(cfg.get("dataset_kwargs") or {})
-    files = kwargs.get("data_files")
-    if isinstance(files, dict):
-        kwargs["data_files"] = {k: str((yaml_path.parent / v).resolve()) for k, v in files.items()}
-    elif isinstance(files, str):
-        kwargs["data_files"] = str((yaml_path.parent / files).resolve())
-    if kwargs:
-        cfg["dataset_kwargs"] = kwargs
-    if entry.num_fewshot:
-        cfg["num_fewshot"] = entry.num_fewshot
-    return cfg
+    tokens: Any  # 1-D numpy array of token ids
+    seq_len: int
+    fingerprint: str
 
 
-def run_tasks(model, tokenizer, suite: Suite, samples_dir: Path | None = None, *, seed: int = 0) -> dict[str, Any]:
-    """Evaluate every task entry of ``suite``; returns ``{"metrics", "stderr", "meta"}`` keyed by entry key."""
+@dataclass(frozen=True)
+class EvalOptions:
+    """How to run a suite (what a run's scores depend on is in the suite; these change only where and how)."""
+
+    backend: str | None = None  # overrides the suite's backend
+    use_cache: bool = True
+    cache_dir: Path | None = None  # default: $AUTOTUNE_HOME/eval-cache
+    allow_code_execution: bool = False  # HumanEval, MBPP: tasks that run model-generated code
+    model_hash: str | None = None  # the target's hash when the caller knows it (skips hashing)
+
+
+class _NullProgress:
+    def start(self, phase: str, total: int) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    """Scores per suite entry key, their standard errors, one row per entry and the reproducibility record."""
+
+    metrics: dict[str, float]
+    stderr: dict[str, float]
+    rows: list[dict[str, Any]]
+    meta: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _TaskRun:
+    entry: TaskEntry
+    tdef: TaskDef
+    where: str
+    template: str
+    key: str = ""
+    record: dict[str, Any] | None = None
+    cached: bool = False
+    samples: list[dict] | None = None  # fresh samples (NullCache)
+    entries: list[TaskEntry] = field(default_factory=list)
+
+
+def run_suite(target: ModelRef, suite: Suite, *, heldout: dict[str, HeldoutTokens] | None = None,
+              out_dir: Path | None = None, options: EvalOptions = EvalOptions(), progress: Any = None) -> SuiteResult:
+    """Evaluate ``target`` on every entry of ``suite``; see the module docstring for the steps."""
     set_offline()
+    t0 = time.perf_counter()
+    progress = progress or _NullProgress()
+    backend = make_backend(options.backend or suite.backend, suite)
+    cache: Cache = NullCache() if not options.use_cache else ResultCache(options.cache_dir) if options.cache_dir \
+        else ResultCache.default()
+    runs = _plan(suite, options)
+    version = lm_eval_version()
+    model_hash = options.model_hash or _model_hash(target)
+    fp = backend.fingerprint(target)
+    for run in runs:
+        run.key = cache_key({"kind": "task", "backend": fp, "model": model_hash, "num_fewshot": run.entry.num_fewshot,
+                             "template": run.template, "lm_eval": version, "limit": run.entry.limit,
+                             "seeds": suite.seed.model_dump()})
+        run.record = cache.get(run.key)
+        run.cached = run.record is not None
+    bpb = _bpb_plan(suite, heldout, target, model_hash)
+    for b in bpb:
+        b["record"] = cache.get(b["key"])
+        b["cached"] = b["record"] is not None
+    todo_bpb = [b for b in bpb if not b["cached"]]
+    todo = [r for r in runs if not r.cached]
+    progress.start("eval", len(todo_bpb) + len(todo))
+    if todo_bpb:
+        _run_bpb(target, suite, todo_bpb, cache, progress)
+    if todo:
+        _run_tasks(target, suite, backend, todo, cache, out_dir, options, progress)
+    return _assemble(suite, runs, bpb, cache, out_dir, meta={
+        "backend": backend.name, "backend_fingerprint": fp, "model_hash": model_hash, "lm_eval_version": version,
+        "batch_size": suite.batch_size, "seeds": suite.seed.model_dump(), "suite": suite.name,
+        "suite_digest": suite.digest(), "seconds": None, "t0": t0})
+
+
+# ----------------------------------------------------------------------------------------------- planning
+def _plan(suite: Suite, options: EvalOptions) -> list[_TaskRun]:
+    runs: dict[str, _TaskRun] = {}
+    file = suite.source_file
+    for entry in suite.tasks:
+        where = suite.where(entry)
+        ident = json.dumps(entry.run_identity(), sort_keys=True)
+        if ident in runs:
+            runs[ident].entries.append(entry)
+            continue
+        tdef = check_entry(entry, suite, file=file, where=where)
+        if tdef is None:
+            raise UserError("lm-eval is not installed: pip install lm-eval", file=file, field=f"{where}.task",
+                            value=entry.task)
+        if tdef.unsafe_code and not options.allow_code_execution:
+            raise UserError(f"{entry.task} executes model-generated code on this machine; run it only with "
+                            "--allow-code-execution (ideally in a sandbox)", file=file, field=f"{where}.task",
+                            value=entry.task)
+        runs[ident] = _TaskRun(entry, tdef, where, template_hash(tdef, entry, suite), entries=[entry])
+    return list(runs.values())
+
+
+def _model_hash(target: ModelRef) -> str:
+    from autotune.data.prepare import home
+
+    if isinstance(target, Checkpoint):
+        if not (Path(target.path) / "config.json").exists():
+            raise UserError("not a Hugging Face checkpoint folder (no config.json)", field="checkpoint",
+                            value=str(target.path))
+        return checkpoint_hash(target.path, memo_dir=home() / "model-hashes")
+    from autotune.evaluate.cache import state_dict_hash
+
+    return state_dict_hash(target.model)
+
+
+def _bpb_plan(suite: Suite, heldout: dict[str, HeldoutTokens] | None, target: ModelRef, model_hash: str) -> list[dict]:
+    out = []
+    for entry in suite.bpb_entries:
+        h = (heldout or {}).get(entry.bpb)
+        if h is None:
+            raise UserError(f"no held-out tokens for domain {entry.bpb!r}: evaluate within a study, pass --space, "
+                            "or give the entry a source", file=suite.source_file, field=f"{suite.where(entry)}.bpb",
+                            value=entry.bpb)
+        seq_len = suite.bpb_seq_len or h.seq_len
+        hf = {"dtype": suite.hf.dtype, "device": suite.hf.device} if isinstance(target, Checkpoint) else \
+            {"dtype": str(target.model.dtype), "device": target.model.device.type}
+        key = cache_key({"kind": "bpb", "model": model_hash, "heldout": h.fingerprint, "seq_len": seq_len,
+                         "tokens": suite.bpb_tokens, "hf": hf})
+        out.append({"entry": entry, "heldout": h, "seq_len": seq_len, "key": key})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- running
+def _run_bpb(target: ModelRef, suite: Suite, todo: list[dict], cache: Cache, progress) -> None:
+    import torch
+
+    from autotune.evaluate.bpb import bits_per_byte
+
+    if isinstance(target, InMemoryModel):
+        model, tokenizer, loaded = target.model, target.tokenizer, False
+    else:
+        model, tokenizer = _load_hf(target.path, suite)
+        loaded = True
+    try:
+        with torch.no_grad():
+            for b in todo:
+                t = time.perf_counter()
+                r = bits_per_byte(model, tokenizer, b["heldout"].tokens, seq_len=b["seq_len"], max_tokens=suite.bpb_tokens)
+                b["record"] = {"bpb": r["bpb"], "tokens": r["tokens"], "bytes": r["bytes"], "seq_len": b["seq_len"],
+                               "seconds": round(time.perf_counter() - t, 3)}
+                cache.put(b["key"], b["record"])
+                progress.advance()
+    finally:
+        if loaded:
+            del model
+            from autotune.evaluate.backends import _free_accelerator_memory
+
+            _free_accelerator_memory()
+
+
+def _load_hf(path: Path, suite: Suite):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = suite.hf.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = suite.hf.dtype if suite.hf.dtype != "auto" else "auto"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
+
+
+def _calls(runs: list[_TaskRun]) -> list[list[_TaskRun]]:
+    """Runs grouped into ``simple_evaluate`` calls: one ``limit`` per call, a task name at most once per call."""
+    calls: list[list[_TaskRun]] = []
+    for run in runs:
+        for call in calls:
+            if call[0].entry.limit == run.entry.limit and all(r.entry.task != run.entry.task for r in call):
+                call.append(run)
+                break
+        else:
+            calls.append([run])
+    return calls
+
+
+def _run_tasks(target: ModelRef, suite: Suite, backend, todo: list[_TaskRun], cache: Cache, out_dir: Path | None,
+               options: EvalOptions, progress) -> None:
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
+
+    from autotune.evaluate.taskdata import data_files
+    from autotune.evaluate.taskdefs import lm_eval_config
+
+    if options.allow_code_execution:
+        os.environ["HF_ALLOW_CODE_EVAL"] = "1"
+    calls = _calls(todo)
+    specs = {id(r): lm_eval_config(r.tdef, r.entry, data_files(r.entry.data, suite, where=r.where) if r.entry.data else None)
+             for r in todo}
+    s = suite.seed
+    if backend.name != "hf" and isinstance(target, InMemoryModel):
+        from autotune.evaluate.backends import _free_accelerator_memory
+
+        target.model.to("cpu")  # the accelerator's memory goes to vLLM, which loads the saved copy
+        _free_accelerator_memory()
+    with backend.open(target, log_dir=out_dir) as lm:
+        for call in calls:
+            tm, objs = _build_tasks(call, specs, suite)
+            t = time.perf_counter()
+            out = lm_eval.simple_evaluate(
+                model=lm, tasks=objs, task_manager=tm, limit=call[0].entry.limit, log_samples=True, bootstrap_iters=0,
+                random_seed=s.python, numpy_random_seed=s.numpy, torch_random_seed=s.torch, fewshot_random_seed=s.fewshot,
+                confirm_run_unsafe_code=options.allow_code_execution)
+            seconds = time.perf_counter() - t
+            for run in call:
+                run.record, samples = _record(run, out, seconds / len(call))
+                cache.put(run.key, run.record, samples)
+                run.samples = samples
+                progress.advance()
+
+
+def _build_tasks(call: list[_TaskRun], specs: dict[int, Any], suite: Suite):
+    """A TaskManager that indexes only what the call needs, and the built lm-eval tasks, metrics checked.
+
+    Indexing all of lm-eval's ~14K YAML files costs 7-13 s per process; tasks passed as full configs need no
+    index at all, and a stock group or tag only its own family's folder.
+    """
     from lm_eval.tasks import TaskManager
 
-    entries = suite.tasks
-    if not entries:
-        return {"metrics": {}, "stderr": {}, "meta": {}}
-    custom = all(find_task_yaml(e.task, suite.task_paths) is not None for e in entries)
-    tm = TaskManager(include_path=[str(p) for p in suite.task_paths] or None, include_defaults=not custom,
-                     verbosity="ERROR")
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=suite.batch_size)
+    paths: list[str] = [str(p) for p in suite.task_paths]
+    defaults = False
+    for run in call:
+        if isinstance(specs[id(run)], str):
+            if run.tdef.stock and run.tdef.folder is not None:
+                paths.append(str(run.tdef.folder))
+            elif run.tdef.stock:
+                defaults = True  # a tag: its tasks may live anywhere in lm-eval
+    tm = TaskManager(include_path=sorted(set(paths)) or None, include_defaults=defaults)
+    if not hasattr(tm, "load"):  # lm-eval < 0.4.10: let simple_evaluate build them
+        return tm, [specs[id(r)] for r in call]
+    objs = []
+    for run in call:
+        try:
+            built = tm.load([specs[id(run)]])
+        except UserError:
+            raise
+        except Exception as e:
+            from autotune.evaluate.taskdefs import _load_error
+
+            raise _load_error(run.tdef, e) from e
+        if run.entry.task in built.get("groups", {}):
+            objs.append(built["groups"][run.entry.task])
+        else:
+            objs.extend(built["tasks"].values())
+        for name, task in built["tasks"].items():
+            for metric, fn in (getattr(task, "_metric_fn_list", None) or {}).items():
+                if fn is None and getattr(task.config, "process_results", None) is None:
+                    raise UserError(
+                        f"task {name}: metric {metric!r} is not one lm-eval provides and Hugging Face `evaluate` could "
+                        f"not load it (offline, not cached, or `evaluate` missing); lm-eval would fail later with "
+                        f"\"'NoneType' object is not callable\". Cache it with network access "
+                        f"(python -c \"import evaluate; evaluate.load('{metric}')\") or choose another metric",
+                        file=suite.source_file, field=f"{run.where}.task", value=run.entry.task)
+    return tm, objs
+
+
+def _record(run: _TaskRun, out: dict[str, Any], seconds: float) -> tuple[dict[str, Any], list[dict]]:
+    name = run.entry.task
+    res = out["results"].get(name, {})
+    samples = list(out.get("samples", {}).get(name, []))
+    results = {k: float(v) for k, v in res.items() if "," in k and isinstance(v, int | float) and "_stderr" not in k}
+    stderr = {}
+    for k, v in res.items():
+        if "_stderr," in k and isinstance(v, int | float):
+            stderr[k.replace("_stderr,", ",")] = float(v)
+    for k, v in results.items():
+        if k not in stderr:
+            metric, filt = k.split(",", 1)
+            se = sample_stderr(samples, metric, filt, v)
+            if se is not None:
+                stderr[k] = se
+    record = {"task": name, "results": results, "stderr": stderr,
+              "derived": derived_metrics(run.tdef.output_type, samples),
+              "output_type": run.tdef.output_type, "n_samples": out.get("n-samples", {}).get(name),
+              "n_shot": out.get("n-shot", {}).get(name), "version": out.get("versions", {}).get(name),
+              "limit": run.entry.limit, "num_fewshot": run.entry.num_fewshot, "template_hash": run.template,
+              "task_file": str(run.tdef.path) if run.tdef.path else None, "seconds": round(seconds, 3),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return record, samples
+
+
+# ----------------------------------------------------------------------------------------------- results
+def entry_value(entry: TaskEntry, record: dict[str, Any], *, file: str | None, where: str) -> tuple[float, float | None, float]:
+    """(value, stderr, raw value) of an entry read from its run's record (normalised when asked)."""
+    if entry.metric in CONTINUOUS_METRICS:
+        derived = record.get("derived", {})
+        if entry.metric not in derived:
+            raise UserError(f"{entry.task} gave no per-sample log-likelihoods for {entry.metric}", file=file,
+                            field=f"{where}.metric", value=entry.metric)
+        value, se = derived[entry.metric], derived.get(f"{entry.metric}_stderr")
+    else:
+        k = f"{entry.metric},{entry.filter}"
+        if k not in record["results"]:
+            have = sorted(record["results"])
+            raise UserError(f"task {entry.task} reports no metric {k!r}; it reports {have}", file=file,
+                            field=f"{where}.metric", value=entry.metric)
+        value, se = record["results"][k], record["stderr"].get(k)
+    raw = value
+    if entry.normalize == "chance":
+        chance = record["derived"]["chance"]
+        value = chance_corrected(value, chance)
+        se = se / (1 - chance) if se is not None else None
+    return value, se, raw
+
+
+def _assemble(suite: Suite, runs: list[_TaskRun], bpb: list[dict], cache: Cache, out_dir: Path | None,
+              meta: dict[str, Any]) -> SuiteResult:
     metrics: dict[str, float] = {}
     stderr: dict[str, float] = {}
-    meta: dict[str, Any] = {"lm_eval_version": lm_eval.__version__, "backend": suite.backend,
-                            "batch_size": suite.batch_size, "tasks": {}}
-    by_limit: dict[int | None, list[TaskEntry]] = {}
-    for e in entries:
-        by_limit.setdefault(e.limit, []).append(e)
-    for limit, group in by_limit.items():
-        out = lm_eval.simple_evaluate(model=lm, tasks=[task_spec(e, suite) for e in group], task_manager=tm,
-                                      limit=limit, log_samples=samples_dir is not None, bootstrap_iters=0,
-                                      random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                                      fewshot_random_seed=seed, verbosity="ERROR")
-        for e in group:
-            res = out["results"][e.task]
-            key = f"{e.metric},{e.filter}"
-            if key not in res:
-                have = sorted(k for k in res if "," in k and "_stderr" not in k)
-                raise KeyError(f"task {e.task!r} reports no metric {key!r}; it reports {have}")
-            metrics[e.key] = float(res[key])
-            se = res.get(f"{e.metric}_stderr,{e.filter}")
-            if isinstance(se, int | float):
-                stderr[e.key] = float(se)
-            meta["tasks"][e.task] = {"n_samples": out["n-samples"].get(e.task, {}),
-                                     "num_fewshot": out.get("n-shot", {}).get(e.task),
-                                     "version": out.get("versions", {}).get(e.task), "limit": limit}
-            if samples_dir is not None:
-                samples_dir.mkdir(parents=True, exist_ok=True)
-                with open(samples_dir / f"{e.task}.jsonl", "w") as f:
-                    for s in out["samples"].get(e.task, []):
-                        f.write(json.dumps(s, default=str) + "\n")
-    return {"metrics": metrics, "stderr": stderr, "meta": meta}
+    rows: list[dict[str, Any]] = []
+    group_of = {id(e): g for g in ("target", "general", "report") for e in getattr(suite, g)}
+    by_entry = {id(e): r for r in runs for e in r.entries}
+    bpb_by_entry = {id(b["entry"]): b for b in bpb}
+    task_meta: dict[str, Any] = {}
+    samples_written: dict[str, str] = {}
+    for r in runs:
+        rec = r.record or {}
+        fname = None
+        if out_dir is not None:
+            fname = r.entry.task if r.entry.task not in samples_written.values() else f"{r.entry.task}@{r.key[:8]}"
+            samples_written[r.key] = fname
+            _write_samples(out_dir / "samples" / f"{fname}.jsonl", r, cache)
+        task_meta[r.key] = {"task": r.entry.task, "entries": [e.key for e in r.entries], "cached": r.cached,
+                            "template_hash": r.template, "num_fewshot": r.entry.num_fewshot, "n_shot": rec.get("n_shot"),
+                            "limit": r.entry.limit, "n_samples": rec.get("n_samples"), "version": rec.get("version"),
+                            "data": r.entry.data.model_dump(mode="json") if r.entry.data else None,
+                            "task_file": rec.get("task_file"), "seconds": rec.get("seconds"),
+                            "samples": f"samples/{fname}.jsonl" if fname else None}
+    for entry in suite.entries:
+        where = suite.where(entry)
+        group = group_of[id(entry)]
+        if isinstance(entry, BpbEntry):
+            b = bpb_by_entry[id(entry)]
+            value = b["record"]["bpb"]
+            metrics[entry.key] = value
+            rows.append({"key": entry.key, "group": group, "task": f"bpb:{entry.bpb}", "metric": "bpb", "value": value,
+                         "stderr": None, "raw": value, "n": b["record"]["tokens"], "cached": b["cached"],
+                         "weight": entry.weight, "higher_is_better": False})
+            continue
+        run = by_entry[id(entry)]
+        value, se, raw = entry_value(entry, run.record or {}, file=suite.source_file, where=where)
+        metrics[entry.key] = value
+        if se is not None:
+            stderr[entry.key] = se
+        n = (run.record or {}).get("n_samples") or {}
+        rows.append({"key": entry.key, "group": group, "task": entry.task, "metric": entry.metric, "filter": entry.filter,
+                     "value": value, "stderr": se, "raw": raw, "n": n.get("effective") if isinstance(n, dict) else n,
+                     "cached": run.cached, "weight": entry.weight, "higher_is_better": entry.higher_is_better,
+                     "normalize": entry.normalize, "num_fewshot": (run.record or {}).get("n_shot")})
+    t0 = meta.pop("t0")
+    meta["seconds"] = round(time.perf_counter() - t0, 3)
+    meta["tasks"] = task_meta
+    meta["bpb"] = {b["entry"].bpb: {**{k: v for k, v in b["record"].items() if k != "bpb"}, "cached": b["cached"],
+                                    "heldout": b["heldout"].fingerprint} for b in bpb}
+    meta["cached"] = all(r.cached for r in runs) and all(b["cached"] for b in bpb)
+    return SuiteResult(metrics=metrics, stderr=stderr, rows=rows, meta=meta)
+
+
+def _write_samples(path: Path, run: _TaskRun, cache: Cache) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    src = cache.samples_path(run.key)
+    if src is not None:
+        shutil.copyfile(src, path)
+        return
+    samples = run.samples if run.samples is not None else []
+    with open(path, "w", encoding="utf-8") as f:
+        for s in samples:
+            f.write(json.dumps(s, default=str, ensure_ascii=False) + "\n")
