@@ -61,6 +61,8 @@ def validate(space_file: SpaceArg, set_: SetOpt = None) -> None:
 
 @app.command()
 def search(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None,
+           allow_code_execution: Annotated[bool, typer.Option(
+               help="Allow suite tasks that execute model-generated code (HumanEval, MBPP).")] = False,
            trials: Annotated[int | None, typer.Option(help="Trial budget of the whole study, all workers together "
                                                             "(default: search.trials of the space).")] = None,
            quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False) -> None:
@@ -79,7 +81,7 @@ def search(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
     try:
         space = load_space(space_file, set_)
         bars = Bars(console, enabled=not quiet)
-        study = Study(space, storage=storage, progress=bars.task,
+        study = Study(space, storage=storage, progress=bars.task, allow_code_execution=allow_code_execution,
                       log=lambda m: console.print(m, highlight=False, markup=False))
         console.print(f"study [bold]{space.name}[/] in {study_dir(space)}  ({trials or space.search.trials} trials, "
                       f"{space.proxy.tokens:,} tokens each)", highlight=False)
@@ -165,6 +167,11 @@ def export(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
             console.print(str(path), highlight=False)
     except UserError as e:
         _fail(e)
+
+
+from autotune.eval_cli import eval_cmd  # noqa: E402  (its module imports no torch / lm_eval at load)
+
+app.command("eval")(eval_cmd)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -292,7 +292,9 @@ class Controller:
 
     def fail_lost_trials(self) -> None:
         """Trials whose heartbeat stopped on any machine: failed (reason recorded) and retried once."""
-        optuna.storages.fail_stale_trials(self.study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
 
     def _on_stale(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         # the trial is FAIL already (its attributes are frozen): its retry carries ``retry_of``

@@ -40,13 +40,17 @@ class Launcher(Protocol):
 
 
 class LocalLauncher:
-    """One subprocess per job on this machine; stderr goes to ``worker.log`` beside the job file."""
+    """One subprocess per job on this machine; stderr goes to ``worker.log`` beside the job file.
 
-    def __init__(self, python: str = sys.executable) -> None:
-        self.python = python
+    ``prefix`` runs the worker under another launcher, e.g. ``accelerate_prefix(4)``: ``accelerate launch``
+    with 4 data-parallel processes per trial (the process group is stopped as one).
+    """
+
+    def __init__(self, python: str = sys.executable, prefix: list[str] | None = None) -> None:
+        self.python, self.prefix = python, prefix or []
 
     def command(self, job_file: Path) -> list[str]:
-        return [self.python, "-m", "autotune.worker", str(job_file)]
+        return [self.python, *self.prefix, "-m", "autotune.worker", str(job_file)]
 
     def run(self, job_file: Path, on_progress: ProgressCallback, timeout_s: float | None = None) -> int:
         env = {**os.environ, **_WORKER_ENV}
@@ -81,6 +85,14 @@ class LocalLauncher:
                 timer.cancel()
             log.close()
             pid_file.unlink(missing_ok=True)
+
+
+def accelerate_prefix(num_processes: int, mixed_precision: str = "no") -> list[str]:
+    """``python -m accelerate.commands.launch ...`` before ``-m autotune.worker``: torchrun underneath (its
+    ``--cpu`` launcher needs MPI beyond one process); the worker picks CUDA/NCCL or CPU/gloo itself."""
+    multi = ["--multi_gpu"] if num_processes > 1 else []
+    return ["-m", "accelerate.commands.launch", *multi, "--num_processes", str(num_processes), "--num_machines", "1",
+            "--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
 
 
 class SubmititLauncher:

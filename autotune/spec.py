@@ -103,7 +103,8 @@ class Mixture(_Frozen):
     """Shares of the proxy's training tokens per domain: a point on the simplex within bounds.
 
     YAML: one key per domain with ``{min, max}``; ``floors: {general: 0.2}`` puts a floor under the sum of
-    a role's domains; ``prior: {domain: share}`` is the mixture run first (default: the bounds' centre).
+    a role's domains; ``prior: {domain: share}`` is the mixture run first (default: the simplex map of the unit cube's centre,
+    see ``autotune/simplex.py``).
     """
 
     bounds: dict[str, Bounds] = Field(default_factory=dict)
@@ -244,6 +245,8 @@ class Objective(_Frozen):
     maximize: Literal["target", "general"] | None = None
     subject_to: str | None = None
     pareto: list[Literal["target", "general"]] | None = None
+    beyond_noise: float | None = Field(None, gt=0, description="feasible only if the target gain over the base "
+                                       "exceeds k * sqrt(2) * its seed std (from proxy.replicates >= 2 of the prior)")
 
     @model_validator(mode="after")
     def _check(self) -> Objective:
@@ -276,12 +279,21 @@ class Objective(_Frozen):
 
 
 class LauncherSpec(_Frozen):
-    """Where trials run: ``local`` (a subprocess here) or ``slurm`` (a Slurm job per trial through submitit;
-    ``cluster: local`` runs submitit's local executor). Other keys go to submitit's ``update_parameters``."""
+    """Where trials run: ``local`` (a subprocess here), ``accelerate`` (``accelerate launch`` with
+    ``num_processes`` data-parallel processes per trial) or ``slurm`` (a Slurm job per trial through submitit;
+    ``cluster: local`` runs submitit's local executor; other keys go to submitit's ``update_parameters``)."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
-    kind: Literal["local", "slurm"] = "local"
+    kind: Literal["local", "accelerate", "slurm"] = "local"
     cluster: str | None = None
+    num_processes: int = Field(1, ge=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+    @model_validator(mode="after")
+    def _check(self) -> LauncherSpec:
+        if self.kind != "slurm" and self.model_extra:
+            raise ValueError(f"unknown launcher fields {sorted(self.model_extra)} (only kind: slurm takes extra keys)")
+        return self
 
 
 class Search(_Frozen):
@@ -363,6 +375,8 @@ class SearchSpace(_Frozen):
             raise ValueError(f"mixture: floors and minimums need {need:.4g} > 1 of the tokens")
         if self.mixture.prior is not None:
             self.check_mixture(self.mixture.prior, "mixture.prior")
+        if self.objective.beyond_noise is not None and self.proxy.replicates < 2:
+            raise ValueError("objective.beyond_noise needs proxy.replicates >= 2 to measure the seed noise")
         if self.search.pruner != "none" and len(self.proxy.rungs or []) < 2:
             raise ValueError(f"search.pruner {self.search.pruner!r} needs proxy.rungs with at least 2 rungs, e.g. [0.25, 0.5, 1.0]")
         if self.search.pruner != "none" and self.objective.pareto:

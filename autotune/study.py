@@ -8,6 +8,8 @@ study, reuses finished runs, and reruns only an interrupted trial.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,9 +63,14 @@ def make_launcher(space: SearchSpace) -> Launcher:
         from autotune.launch import SubmititLauncher
 
         try:
-            return SubmititLauncher(cluster=spec.cluster, **(spec.model_extra or {}))
+            extra = {k: v for k, v in (spec.model_extra or {}).items()}
+            return SubmititLauncher(cluster=spec.cluster, **extra)
         except ImportError as e:
             raise UserError(str(e), file=space.source_file, field="search.launcher.kind", value="slurm") from None
+    if spec.kind == "accelerate":
+        from autotune.launch import accelerate_prefix
+
+        return LocalLauncher(prefix=accelerate_prefix(spec.num_processes, spec.mixed_precision))
     return LocalLauncher()
 
 
@@ -113,8 +120,10 @@ def _job_space(space: SearchSpace) -> dict[str, Any]:
 
 class Study:
     def __init__(self, space: SearchSpace, *, launcher: Launcher | None = None, storage: str | None = None,
-                 progress: ProgressFactory | None = None, log: Callable[[str], None] = print) -> None:
+                 progress: ProgressFactory | None = None, log: Callable[[str], None] = print,
+                 allow_code_execution: bool = False) -> None:
         self.space = space
+        self.allow_code_execution = allow_code_execution
         self.storage = storage
         self.paths = StudyPaths(study_dir(space))
         self.launcher = launcher or make_launcher(space)
@@ -181,7 +190,8 @@ class Study:
                 cached = RunResult.from_json(read_json(done))
                 if cached.ok:
                     return folder, cached
-            job = {"kind": "trial", "prepared": self.prepared, "proposal": proposal.to_json() if proposal else None}
+            job = {"kind": "trial", "prepared": self.prepared, "proposal": proposal.to_json() if proposal else None,
+                   "allow_code_execution": self.allow_code_execution}
             return folder, self._launch(folder, job, label, on_event)
 
     def evaluate_base(self) -> RunResult:
@@ -264,9 +274,26 @@ class Study:
             ctl.tell_failed(trial, result.status, result.reason + (" (retried once)" if retried else ""))
             return
         s = score(self.space.objective, self.suite, result.metrics, self.base.metrics)
+        k = self.space.objective.beyond_noise
+        floor = self.noise(ctl).get("target") if k else None
+        if floor is not None and not ctl.study.trials[trial.number].user_attrs.get("prior"):
+            # feasible only if the target gain beats the seed noise of a difference of two runs
+            need = k * math.sqrt(2.0) * floor.std
+            s = dataclasses.replace(s, constraint=max(s.constraint if s.constraint is not None else -math.inf, need - s.target))
+            attrs["noise_margin"] = need
         attrs.update({"metrics": result.metrics, "feasible": s.feasible,
                       "train_tokens_per_s": result.train.get("tokens_per_s")})
         ctl.tell_score(trial, s, attrs)
+
+    def noise(self, ctl) -> dict:
+        """Seed-noise statistics per metric (and of target / general) over the prior's finished replicates."""
+        from optuna.trial import TrialState
+
+        from autotune.evaluate.noise import noise_floor
+
+        reps = [{**t.user_attrs.get("metrics", {}), "target": t.user_attrs.get("target"), "general": t.user_attrs.get("general")}
+                for t in ctl.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("prior")]
+        return noise_floor(reps)
 
     def _recover(self, ctl) -> None:
         """Trials left RUNNING by a killed controller on this host: tell a finished run's result, rerun the rest.
@@ -314,8 +341,9 @@ class Study:
         frames = trial_frames(self, ctl)
         frames["ratios"].to_csv(self.paths.root / "ratios.csv", index=False, float_format="%.6f")
         frames["metrics"].to_csv(self.paths.root / "metrics.csv", index=False, float_format="%.6f")
-        write_json_atomic(self.paths.root / "summary.json", {"base": self.base.metrics if self.base else {},
-                                                             "trials": self.rows(ctl)})
+        write_json_atomic(self.paths.root / "summary.json", {
+            "base": self.base.metrics if self.base else {}, "trials": self.rows(ctl),
+            "noise": {k: v.to_json() for k, v in self.noise(ctl).items()}})
 
 
 def _tee(first: Callable[[dict], None], second: Callable[[dict], None] | None) -> Callable[[dict], None]:

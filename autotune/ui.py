@@ -82,6 +82,11 @@ def print_summary(console: Console, study) -> None:  # study: autotune.study.Stu
         spread_t = max(r["target"] for r in prior) - min(r["target"] for r in prior)
         spread_g = max(r["general"] for r in prior) - min(r["general"] for r in prior)
         console.print(f"seed noise (prior mixture, {len(prior)} seeds): target spread {spread_t:.4f}, general spread {spread_g:.4f}")
+    noise = {k: v for k, v in study.noise(ctl).items() if k not in ("target", "general")}
+    if noise:
+        shown = ", ".join(f"{k} {v.std:.4f}" for k, v in list(noise.items())[:10])
+        console.print(f"noise floor (seed std per metric over {next(iter(noise.values())).n} prior runs): {shown}",
+                      highlight=False)
     feasible = [r for r in done if r["feasible"]]
     if feasible:
         best = max(feasible, key=lambda r: r["target"])

@@ -34,9 +34,11 @@ class PipeProgress:
     progress; if the controller is gone (killed), progress goes quiet and the work goes on.
     """
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, quiet: bool = False) -> None:
         sys.stdout.flush()
-        if path:  # a launcher that does not hold our stdout (Slurm) follows this file instead
+        if quiet:  # a data-parallel worker other than the main one: the main one reports
+            self._out = None
+        elif path:  # a launcher that does not hold our stdout (Slurm) follows this file instead
             self._out = open(path, "a", buffering=1)  # noqa: SIM115  (lives as long as the worker)
         else:
             self._out = os.fdopen(os.dup(1), "w", buffering=1)
@@ -103,12 +105,13 @@ def prepare(space: SearchSpace, progress: PipeProgress) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- trial
-def run_trial(space: SearchSpace, job: dict[str, Any], out_dir: Path, progress: PipeProgress) -> RunResult:
+def run_trial(space: SearchSpace, job: dict[str, Any], out_dir: Path, progress: PipeProgress,
+              accelerator=None) -> RunResult | None:
+    """Train (data-parallel over ``accelerator``'s processes when given) then evaluate on the main process;
+    other processes return None once training is done."""
     import torch
 
     from autotune.data.prepare import PackedDomain
-    from autotune.evaluate.bpb import bits_per_byte
-    from autotune.evaluate.harness import run_tasks
     from autotune.evaluate.suite import load_suite
     from autotune.train.model import load_causal_lm
     from autotune.train.schedules import ScheduleParams
@@ -123,32 +126,41 @@ def run_trial(space: SearchSpace, job: dict[str, Any], out_dir: Path, progress: 
         proposal = Proposal.from_json(job["proposal"])
         cfg = TrainConfig(seq_len=space.proxy.seq_len, seqs_per_step=space.proxy.seqs_per_step, steps=space.proxy.steps,
                           seed=proposal.seed, schedule=ScheduleParams(**proposal.schedule))
+        main_process = accelerator is None or accelerator.is_main_process
         summary = train(model, {n: p.tokens("train") for n, p in packed.items()}, proposal.mixture, cfg,
-                        log_path=out_dir / "train_log.jsonl", progress=progress,
-                        after_step=_rung_evaluator(space, suite, model, tokenizer, packed, out_dir, progress))
+                        log_path=out_dir / "train_log.jsonl" if main_process else None, progress=progress,
+                        after_step=_rung_evaluator(space, suite, model, tokenizer, packed, out_dir, progress)
+                        if main_process else None, accelerator=accelerator)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+            if not main_process:
+                return None
+            model = accelerator.unwrap_model(model)
         train_info = summary.to_json()
         if job.get("keep_checkpoint", True):
             model.config.use_cache = True
             model.save_pretrained(out_dir / "checkpoint", safe_serialization=True)
             tokenizer.save_pretrained(out_dir / "checkpoint")
     model.eval()
-    metrics: dict[str, float] = {}
-    progress.start("eval", len(suite.tasks) + len(suite.bpb_domains))
+    from autotune.evaluate.backends import InMemoryModel
+    from autotune.evaluate.harness import EvalOptions, HeldoutTokens, run_suite
+
     t0 = time.perf_counter()
-    bpb_meta = {}
-    for domain in suite.bpb_domains:
-        r = bits_per_byte(model, tokenizer, packed[domain].tokens("heldout"), seq_len=space.proxy.seq_len,
-                          max_tokens=suite.bpb_tokens)
-        metrics[f"bpb/{domain}"] = r["bpb"]
-        bpb_meta[domain] = {"tokens": r["tokens"], "bytes": r["bytes"]}
-        progress.advance()
+    heldout = {d: HeldoutTokens(packed[d].tokens("heldout"), space.proxy.seq_len,
+                                f"{packed[d].manifest['splits']['heldout']['source_hash']}:{prepared['tokenizer_hash']}")
+               for d in suite.bpb_domains if d in packed}
+    saved = out_dir / "checkpoint" if job.get("proposal") else Path(prepared["base"])
+    if suite.backend != "hf" and not (saved / "config.json").exists():
+        model.save_pretrained(saved, safe_serialization=True)  # vLLM loads the model from disk
+        tokenizer.save_pretrained(saved)
+    options = EvalOptions(allow_code_execution=bool(job.get("allow_code_execution")),
+                          model_hash=None if job.get("proposal") else prepared["base_hash"])
     with torch.no_grad():
-        tasks = run_tasks(model, tokenizer, suite, out_dir / "samples", seed=space.proxy.seed)
-    progress.advance(len(suite.tasks))
-    metrics.update(tasks["metrics"])
-    meta = {**tasks["meta"], "bpb": bpb_meta, "seconds": round(time.perf_counter() - t0, 2),
-            "base_hash": prepared["base_hash"], "tokenizer_hash": prepared["tokenizer_hash"], "suite": suite.digest()}
-    return RunResult(status="ok", metrics=metrics, stderr=tasks["stderr"], train=train_info, eval_meta=meta)
+        evaluated = run_suite(InMemoryModel(model, tokenizer, path=saved), suite, heldout=heldout, out_dir=out_dir,
+                              options=options, progress=progress)
+    meta = {**evaluated.meta, "seconds": round(time.perf_counter() - t0, 2), "base_hash": prepared["base_hash"],
+            "tokenizer_hash": prepared["tokenizer_hash"]}
+    return RunResult(status="ok", metrics=evaluated.metrics, stderr=evaluated.stderr, train=train_info, eval_meta=meta)
 
 
 def _rung_evaluator(space: SearchSpace, suite, model, tokenizer, packed, out_dir: Path, progress: PipeProgress):
@@ -183,7 +195,9 @@ def main(job_path: str) -> int:
     job = read_json(job_file)
     out_dir = job_file.parent
     result_path = out_dir / job.get("result", "result.json")
-    progress = PipeProgress(os.environ.get("AUTOTUNE_PROGRESS_FILE"))
+    accelerator = _accelerator()
+    main_process = accelerator is None or accelerator.is_main_process
+    progress = PipeProgress(os.environ.get("AUTOTUNE_PROGRESS_FILE"), quiet=not main_process)
     from autotune.evaluate.harness import set_offline
 
     set_offline()
@@ -193,9 +207,14 @@ def main(job_path: str) -> int:
 
         torch.set_num_threads(_threads(space))
         if job["kind"] == "prepare":
-            write_json_atomic(result_path, prepare(space, progress))
+            if main_process:
+                write_json_atomic(result_path, prepare(space, progress))
             return 0
-        result = run_trial(space, job, out_dir, progress)
+        if not main_process and not job.get("proposal"):
+            return 0  # evaluation only (the base model): the main process does it
+        result = run_trial(space, job, out_dir, progress, accelerator)
+        if result is None:  # not the main process: it wrote nothing
+            return 0
     except TrialFailed as e:
         result = RunResult(status=e.status, reason=e.reason)
     except UserError as e:
@@ -206,8 +225,19 @@ def main(job_path: str) -> int:
         traceback.print_exc()
         oom = "out of memory" in str(e).lower()
         result = RunResult(status="oom" if oom else "failed", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
-    write_json_atomic(result_path, result.to_json())
+    if main_process:
+        write_json_atomic(result_path, result.to_json())
     return 0
+
+
+def _accelerator():
+    """An ``accelerate.Accelerator`` when started by ``accelerate launch`` with several processes, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
 
 
 if __name__ == "__main__":

@@ -66,3 +66,19 @@ def test_search_through_the_slurm_launcher(tmp_path):
     study = optuna.load_study(study_name="slurm", storage=f"sqlite:///{tmp_path / 'runs/slurm/study.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
     assert list((tmp_path / "runs/slurm/trials").glob("*/submitit/*"))  # it went through submitit
+
+
+@pytest.mark.slow
+def test_search_with_two_data_parallel_processes_per_trial(tmp_path):
+    """`accelerate launch` with 2 processes per trial (CPU, gloo): one result, the whole run's steps logged."""
+    spec = tiny_space("ddp", trials=1)
+    spec["search"]["launcher"] = {"kind": "accelerate", "num_processes": 2}
+    space = write_space(tmp_path, spec)
+    proc = subprocess.run([sys.executable, "-m", "autotune.cli", "search", str(space), "--quiet"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = optuna.load_study(study_name="ddp", storage=f"sqlite:///{tmp_path / 'runs/ddp/study.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
+    run = tmp_path / "runs/ddp" / study.trials[0].user_attrs["run_dir"]
+    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 4 and log[-1]["tokens"] == 4096  # both processes' rows counted once
