@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,16 @@ def write_space(folder: Path, space: dict, suite: dict | None = None) -> Path:
     path = folder / "space.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
+
+
+def wait_for(predicate, timeout: float = 300, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``predicate`` until true; fail early, with its output, if ``proc`` exits first."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the search exited ({proc.returncode}) before the condition held:\n{out}\n{err}")
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting")

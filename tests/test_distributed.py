@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import tiny_space, write_space
+from conftest import tiny_space, wait_for, write_space
 
 pytestmark = pytest.mark.slow
 
@@ -35,18 +35,6 @@ def _pg_or_skip() -> None:
 def _search(space: Path, cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "autotune.cli", "search", str(space), "--quiet", *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
-
-
-def _wait_for(predicate, timeout: float = 300, proc: subprocess.Popen | None = None) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"the search exited ({proc.returncode}) before the condition held:\n{out}\n{err}")
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting")
 
 
 def _check_no_duplicates_no_losses(study: optuna.Study, root: Path, n: int) -> None:
@@ -102,7 +90,7 @@ def test_lost_worker_is_failed_by_heartbeat_and_retried_once(tmp_path):
     space = write_space(tmp_path, spec)
     root = tmp_path / "runs" / name
     a = _search(space, tmp_path, "--storage", PG_URL, env={"AUTOTUNE_HOST": "host-a"})
-    _wait_for(lambda: any(p.stat().st_size > 0 for p in root.glob("trials/*/train_log.jsonl")), proc=a)
+    wait_for(lambda: any(p.stat().st_size > 0 for p in root.glob("trials/*/train_log.jsonl")), proc=a)
     a.send_signal(signal.SIGKILL)
     a.communicate()
     for pid_file in root.glob("trials/*/worker.pid"):  # the machine died: its proxy run too
@@ -133,7 +121,7 @@ def test_crashed_worker_is_retried_once_and_timeout_fails_the_trial(tmp_path):
     space = write_space(tmp_path, spec)
     root = tmp_path / "runs" / name
     proc = _search(space, tmp_path)
-    _wait_for(lambda: any(p.stat().st_size > 0 for p in root.glob("trials/*/train_log.jsonl"))
+    wait_for(lambda: any(p.stat().st_size > 0 for p in root.glob("trials/*/train_log.jsonl"))
               and any(root.glob("trials/*/worker.pid")), proc=proc)
     victim = next(root.glob("trials/*/worker.pid"))
     os.kill(int(victim.read_text()), signal.SIGKILL)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import tiny_space, write_space
+from conftest import tiny_space, wait_for, write_space
 
 pytestmark = pytest.mark.slow
 
@@ -106,18 +106,6 @@ def test_search_two_trials_then_resume(tmp_path):
     assert run_mtimes(tmp_path, "e2e") == after
 
 
-def _wait_for(predicate, timeout: float = 300, proc: subprocess.Popen | None = None) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"the search exited ({proc.returncode}) before the condition held:\n{out}\n{err}")
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
 def test_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path, sig):
     name = f"stop{sig.value}"
@@ -132,7 +120,7 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path, s
         logs = [p for p in trials_dir.glob("*/train_log.jsonl") if not (p.parent / "result.json").exists()]
         return len(done) == 1 and any(p.stat().st_size > 0 for p in logs)
 
-    _wait_for(second_trial_training, proc=proc)
+    wait_for(second_trial_training, proc=proc)
     finished = run_mtimes(tmp_path, name)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
