@@ -127,6 +127,38 @@ def report(study: Annotated[Path, typer.Argument(help="A study folder, e.g. runs
 
 
 @app.command()
+def extrapolate(study: Annotated[Path, typer.Argument(help="A finished study folder, e.g. runs/demo.", show_default=False)],
+                tokens: Annotated[float, typer.Option(help="Token budget of the full mid-training run, e.g. 2e10.")],
+                available: Annotated[list[str] | None, typer.Option(
+                    help="Tokens available per domain, DOMAIN=N (repeatable), e.g. math=5e8: sets epochs and caps.")] = None,
+                max_epochs: Annotated[float, typer.Option(help="Warn above this many epochs of a domain (refused above 16).")] = 4.0,
+                batch_tokens: Annotated[int | None, typer.Option(help="Tokens per step of the full run (default: the proxy's).")] = None,
+                force: Annotated[bool, typer.Option(help="Write the recipe even above 16 epochs of a domain.")] = False) -> None:
+    """Fit models of the study's results and write runs/<study>/recipe.yaml: the full-scale mixture (tokens and
+    epochs per domain), the schedule in steps, predicted scores with intervals, and provenance.
+
+    Example: autotune extrapolate runs/demo --tokens 2e10 --available math=5e8 --available code=3e9
+    """
+    from autotune.extrapolate import extrapolate_study
+
+    try:
+        avail: dict[str, float] = {}
+        for item in available or []:
+            name, sep, value = item.partition("=")
+            try:
+                avail[name] = float(value)
+            except ValueError:
+                raise UserError("must read DOMAIN=TOKENS, e.g. math=5e8", field="--available", value=item) from None
+            if not sep or not name:
+                raise UserError("must read DOMAIN=TOKENS, e.g. math=5e8", field="--available", value=item)
+        path = extrapolate_study(study, tokens, avail or None, max_epochs, force, batch_tokens=batch_tokens,
+                                 command=" ".join(sys.argv))
+        console.print(f"recipe: {path}", highlight=False)
+    except UserError as e:
+        _fail(e)
+
+
+@app.command()
 def status(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None) -> None:
     """Show a study's trials: state, mixture, schedule, scores, feasibility and failure reasons.
 

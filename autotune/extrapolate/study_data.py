@@ -1,0 +1,142 @@
+"""Read a finished study folder (``runs/<study>/``) into what extrapolation needs; bad input is a UserError.
+
+Reads ``space.json`` (the space as run), ``summary.json`` (base metrics and one row per trial) and each
+complete trial's ``train_log.jsonl`` (one JSON object per step: step, lr, loss, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotune.errors import UserError
+from autotune.spec import SearchSpace
+
+
+@dataclass(frozen=True)
+class Trial:
+    number: int
+    mixture: dict[str, float]
+    schedule: dict[str, Any]
+    target: float
+    general: float
+    feasible: bool
+    metrics: dict[str, float]
+    run_dir: Path | None
+
+
+@dataclass(frozen=True)
+class FinishedStudy:
+    root: Path
+    space: SearchSpace
+    digest: str
+    base: dict[str, float]
+    trials: list[Trial]         # complete, with a mixture and scores
+    failed: list[int]           # trial numbers that did not complete
+
+    @property
+    def name(self) -> str:
+        return self.space.name
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return tuple(self.space.domains)
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.exists():
+        raise UserError(f"{what} not found: is this a finished autotune study folder (runs/<study>)?", file=path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{what} is not valid JSON ({e})", file=path) from None
+
+
+def load_study(study_dir: str | Path) -> FinishedStudy:
+    """The study's space, base metrics and complete trials."""
+    from pydantic import ValidationError
+
+    root = Path(study_dir)
+    if not root.is_dir():
+        raise UserError("study folder not found (expected runs/<study>)", file=root)
+    space_json = _read_json(root / "space.json", "space.json")
+    if not isinstance(space_json, dict) or not isinstance(space_json.get("identity"), dict):
+        raise UserError("space.json has no 'identity' mapping", file=root / "space.json", field="identity")
+    try:
+        space = SearchSpace.model_validate(space_json["identity"])
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise UserError(f"the space recorded in this study does not validate: {first['msg']}",
+                        file=root / "space.json", field="identity." + ".".join(str(p) for p in first["loc"])) from None
+    summary = _read_json(root / "summary.json", "summary.json")
+    if not isinstance(summary, dict) or not isinstance(summary.get("trials"), list):
+        raise UserError("summary.json has no 'trials' list", file=root / "summary.json", field="trials")
+    domains = list(space.domains)
+    trials, failed = [], []
+    for i, row in enumerate(summary["trials"]):
+        where = f"trials[{i}]"
+        if not isinstance(row, dict):
+            raise UserError("a trial row is not a mapping", file=root / "summary.json", field=where)
+        number = row.get("trial", i)
+        if row.get("state") != "complete":
+            failed.append(int(number))
+            continue
+        mixture = row.get("mixture") or {}
+        if set(mixture) != set(domains):
+            raise UserError(f"mixture must give a share for each domain {domains}", file=root / "summary.json",
+                            field=f"{where}.mixture", value=mixture)
+        for key in ("target", "general"):
+            v = row.get(key)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise UserError(f"a complete trial needs a finite '{key}' score", file=root / "summary.json",
+                                field=f"{where}.{key}", value=v)
+        run_dir = row.get("run_dir")
+        trials.append(Trial(number=int(number), mixture={d: float(mixture[d]) for d in domains},
+                            schedule=dict(row.get("schedule") or {}), target=float(row["target"]),
+                            general=float(row["general"]), feasible=bool(row.get("feasible", True)),
+                            metrics={k: float(v) for k, v in (row.get("metrics") or {}).items()
+                                     if isinstance(v, (int, float)) and math.isfinite(v)},
+                            run_dir=(root / run_dir) if run_dir else None))
+    if len(trials) < 3:
+        raise UserError(f"extrapolation needs at least 3 complete trials (this study has {len(trials)}); "
+                        "run more trials first", file=root / "summary.json", field="trials")
+    return FinishedStudy(root=root, space=space, digest=str(space_json.get("digest", "")),
+                         base={k: float(v) for k, v in (summary.get("base") or {}).items()}, trials=trials,
+                         failed=failed)
+
+
+@dataclass(frozen=True)
+class TrainLog:
+    lrs: np.ndarray     # LR of every step's update, by step index
+    steps: np.ndarray   # steps with a logged loss
+    loss: np.ndarray
+
+
+def read_train_log(path: Path) -> TrainLog | None:
+    """A trial's per-step log, or None when it is missing or has fewer than 4 steps with an LR."""
+    if not path.exists():
+        return None
+    rows = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill: the rest is still usable
+        if isinstance(r, dict) and isinstance(r.get("step"), int) and isinstance(r.get("lr"), (int, float)):
+            rows.append(r)
+    rows.sort(key=lambda r: r["step"])
+    if len(rows) < 4 or rows[0]["step"] != 0 or rows[-1]["step"] != len(rows) - 1:
+        return None  # missing steps: the LR sums the law needs would be wrong
+    lrs = np.array([float(r["lr"]) for r in rows])
+    obs = [(r["step"], float(r["loss"])) for r in rows
+           if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"]) and r["loss"] > 0 and r["step"] >= 1]
+    if len(obs) < 3:
+        return None
+    return TrainLog(lrs=lrs, steps=np.array([s for s, _ in obs]), loss=np.array([v for _, v in obs]))

@@ -1,0 +1,204 @@
+# python benchmarks/extrapolation.py            (both parts; about 4 minutes on 2 cores)
+"""Extrapolation checked against published data (../shared/data/anchors, read in place, never copied).
+
+RegMix (Liu et al., ICLR 2025): fit on the 512 1M-parameter proxy runs, rank the 64 mixtures trained at
+1B parameters x 25B tokens, for each of the 13 per-domain validation losses. Columns: our model (chosen
+per target by 5-fold cross-validation on the 1M runs only: the 1B rows are the test set and are never
+used to choose or tune anything), the CV-best ensemble before the own-share prior joins it, linear
+regression, LightGBM with RegMix's settings, and the trivial baseline "minus the target domain's own
+weight". Spearman rho at 1B; the mean row last.
+
+Multi-Power Law (Luo et al., ICLR 2025): fit on cosine_24000, constant_24000 and wsdcon_9; predict the
+other six schedules' loss curves at 25M, 100M and 400M parameters; mean and worst relative error.
+
+    python benchmarks/extrapolation.py --part regmix --targets pile_cc,hackernews
+    python benchmarks/extrapolation.py --part mpl --sizes 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from autotune.extrapolate.mixture import Problem, make, select_model, spearman  # noqa: E402
+from autotune.extrapolate.schedule import LossCurve, fit_multi_power_law, relative_errors  # noqa: E402
+
+ANCHORS = REPO.parent / "shared" / "data" / "anchors"
+REGMIX = ANCHORS / "regmix"
+MPL = ANCHORS / "multipowerlaw_lr_schedules"
+
+MPL_TRAIN = ("cosine_24000", "constant_24000", "wsdcon_9")
+MPL_TEST = ("cosine_72000", "constant_72000", "wsd_20000_24000", "wsdld_20000_24000", "wsdcon_3", "wsdcon_18")
+MPL_SIZES = (25, 100, 400)
+
+
+# ----------------------------------------------------------------------------------------------- RegMix
+def _read_csv(path: Path) -> tuple[list[str], dict[int, list[float]]]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    header = rows[0]
+    return header[1:], {int(r[0]): [float(v) for v in r[1:]] for r in rows[1:]}
+
+
+def load_regmix(split: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """``split``: ``train_1m`` (512 runs), ``test_1m`` (256), ``test_60m`` (the same 256 at 60M) or
+    ``test_1B`` (64 runs at 1B x 25B tokens). Returns shares (runs x 17), losses (runs x 13), domain
+    names, target names; rows joined on the index column."""
+    kind, scale = split.split("_")
+    wcols, weights = _read_csv(REGMIX / f"{kind}_mixture_{scale}.csv")
+    lcols, losses = _read_csv(REGMIX / f"{kind}_pile_loss_{scale}.csv")
+    idx = sorted(set(weights) & set(losses))
+    domains = [c.removeprefix("train_the_pile_") for c in wcols]
+    targets = [c.removeprefix("metric/the_pile_").removesuffix("_val_loss") for c in lcols]
+    return (np.array([weights[i] for i in idx]), np.array([losses[i] for i in idx]), domains, targets)
+
+
+def _lightgbm(X, y):
+    """RegMix's regressor: LightGBM, 1000 rounds at learning rate 0.01 (else sklearn's equivalent)."""
+    try:
+        import lightgbm
+    except ImportError:
+        return make("gbt", Problem(tuple(f"d{i}" for i in range(X.shape[1])))).fit(X, y), "HistGB"
+    model = lightgbm.LGBMRegressor(n_estimators=1000, learning_rate=0.01, verbosity=-1, seed=42, n_jobs=1)
+    return model.fit(X, y), "LightGBM"
+
+
+def regmix_target(args) -> dict:
+    """Fit every column's model for one target on the 1M runs and score it on the test split."""
+    target, n_train, test_split, folds = args
+    X, Y, domains, targets = load_regmix("train_1m")
+    Xt, Yt, _, _ = load_regmix(test_split)
+    j = targets.index(target)
+    X, y = X[:n_train], Y[:n_train, j]
+    own = domains.index(target)
+    problem = Problem(tuple(domains), (own,))
+    t0 = time.time()
+    sel = select_model(X, y, problem, folds=folds)
+    best = make(sel.cv_best, problem).fit(X, y) if sel.cv_best != sel.name else sel.model
+    design = np.column_stack([np.ones(len(X)), X])  # RegMix's linear baseline: ordinary least squares
+    coef = np.linalg.lstsq(design, y, rcond=None)[0]
+    lgb, lgb_name = _lightgbm(X, y)
+    yt = Yt[:, j]
+    return {"target": target, "model": sel.name, "cv": sel.cv[sel.name].spearman,
+            "ours": spearman(sel.model.predict(Xt), yt), "cv_best": spearman(best.predict(Xt), yt),
+            "linear": spearman(np.column_stack([np.ones(len(Xt)), Xt]) @ coef, yt), "lightgbm": spearman(lgb.predict(Xt), yt),
+            "trivial": spearman(-Xt[:, own], yt), "lgb_name": lgb_name, "seconds": time.time() - t0}
+
+
+def regmix_table(targets: list[str] | None = None, n_train: int = 512, test_split: str = "test_1B",
+                 folds: int = 5, workers: int = 2) -> list[dict]:
+    _, _, _, all_targets = load_regmix("train_1m")
+    jobs = [(t, n_train, test_split, folds) for t in (targets or all_targets)]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            return list(pool.map(regmix_target, jobs))
+    return [regmix_target(j) for j in jobs]
+
+
+def print_regmix(rows: list[dict], test_split: str) -> None:
+    lgb = rows[0]["lgb_name"] if rows else "LightGBM"
+    cols = ("ours", "cv_best", "linear", "lightgbm", "trivial")
+    head = ("ours", "CV-best", "linear", lgb, "trivial")
+    print(f"\nRegMix: fit on {rows[0].get('n', 512) if rows else 512} 1M-param runs, Spearman rho on {test_split} "
+          f"(model chosen by 5-fold CV on the 1M runs only)")
+    print(f"{'target':18s} " + " ".join(f"{h:>9s}" for h in head) + "  chosen model (CV rho)")
+    for r in rows:
+        print(f"{r['target']:18s} " + " ".join(f"{r[c]:9.3f}" for c in cols) + f"  {r['model']} ({r['cv']:.3f})")
+    means = {c: float(np.mean([r[c] for r in rows])) for c in cols}
+    print(f"{'mean':18s} " + " ".join(f"{means[c]:9.3f}" for c in cols))
+
+
+# ----------------------------------------------------------------------------------------------- MPL
+def mpl_lrs(name: str) -> np.ndarray:
+    """Per-step LRs of the MPL paper's schedules (PROVENANCE.md): 2160 linear warm-up steps from 0 to
+    3e-4; cosine to 3e-5; WSD exponential / linear decay 20k -> 24k to 3e-5; wsdcon_X: 3e-4 until step
+    8000, then X e-5 until 16k. ``mpl_curve`` checks them against the logged LR column."""
+    warm, peak, end = 2160, 3e-4, 3e-5
+    up = np.linspace(0.0, peak, warm)
+    if name.startswith(("cosine_", "constant_")):
+        total = int(name.split("_")[1])
+        s = np.arange(warm, total)
+        if name.startswith("constant"):
+            return np.concatenate([up, np.full(total - warm, peak)])
+        return np.concatenate([up, end + 0.5 * (peak - end) * (1 + np.cos(np.pi * (s - warm) / (total - warm)))])
+    if name.startswith("wsdcon_"):
+        low = int(name.split("_")[1]) * 1e-5
+        return np.concatenate([up, np.full(8000 - warm, peak), np.full(8000, low)])
+    s = np.arange(20000, 24000)
+    frac = (s - 20000) / 4000
+    decay = peak ** (1 - frac) * end ** frac if name.startswith("wsd_") else peak * (1 - frac) + end * frac
+    return np.concatenate([up, np.full(20000 - warm, peak), decay])
+
+
+def mpl_curve(size: int, name: str, every: int = 1) -> LossCurve:
+    with open(MPL / f"csv_{size}" / f"{name}.csv", newline="") as f:
+        rows = [(int(float(r["step"])), float(r["lr"]), float(r["loss"])) for r in csv.DictReader(f)]
+    lrs = mpl_lrs(name)
+    rows = [r for r in rows if r[0] < len(lrs)][::every]
+    steps = np.array([r[0] for r in rows])
+    logged = np.array([r[1] for r in rows])
+    if np.max(np.abs(lrs[steps] - logged) / logged) > 1e-6:
+        raise ValueError(f"{name}: the reconstructed LR schedule does not match the logged LRs")
+    return LossCurve(lrs, steps, np.array([r[2] for r in rows]), warmup_steps=2160)
+
+
+def mpl_table(sizes=MPL_SIZES, train=MPL_TRAIN, test=MPL_TEST, every: int = 1) -> list[dict]:
+    out = []
+    for size in sizes:
+        t0 = time.time()
+        law = fit_multi_power_law([mpl_curve(size, n, every) for n in train])
+        errs = {n: relative_errors(law, mpl_curve(size, n)) for n in test}
+        out.append({"size": size, "law": law, "seconds": time.time() - t0,
+                    "per_curve": {n: float(e.mean()) for n, e in errs.items()},
+                    "mean": float(np.mean([e.mean() for e in errs.values()])),
+                    "worst": float(max(e.max() for e in errs.values()))})
+    return out
+
+
+def print_mpl(rows: list[dict]) -> None:
+    print(f"\nMulti-Power Law: fit on {', '.join(MPL_TRAIN)}; relative error (%) on the other six curves")
+    names = list(rows[0]["per_curve"]) if rows else []
+    print(f"{'size':>5s} {'mean':>7s} {'worst':>7s}  " + " ".join(f"{n[:14]:>14s}" for n in names) + "  fit s")
+    for r in rows:
+        print(f"{r['size']:>4d}M {100 * r['mean']:7.3f} {100 * r['worst']:7.3f}  "
+              + " ".join(f"{100 * v:14.3f}" for v in r["per_curve"].values()) + f"  {r['seconds']:5.1f}")
+    for r in rows:
+        p = r["law"].params()
+        print(f"  {r['size']}M: " + ", ".join(f"{k}={v:.4g}" for k, v in p.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--part", choices=("all", "regmix", "mpl"), default="all")
+    ap.add_argument("--targets", help="comma-separated RegMix targets (default: all 13)")
+    ap.add_argument("--test", default="test_1B", choices=("test_1B", "test_60m", "test_1m"),
+                    help="RegMix split to rank (default test_1B)")
+    ap.add_argument("--sizes", default="25,100,400", help="MPL model sizes")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args(argv)
+    if not ANCHORS.exists():
+        print(f"anchors not found at {ANCHORS}", file=sys.stderr)
+        return 2
+    if args.part in ("all", "regmix"):
+        t0 = time.time()
+        rows = regmix_table(args.targets.split(",") if args.targets else None, test_split=args.test,
+                            workers=args.workers)
+        print_regmix(rows, args.test)
+        print(f"({time.time() - t0:.0f} s)")
+    if args.part in ("all", "mpl"):
+        rows = mpl_table(tuple(int(s) for s in args.sizes.split(",")))
+        print_mpl(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

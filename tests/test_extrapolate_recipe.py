@@ -1,0 +1,195 @@
+"""recipe.yaml from a small synthetic study: consistent numbers, loads back, refuses what it should."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from autotune.errors import UserError
+from autotune.extrapolate import (
+    HARD_MAX_EPOCHS,
+    Recipe,
+    build_recipe,
+    extrapolate_study,
+    load_recipe,
+    write_recipe,
+)
+from autotune.extrapolate.schedule import LossCurve, MultiPowerLaw, schedule_lrs
+from autotune.simplex import SimplexMap
+from autotune.spec import SearchSpace
+
+SPACE = {
+    "name": "synthetic",
+    "base_model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "vocab_size": 512},
+    "domains": {"math": {"source": "demo:math", "role": "target"}, "code": {"source": "demo:code", "role": "target"},
+                "general": {"source": "demo:prose", "role": "general"}},
+    "mixture": {"math": {"max": 0.7}, "code": {"max": 0.6}, "general": {"min": 0.1}, "floors": {"general": 0.1}},
+    "schedule": {"kind": ["wsd", "cosine"], "peak_lr": {"low": 3e-4, "high": 1e-2, "log": True},
+                 "decay_fraction": {"low": 0.1, "high": 0.6}, "warmup_fraction": 0.05},
+    "proxy": {"tokens": 40 * 1024, "seq_len": 64, "batch_tokens": 1024},
+    "evals": "suite.yaml",
+    "objective": {"maximize": "target", "subject_to": "general >= base - 0.05"},
+}
+LAW = MultiPowerLaw(L0=2.0, A=0.3, alpha=0.5, B=80.0, C=1.0, beta=0.5, gamma=0.5)
+
+
+def make_study(root: Path, trials: int = 12, seed: int = 0, failed: int = 1) -> Path:
+    """A finished study folder as ``autotune search`` leaves it, with known structure in the scores."""
+    space = SearchSpace.model_validate(SPACE)
+    identity = space.model_dump(mode="json")
+    identity["search"] = {k: v for k, v in identity["search"].items() if k not in ("trials", "storage", "runs_dir")}
+    root.mkdir(parents=True)
+    (root / "space.json").write_text(json.dumps({"identity": identity, "digest": "synthetic0000000"}))
+    smap = SimplexMap.from_space(space)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(trials):
+        w = smap.to_weights(list(rng.random(smap.dims)))
+        kind = ("wsd", "cosine")[i % 2]
+        peak = float(10 ** rng.uniform(-3.5, -2))
+        decay = float(rng.uniform(0.1, 0.6))
+        target = 0.6 * math.sqrt(w["math"] + w["code"]) + 0.02 * math.log10(peak) + 0.01 * rng.standard_normal()
+        general = -0.3 * (0.6 - w["general"]) + 0.005 * rng.standard_normal()
+        run_dir = root / "trials" / f"t{i:03d}"
+        run_dir.mkdir(parents=True)
+        lrs = schedule_lrs(kind, 40, peak, 0.05, decay, 0.0)
+        steps = np.arange(1, 40)
+        loss = LAW.predict(LossCurve(lrs, steps, np.ones(39))) + 0.5 * w["code"] + 0.002 * rng.standard_normal(39)
+        with open(run_dir / "train_log.jsonl", "w") as f:
+            f.write(json.dumps({"step": 0, "lr": float(lrs[0]), "loss": 6.0, "tokens": 1024}) + "\n")
+            for s, v in zip(steps, loss, strict=True):
+                f.write(json.dumps({"step": int(s), "lr": float(lrs[s]), "loss": float(v), "tokens": int(s + 1) * 1024}) + "\n")
+        rows.append({"trial": i, "state": "complete", "mixture": w, "seed": 0, "prior": False, "target": target,
+                     "general": general, "feasible": general >= -0.05,
+                     "schedule": {"kind": kind, "peak_lr": peak, "warmup_fraction": 0.05, "decay_fraction": decay,
+                                  "final_lr_ratio": 0.0},
+                     "metrics": {"bpb/math": 2.0 - w["math"], "bpb/code": 2.5 - w["code"] ** 0.5}, "run_dir": f"trials/t{i:03d}"})
+    for j in range(failed):
+        rows.append({"trial": trials + j, "state": "fail", "mixture": {}, "schedule": {}, "target": None, "general": None,
+                     "metrics": {}, "run_dir": ""})
+    (root / "summary.json").write_text(json.dumps({"base": {"bpb/math": 2.0, "bpb/code": 2.5}, "trials": rows}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    return make_study(tmp_path_factory.mktemp("runs") / "synthetic")
+
+
+@pytest.fixture(scope="module")
+def recipe(study) -> dict:
+    return build_recipe(study, tokens=1e9 + 123, available_tokens={"math": 5e7, "code": 1e9}, bootstrap=8,
+                        all_metrics=False)
+
+
+def test_numbers_are_consistent(recipe):
+    r = Recipe.model_validate(recipe)
+    assert r.batch_tokens == 1024 and r.requested_tokens == 1e9 + 123
+    assert r.tokens == (int(1e9 + 123) // 1024) * 1024 == r.schedule.total_steps * r.batch_tokens
+    assert sum(d.tokens for d in r.domains.values()) == r.tokens
+    assert sum(d.share for d in r.domains.values()) == pytest.approx(1.0)
+    for name, d in r.domains.items():
+        assert d.tokens == pytest.approx(d.share * r.tokens, abs=1)
+        if name in ("math", "code"):
+            assert d.epochs == pytest.approx(d.tokens / d.available_tokens)
+        else:
+            assert d.available_tokens is None and d.epochs is None
+    s = r.schedule
+    assert s.warmup_steps + s.stable_steps + s.decay_steps == s.total_steps
+    assert s.warmup_steps == round(0.05 * s.total_steps)
+    assert s.kind in ("wsd", "cosine") and s.chosen_by == "multi_power_law" and s.law is not None
+    assert s.final_lr == pytest.approx(s.final_lr_ratio * s.peak_lr)
+    assert 3e-4 <= s.peak_lr <= 1e-2
+
+
+def test_mixture_honours_the_space_and_the_epoch_cap(recipe):
+    d = recipe["domains"]
+    assert d["math"]["share"] <= 0.7 + 1e-9 and d["code"]["share"] <= 0.6 + 1e-9
+    assert d["general"]["share"] >= 0.1 - 1e-9
+    # math has 5e7 tokens: at most 4 epochs = 2e8 of 1e9 tokens, a 0.2 share (the target wants more)
+    assert d["math"]["epochs"] <= 4.0 + 1e-6
+    assert recipe["provenance"]["optimizer"]["epoch_cap"] == 4.0
+
+
+def test_predictions_and_provenance(recipe):
+    for key in ("target", "general"):
+        p = recipe["predicted"][key]
+        assert p["low"] <= p["value"] <= p["high"] and p["bootstrap_samples"] > 0 and p["model"]
+    prov = recipe["provenance"]
+    assert prov["trials_used"] == list(range(12)) and prov["trials_failed"] == [12]
+    assert set(prov["models"]) == {"target", "general"}
+    target_model = prov["models"]["target"]
+    assert target_model["model"].endswith("own_share") and target_model["folds"] == 5
+    assert all(set(v) == {"spearman", "rmse"} for v in target_model["cv"].values())
+    assert prov["optimizer"]["feasible"] and prov["optimizer"]["peak_lr_covariate"]
+    # the known structure: target rises with math + code, general with general; the floor is -0.05
+    assert recipe["predicted"]["general"]["value"] >= -0.05 - 1e-9
+
+
+def test_writes_and_loads_back(recipe, tmp_path):
+    path = write_recipe(recipe, tmp_path / "recipe.yaml", command="autotune extrapolate runs/synthetic --tokens 1e9")
+    text = path.read_text()
+    assert text.startswith("# autotune extrapolate runs/synthetic --tokens 1e9\n")
+    loaded = load_recipe(path)
+    assert loaded.model_dump(mode="json") == recipe
+    with pytest.raises(ValidationError):  # frozen
+        loaded.tokens = 1
+    data = yaml.safe_load(text)
+    data["domains"]["math"]["tokens"] += 1
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match="domain tokens sum"):
+        load_recipe(tmp_path / "bad.yaml")
+
+
+def test_more_than_16_epochs_refused_unless_forced(study):
+    # general has a 0.1 floor: 1e8 of 1e9 tokens from 1e6 available is 100 epochs whatever the mixture
+    with pytest.raises(UserError, match=f"beyond {HARD_MAX_EPOCHS:g} epochs") as e:
+        build_recipe(study, tokens=1e9, available_tokens={"general": 1e6}, bootstrap=0, all_metrics=False)
+    assert e.value.field == "available_tokens"
+    forced = build_recipe(study, tokens=1e9, available_tokens={"general": 1e6}, force=True, bootstrap=0,
+                          all_metrics=False)
+    assert forced["domains"]["general"]["epochs"] > HARD_MAX_EPOCHS
+    assert any("forced" in w for w in forced["warnings"])
+    assert any("epochs" in w for w in forced["warnings"])
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"tokens": 0}, "tokens"),
+    ({"tokens": 100}, "tokens"),  # under one batch
+    ({"tokens": 1e9, "available_tokens": {"poetry": 1e9}}, "available_tokens"),
+    ({"tokens": 1e9, "available_tokens": {"math": -1}}, "available_tokens.math"),
+    ({"tokens": 1e9, "max_epochs": 0}, "max_epochs"),
+])
+def test_bad_input_names_the_field(study, kwargs, field):
+    with pytest.raises(UserError) as e:
+        build_recipe(study, bootstrap=0, all_metrics=False, **kwargs)
+    assert e.value.field == field
+
+
+def test_bad_study_folders(tmp_path):
+    with pytest.raises(UserError, match="study folder not found"):
+        build_recipe(tmp_path / "nope", tokens=1e9)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="space.json not found"):
+        build_recipe(tmp_path / "empty", tokens=1e9)
+    few = make_study(tmp_path / "few", trials=2)
+    with pytest.raises(UserError, match="at least 3 complete trials"):
+        build_recipe(few, tokens=1e9)
+    (few / "summary.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        build_recipe(few, tokens=1e9)
+
+
+def test_extrapolate_study_writes_recipe_yaml(tmp_path):
+    study = make_study(tmp_path / "runs" / "synthetic", trials=8, seed=1, failed=0)
+    path = extrapolate_study(study, 2e8, {"code": 5e8}, 4.0, False, bootstrap=0)
+    assert path == study / "recipe.yaml"
+    r = load_recipe(path)
+    assert r.study == "synthetic" and r.domains["code"].epochs == pytest.approx(r.domains["code"].tokens / 5e8)
+    assert r.predicted["target"].low is None  # no bootstrap asked for
