@@ -7,6 +7,7 @@ Deterministic given its config and seed; saved with ``save_pretrained`` so ``Aut
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -56,7 +57,7 @@ def demo_base(cfg: DemoBase, tokenizer_dir: Path, packed: dict[str, PackedDomain
         model.config.use_cache = True
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "pretrain_summary.json").write_text(str(summary.to_json()))
+        (tmp / "pretrain_summary.json").write_text(json.dumps(summary.to_json(), indent=1))
     return final
 
 
