@@ -1,0 +1,515 @@
+"""Domain sources: where a domain's documents come from, read once, in a fixed order.
+
+Three kinds behind one small interface (``DocumentSource``), built by ``open_source`` from a domain's
+``source`` in the search space:
+
+* ``demo:<name>``: the offline demo corpora (``autotune/data/demo.py``), already split;
+* ``{path: ...}`` (``PathSource``): local files, one reader per format (jsonl, json, parquet, text, file);
+* ``{hf: ...}`` / ``{from_disk: ...}`` (``HFSource``): HF ``datasets`` (``load_dataset`` / ``load_from_disk``).
+
+File and HF sources assign each document to the held-out split by the hash of its text (so duplicates share
+a split) and skip blank documents. Every problem with the user's data (no such file, an unknown format, a
+missing field, a file that is not what its name says) is a ``UserError`` naming the file, the field
+(``domains.math.source.text_field``) and the value.
+
+Cache keys are content-addressed: a file enters a key by its size and sha256, not by its name or mtime, so
+copying or touching the data reuses the packed tokens and editing it does not. Hashes are remembered per
+file (``fingerprints/`` in the cache folder) and reused while the file's size, mtime, ctime and inode are
+unchanged; an entry is trusted only if the file was last modified well before it was hashed (git's "racy
+clean" rule), so a file rewritten within the file system's timestamp granularity is hashed again.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from autotune.errors import UserError
+from autotune.records import read_json, write_json_atomic
+
+# Bump when the demo corpus, what a document is (reading rules, the split rule) or the packing format
+# changes: it is part of every source's cache key.
+DATA_VERSION = 1
+
+# Extension -> format; a trailing ``.gz`` is decompressed first (not for parquet, which compresses inside).
+EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet",
+              ".txt": "text", ".md": "text", ".text": "text"}
+# A hash entry younger than this (file mtime to hashing time) is re-checked: timestamps are coarse
+# (ext4/tmpfs take them from a clock that ticks every few milliseconds; FAT has 2 s).
+_RACY_NS = 2_000_000_000
+_HASH_BLOCK = 1 << 20
+_ROWS_PER_BATCH = 1024
+
+
+class DocumentSource(Protocol):
+    """A domain's text. Life cycle: ``open_source`` checks what is cheap to check (files exist, formats are
+    known) -> ``key()`` identifies the content for the token cache (hashes files the first time) ->
+    ``documents()`` streams ``(heldout, text)`` pairs, once per packing, always in the same order."""
+
+    field: str  # the dotted spec field that names the data, for errors ("domains.math.source.path")
+
+    def key(self) -> dict[str, Any]:
+        """What determines the documents and their split: equal keys give byte-identical packed tokens."""
+
+    def files(self) -> list[dict[str, Any]]:
+        """The files read, for the manifest: ``{file, format, bytes, sha256}`` each (empty for the demo)."""
+
+    def size_bytes(self) -> int:
+        """About how many bytes ``documents()`` reads: chooses in-process or parallel tokenization."""
+
+    def documents(self) -> Iterator[tuple[bool, str]]:
+        """``(is_heldout, text)`` for every document, in a fixed order."""
+
+
+def open_source(source, *, where: str, cache: Path) -> DocumentSource:
+    """The reader of a domain source (``demo:<name>``, ``PathSource`` or ``HFSource``); ``where`` is the
+    spec path of the domain (``domains.math``) for errors; ``cache`` holds file hashes (and temporary
+    ``datasets`` caches)."""
+    from autotune.spec import HFSource, PathSource
+
+    if isinstance(source, str):
+        return DemoSource(source)
+    if isinstance(source, PathSource):
+        return FileSource(source, where=where, cache=cache)
+    if isinstance(source, HFSource):
+        return HFDatasetSource(source, where=where, cache=cache)
+    raise TypeError(f"not a domain source: {source!r}")
+
+
+def is_heldout(text: str, fraction: float) -> bool:
+    """The split rule of file and HF sources: the first 8 bytes of the text's sha256, as a fraction of 2**64."""
+    h = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(h[:8], "big") < fraction * 2**64
+
+
+# ----------------------------------------------------------------------------------------------- demo
+class DemoSource:
+    """``demo:<name>``: split by the demo's own keys (``autotune/data/demo.py``)."""
+
+    def __init__(self, source: str) -> None:
+        self.name = source.removeprefix("demo:")
+        self.field = source
+
+    def key(self) -> dict[str, Any]:
+        # The stdlib-derived corpora depend on the Python version.
+        return {"demo": f"demo:{self.name}", "python": sys.version_info[:2], "version": DATA_VERSION}
+
+    def files(self) -> list[dict[str, Any]]:
+        return []
+
+    def size_bytes(self) -> int:
+        return 12 << 20  # about 10 MB of text all told: in-process
+
+    def documents(self) -> Iterator[tuple[bool, str]]:
+        from autotune.data.demo import demo_documents
+
+        for split in ("train", "heldout"):
+            for d in demo_documents(self.name, split):
+                yield split == "heldout", d
+
+
+# ----------------------------------------------------------------------------------------------- file hashes
+def _stat_id(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def file_sha256(path: Path, cache: Path | None) -> str:
+    """sha256 of a file's bytes, remembered under ``cache/fingerprints`` while the file is unchanged."""
+    path = path.resolve()
+    entry_path = cache / "fingerprints" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json" if cache else None
+    before = path.stat()
+    if entry_path is not None and entry_path.exists():
+        try:
+            entry = read_json(entry_path)
+            if entry["stat"] == _stat_id(before) and before.st_mtime_ns < entry["hashed_at_ns"] - _RACY_NS:
+                return entry["sha256"]
+        except (ValueError, KeyError, OSError):
+            pass  # a damaged entry: hash again
+    hashed_at = time.time_ns()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            h.update(block)
+    sha = h.hexdigest()
+    if entry_path is not None and _stat_id(path.stat()) == _stat_id(before):  # not written to while hashed
+        entry_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(entry_path, {"file": str(path), "stat": _stat_id(before), "hashed_at_ns": hashed_at,
+                                       "sha256": sha})
+    return sha
+
+
+# ----------------------------------------------------------------------------------------------- readers
+# A reader turns one file into document texts: (file, fields, join, where) -> texts.
+Reader = Callable[[Path, list[str], str, str], Iterator[str]]
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")  # noqa: SIM115
+
+
+def _lines(path: Path, where: str) -> Iterator[tuple[int, bytes]]:
+    try:
+        with _open(path) as fh:
+            yield from enumerate(fh, 1)
+    except (gzip.BadGzipFile, EOFError) as e:
+        raise UserError(f"not a readable gzip file ({e})", file=path, field=f"{where}.source.path") from None
+
+
+def _decode(raw: bytes, path: Path, where: str, loc: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"not UTF-8 text ({e.reason} at byte {e.start} of {loc})", file=path,
+                        field=f"{where}.source.path") from None
+
+
+def _text_of(record: Any, fields: list[str], join: str, path: Path, where: str, loc: str) -> str:
+    """The document of one record: its text fields, joined."""
+    if not isinstance(record, dict):
+        raise UserError(f"{loc} is not a JSON object (it is a {type(record).__name__})", file=path,
+                        field=f"{where}.source.path")
+    parts = []
+    for f in fields:
+        value = record.get(f)
+        if not isinstance(value, str):
+            held = "it is missing" if f not in record else f"it holds {type(value).__name__}"
+            raise UserError(f"{loc} has no string field {f!r} ({held}; fields: {', '.join(map(str, record))})",
+                            file=path, field=f"{where}.source.text_field", value=f)
+        parts.append(value)
+    return join.join(parts)
+
+
+def docs_jsonl(path: Path, fields: list[str], join: str, where: str) -> Iterator[str]:
+    """One JSON object a line; blank lines are skipped."""
+    for lineno, raw in _lines(path, where):
+        if not raw.strip():
+            continue
+        line = _decode(raw, path, where, f"line {lineno}")
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"line {lineno} is not JSON ({e.msg})", file=path, field=f"{where}.source.path") from None
+        yield _text_of(record, fields, join, path, where, f"line {lineno}")
+
+
+def docs_json(path: Path, fields: list[str], join: str, where: str) -> Iterator[str]:
+    """A JSON array of objects (read whole: use jsonl or parquet for large data), or JSON lines."""
+    with _open(path) as fh:
+        head = fh.read(4096).lstrip()
+    if not head.startswith(b"["):
+        yield from docs_jsonl(path, fields, join, where)
+        return
+    with _open(path) as fh:
+        text = _decode(fh.read(), path, where, "the file")
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"not JSON ({e.msg} at line {e.lineno})", file=path, field=f"{where}.source.path") from None
+    for i, record in enumerate(records):
+        yield _text_of(record, fields, join, path, where, f"item {i}")
+
+
+def docs_parquet(path: Path, fields: list[str], join: str, where: str) -> Iterator[str]:
+    """The ``fields`` columns (strings), streamed in row batches."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"not a Parquet file ({e})", file=path, field=f"{where}.source.path") from None
+    schema = pf.schema_arrow
+    for f in fields:
+        if f not in schema.names:
+            raise UserError(f"no column {f!r} (columns: {', '.join(schema.names)})", file=path,
+                            field=f"{where}.source.text_field", value=f)
+        t = schema.field(f).type
+        t = t.value_type if pa.types.is_dictionary(t) else t
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
+            raise UserError(f"column {f!r} holds {t}, not text", file=path, field=f"{where}.source.text_field", value=f)
+    row = 0
+    try:
+        for batch in pf.iter_batches(batch_size=_ROWS_PER_BATCH, columns=fields):
+            columns = [batch.column(f).to_pylist() for f in fields]
+            for values in zip(*columns, strict=True):
+                if any(v is None for v in values):
+                    f = fields[[v is None for v in values].index(True)]
+                    raise UserError(f"row {row} has no string field {f!r} (it is null)", file=path,
+                                    field=f"{where}.source.text_field", value=f)
+                yield join.join(values)
+                row += 1
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"a damaged Parquet file ({e}) near row {row}", file=path, field=f"{where}.source.path") from None
+
+
+def docs_text(path: Path, fields: list[str], join: str, where: str) -> Iterator[str]:
+    """Plain text: documents separated by two or more blank lines (a file without one is one document)."""
+    doc: list[str] = []
+    blanks: list[str] = []
+    for lineno, raw in _lines(path, where):
+        line = _decode(raw, path, where, f"line {lineno}")
+        if not line.strip():
+            blanks.append(line)
+            continue
+        if doc and len(blanks) >= 2:
+            yield "".join(doc).rstrip("\r\n")
+            doc = []
+        elif doc:
+            doc.extend(blanks)
+        blanks = []
+        doc.append(line)
+    if doc:
+        yield "".join(doc).rstrip("\r\n")
+
+
+def docs_file(path: Path, fields: list[str], join: str, where: str) -> Iterator[str]:
+    """The whole file is one document (source code trees, one article a file)."""
+    with _open(path) as fh:
+        yield _decode(fh.read(), path, where, "the file")
+
+
+READERS: dict[str, Reader] = {"jsonl": docs_jsonl, "json": docs_json, "parquet": docs_parquet, "text": docs_text,
+                              "file": docs_file}
+
+
+def _fields(text_field: str | list[str]) -> list[str]:
+    return [text_field] if isinstance(text_field, str) else list(text_field)
+
+
+# ----------------------------------------------------------------------------------------------- files
+def _format_of(path: Path, fmt: str) -> str | None:
+    if fmt != "auto":
+        return fmt
+    name = path.name.removesuffix(".gz") if not path.name.endswith(".parquet.gz") else path.name
+    return EXTENSIONS.get(Path(name).suffix.lower())
+
+
+class FileSource:
+    """``{path: ...}``: local files in sorted path order, each read by its format's reader."""
+
+    def __init__(self, spec, *, where: str, cache: Path) -> None:
+        self.spec = spec
+        self.where = where
+        self.cache = cache
+        self.field = f"{where}.source.path"
+        self.fields = _fields(spec.text_field)
+        self.join = "\n" if spec.join is None else spec.join
+        pattern = os.path.expanduser(spec.path)
+        if os.path.isdir(pattern):  # names starting with '.' or '_' are metadata (_SUCCESS, .crc), as for pyarrow
+            root = Path(pattern)
+            found = [p for p in root.rglob("*") if not any(s.startswith((".", "_")) for s in p.relative_to(root).parts)]
+        else:
+            found = [Path(p) for p in glob.glob(pattern, recursive=True)]
+        paths = sorted(p for p in found if p.is_file())
+        if not paths:
+            raise UserError("no files match", field=self.field, value=spec.path)
+        self.paths: list[tuple[Path, str]] = []
+        for p in paths:
+            fmt = _format_of(p, spec.format)
+            if fmt is None:
+                raise UserError(f"unknown file format {p.suffix or '(no extension)'!r}: name the file .jsonl, .json, "
+                                ".parquet, .txt or .md (optionally .gz), or set format: jsonl|json|parquet|text|file",
+                                file=p, field=self.field, value=spec.path)
+            if p.stat().st_size == 0:
+                raise UserError("empty file: no documents", file=p, field=self.field, value=spec.path)
+            self.paths.append((p, fmt))
+        self._hashes: list[str] | None = None
+
+    def _sha(self) -> list[str]:
+        if self._hashes is None:
+            self._hashes = [file_sha256(p, self.cache) for p, _ in self.paths]
+        return self._hashes
+
+    def key(self) -> dict[str, Any]:
+        files = [[fmt, p.stat().st_size, sha] for (p, fmt), sha in zip(self.paths, self._sha(), strict=True)]
+        return {"files": files, "text_field": self.fields, "join": self.join,
+                "heldout": self.spec.heldout_fraction, "version": DATA_VERSION}
+
+    def files(self) -> list[dict[str, Any]]:
+        return [{"file": str(p), "format": fmt, "bytes": p.stat().st_size, "sha256": sha}
+                for (p, fmt), sha in zip(self.paths, self._sha(), strict=True)]
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p, _ in self.paths)
+
+    def documents(self) -> Iterator[tuple[bool, str]]:
+        fraction = self.spec.heldout_fraction
+        for p, fmt in self.paths:
+            for text in READERS[fmt](p, self.fields, self.join, self.where):
+                if text.strip():
+                    yield is_heldout(text, fraction), text
+
+
+# ----------------------------------------------------------------------------------------------- HF datasets
+class HFDatasetSource:
+    """``{hf: ...}`` / ``{from_disk: ...}``: a ``datasets.Dataset``, its text columns read in row batches.
+
+    Local data (``from_disk``, a local folder, a file builder over local files) is keyed by the sha256 of
+    its files; a hub dataset by the fingerprint ``datasets`` gives it (its repo, config, revision, split).
+    Local data is converted in a temporary ``datasets`` cache that is removed after reading; hub data uses
+    the user's HF cache.
+    """
+
+    def __init__(self, spec, *, where: str, cache: Path) -> None:
+        from autotune.spec import HF_FILE_BUILDERS
+
+        self.spec = spec
+        self.where = where
+        self.cache = cache
+        self.fields = _fields(spec.text_field)
+        self.join = "\n" if spec.join is None else spec.join
+        try:
+            import datasets  # noqa: F401
+        except ImportError:
+            raise UserError("HF dataset sources need the 'datasets' package (pip install datasets)",
+                            field=f"{where}.source", value=spec.hf or spec.from_disk) from None
+        self._ds = None
+        self.local_files: list[tuple[str, Path]] | None = None  # (name in the key, path) of local data
+        if spec.from_disk is not None:
+            self.field = f"{where}.source.from_disk"
+            root = Path(spec.from_disk).expanduser()
+            if not root.is_dir():
+                raise UserError("folder not found", field=self.field, value=spec.from_disk)
+            if not ((root / "state.json").exists() or (root / "dataset_dict.json").exists()):
+                raise UserError("not a folder written by save_to_disk (no state.json or dataset_dict.json)",
+                                field=self.field, value=spec.from_disk)
+            self.local_files = _tree(root)
+        elif spec.hf in HF_FILE_BUILDERS:
+            self.field = f"{where}.source.data_files"
+            patterns = [spec.data_files] if isinstance(spec.data_files, str) else list(spec.data_files)
+            self.local_files = []
+            for pattern in patterns:
+                found = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True))
+                if not found:
+                    raise UserError("no files match", field=self.field, value=pattern)
+                self.local_files += [(p.name, p) for p in found if p.is_file()]
+        else:
+            self.field = f"{where}.source.hf"
+            if Path(spec.hf).expanduser().is_dir():
+                self.local_files = _tree(Path(spec.hf).expanduser())
+                if not self.local_files:
+                    raise UserError("empty folder", field=self.field, value=spec.hf)
+
+    def _datasets_version(self) -> str:
+        import datasets
+
+        return ".".join(datasets.__version__.split(".")[:2])
+
+    def key(self) -> dict[str, Any]:
+        from autotune.spec import HF_FILE_BUILDERS
+
+        s = self.spec
+        common = {"text_field": self.fields, "join": self.join, "heldout": s.heldout_fraction, "version": DATA_VERSION}
+        if s.from_disk is not None:  # arrow files as saved: independent of the datasets version
+            return {"from_disk": [[n, p.stat().st_size, file_sha256(p, self.cache)] for n, p in self.local_files],
+                    "split": s.split, **common}
+        what = {"hf": s.hf if self.local_files is None else None, "name": s.name, "split": s.split,
+                "data_files": s.data_files if self.local_files is None else None, "revision": s.revision,
+                "datasets": self._datasets_version()}  # builders parse files: their version matters
+        if self.local_files is not None:  # a file builder's files count by content; a folder's by name too
+            builder = s.hf in HF_FILE_BUILDERS
+            what["files"] = [[None if builder else n, p.stat().st_size, file_sha256(p, self.cache)]
+                             for n, p in self.local_files]
+            what["builder"] = s.hf if builder else "folder"
+        else:
+            what["fingerprint"] = self._load(self.cache)._fingerprint
+        return {**what, **common}
+
+    def files(self) -> list[dict[str, Any]]:
+        if self.local_files is None:
+            return []
+        return [{"file": str(p), "format": "hf", "bytes": p.stat().st_size, "sha256": file_sha256(p, self.cache)}
+                for _, p in self.local_files]
+
+    def size_bytes(self) -> int:
+        if self.local_files is not None:
+            return sum(p.stat().st_size for _, p in self.local_files)
+        return int(self._load(self.cache).data.nbytes)
+
+    def documents(self) -> Iterator[tuple[bool, str]]:
+        hub = self.spec.hf is not None and self.local_files is None
+        tmp = None if hub or self.spec.from_disk else Path(tempfile.mkdtemp(dir=_mkdir(self.cache), prefix=".hf-"))
+        try:
+            ds = self._load(tmp)
+            fraction = self.spec.heldout_fraction
+            row = 0
+            for batch in ds.select_columns(self.fields).iter(batch_size=_ROWS_PER_BATCH):
+                for values in zip(*(batch[f] for f in self.fields), strict=True):
+                    if any(not isinstance(v, str) for v in values):
+                        f = self.fields[[not isinstance(v, str) for v in values].index(True)]
+                        raise UserError(f"row {row} has no string field {f!r}", field=f"{self.where}.source.text_field",
+                                        value=f)
+                    text = self.join.join(values)
+                    if text.strip():
+                        yield is_heldout(text, fraction), text
+                    row += 1
+        finally:
+            self._ds = None
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _load(self, cache_dir: Path | None):
+        """The dataset (one split), its text columns checked."""
+        if self._ds is not None:
+            return self._ds
+        import datasets
+
+        s = self.spec
+        try:
+            if s.from_disk is not None:
+                ds = datasets.load_from_disk(str(Path(s.from_disk).expanduser()))
+            else:
+                kwargs = {"cache_dir": str(cache_dir)} if cache_dir and self.local_files is not None else {}
+                ds = datasets.load_dataset(s.hf, s.name, split=s.split, data_files=s.data_files, revision=s.revision,
+                                           **kwargs)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001  (datasets raises many kinds for a bad name, split, file or config)
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            hint = (" (study workers run offline: a hub dataset must be in the HF cache; load it once with "
+                    "datasets.load_dataset first)") if isinstance(e, ConnectionError | FileNotFoundError) else ""
+            field = f"{self.where}.source.split" if "split" in first.lower() and "Unknown split" in first else self.field
+            raise UserError(f"datasets could not load it: {type(e).__name__}: {first}{hint}", field=field,
+                            value=s.split if field.endswith(".split") else (s.hf or s.from_disk)) from None
+        if isinstance(ds, datasets.DatasetDict):
+            if s.split not in ds:
+                raise UserError(f"no split {s.split!r} (splits: {', '.join(ds)})", field=f"{self.where}.source.split",
+                                value=s.split)
+            ds = ds[s.split]
+        if not isinstance(ds, datasets.Dataset):
+            raise UserError(f"not a Dataset ({type(ds).__name__})", field=self.field, value=s.hf or s.from_disk)
+        for f in self.fields:
+            if f not in ds.column_names:
+                raise UserError(f"no column {f!r} (columns: {', '.join(ds.column_names)})",
+                                field=f"{self.where}.source.text_field", value=f)
+            feature = ds.features[f]
+            if getattr(feature, "dtype", None) not in ("string", "large_string"):
+                raise UserError(f"column {f!r} holds {feature}, not text", field=f"{self.where}.source.text_field",
+                                value=f)
+        if len(ds) == 0:
+            raise UserError("the dataset has no rows", field=self.field, value=s.hf or s.from_disk)
+        self._ds = ds
+        return ds
+
+
+def _tree(root: Path) -> list[tuple[str, Path]]:
+    """Files under a folder (not hidden ones, not .git), by relative name."""
+    out = [(p.relative_to(root).as_posix(), p) for p in root.rglob("*")
+           if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts)]
+    return sorted(out)
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
