@@ -15,7 +15,9 @@
    seeds (its CLI's defaults), ``log_samples`` on and bootstrapping off (standard errors of mean metrics
    come from the per-sample values instead). Continuous metrics and chance levels come from the
    per-sample log-likelihoods (``continuous``).
-4. Per-sample logs go to ``out_dir/samples/<task>.jsonl``; the record of what was run to ``meta``.
+4. Per-sample logs go to ``out_dir/samples/<task>.jsonl`` (bits-per-byte: one line per scored window in
+   ``samples/bpb/<domain>.jsonl``, which the gate's paired bootstrap resamples); the record of what was
+   run to ``meta``.
 
 Everything stays offline (``set_offline``).
 """
@@ -122,6 +124,8 @@ def run_suite(target: ModelRef, suite: Suite, *, heldout: dict[str, HeldoutToken
     bpb = _bpb_plan(suite, heldout, target, model_hash)
     for b in bpb:
         b["record"] = cache.get(b["key"])
+        if b["record"] is not None and "windows" not in b["record"]:
+            b["record"] = None  # cached before per-window losses were kept: score again (same value)
         b["cached"] = b["record"] is not None
     todo_bpb = [b for b in bpb if not b["cached"]]
     todo = [r for r in runs if not r.cached]
@@ -203,9 +207,10 @@ def _run_bpb(target: ModelRef, suite: Suite, todo: list[dict], cache: Cache, pro
         with torch.no_grad():
             for b in todo:
                 t = time.perf_counter()
-                r = bits_per_byte(model, tokenizer, b["heldout"].tokens, seq_len=b["seq_len"], max_tokens=suite.bpb_tokens)
+                r = bits_per_byte(model, tokenizer, b["heldout"].tokens, seq_len=b["seq_len"], max_tokens=suite.bpb_tokens,
+                                  windows=True)
                 b["record"] = {"bpb": r["bpb"], "tokens": r["tokens"], "bytes": r["bytes"], "seq_len": b["seq_len"],
-                               "seconds": round(time.perf_counter() - t, 3)}
+                               "seconds": round(time.perf_counter() - t, 3), "windows": r["windows"]}
                 cache.put(b["key"], b["record"])
                 progress.advance()
     finally:
@@ -415,10 +420,25 @@ def _assemble(suite: Suite, runs: list[_TaskRun], bpb: list[dict], cache: Cache,
     t0 = meta.pop("t0")
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     meta["tasks"] = task_meta
-    meta["bpb"] = {b["entry"].bpb: {**{k: v for k, v in b["record"].items() if k != "bpb"}, "cached": b["cached"],
-                                    "heldout": b["heldout"].fingerprint} for b in bpb}
+    meta["bpb"] = {}
+    for b in bpb:
+        domain = b["entry"].bpb
+        meta["bpb"][domain] = {**{k: v for k, v in b["record"].items() if k not in ("bpb", "windows")},
+                               "cached": b["cached"], "heldout": b["heldout"].fingerprint,
+                               "samples": f"samples/bpb/{domain}.jsonl" if out_dir is not None else None}
+        if out_dir is not None:
+            _write_bpb_windows(out_dir / "samples" / "bpb" / f"{domain}.jsonl", b["record"])
     meta["cached"] = all(r.cached for r in runs) and all(b["cached"] for b in bpb)
     return SuiteResult(metrics=metrics, stderr=stderr, rows=rows, meta=meta)
+
+
+def _write_bpb_windows(path: Path, record: dict[str, Any]) -> None:
+    """One line per scored window: its index, summed loss (nats) and bytes (see ``bpb.bits_per_byte``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = record["windows"]
+    with open(path, "w", encoding="utf-8") as f:
+        for i, (nll, n_bytes) in enumerate(zip(w["nll"], w["bytes"], strict=True)):
+            f.write(json.dumps({"window": i, "nll": nll, "bytes": n_bytes, "tokens": record["seq_len"]}) + "\n")
 
 
 def _write_samples(path: Path, run: _TaskRun, cache: Cache) -> None:
