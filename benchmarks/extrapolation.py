@@ -1,4 +1,4 @@
-# python benchmarks/extrapolation.py            (both parts; about 4 minutes on 2 cores)
+# python benchmarks/extrapolation.py            (all three parts; about 4 minutes on 2 cores)
 """Extrapolation checked against published data (../shared/data/anchors, read in place, never copied).
 
 RegMix (Liu et al., ICLR 2025): fit on the 512 1M-parameter proxy runs, rank the 64 mixtures trained at
@@ -10,6 +10,10 @@ weight". Spearman rho at 1B; the mean row last.
 
 Multi-Power Law (Luo et al., ICLR 2025): fit on cosine_24000, constant_24000 and wsdcon_9; predict the
 other six schedules' loss curves at 25M, 100M and 400M parameters; mean and worst relative error.
+
+Scale transfer (``--part ladder``): RegMix's 256 test mixtures at 1M and 60M parameters as a two-rung ladder:
+rank agreement over all of them, over the best five at 1M, and how often ``autotune``'s ladder check warns
+on random five-mixture ladders.
 
     python benchmarks/extrapolation.py --part regmix --targets pile_cc,hackernews
     python benchmarks/extrapolation.py --part mpl --sizes 25
@@ -117,6 +121,62 @@ def print_regmix(rows: list[dict], test_split: str) -> None:
     print(f"{'mean':18s} " + " ".join(f"{means[c]:9.3f}" for c in cols))
 
 
+# ----------------------------------------------------------------------------------------------- ladder
+def ladder_table(targets: list[str] | None = None, k: int = 5, draws: int = 2000, seed: int = 0,
+                 min_kendall: float | None = None) -> list[dict]:
+    """Scale transfer on RegMix's two rungs of model size: the same 256 mixtures at 1M and 60M parameters.
+
+    Per target: Spearman / Kendall over all 256 ("population"); over the ``k`` best mixtures at 1M (what
+    ``autotune ladder`` re-runs: the top of the ranking, where it matters and is hardest); and over
+    ``draws`` random ``k``-subsets: their mean Kendall tau and how often ``analyze`` would warn (tau below
+    ``min_kendall`` or another best mixture), against a population that agrees well."""
+    from autotune.extrapolate.ladder import MIN_KENDALL, analyze, rank_agreement
+
+    min_kendall = MIN_KENDALL if min_kendall is None else min_kendall
+    _, small, _, names = load_regmix("test_1m")
+    _, large, _, names60 = load_regmix("test_60m")
+    assert names == names60
+    rng = np.random.default_rng(seed)
+    out = []
+    for target in targets or names:
+        j = names.index(target)
+        a, b = small[:, j], large[:, j]
+        rho, tau, n = rank_agreement(a, b)
+        top = np.argsort(a)[:k]  # lowest loss first
+        top_rho, top_tau, _ = rank_agreement(a[top], b[top])
+        taus, warned = [], 0
+        for _ in range(draws):
+            idx = rng.choice(len(a), size=k, replace=False)
+            taus.append(rank_agreement(a[idx], b[idx])[1])
+            mix = [{"label": str(i), "trial": int(i), "mixture": {}} for i in idx]
+            sec = analyze([1, 60], mix, {"loss": np.column_stack([a[idx], b[idx]])}, {"loss": False},
+                          decision=["loss"], min_kendall=min_kendall)
+            warned += not sec["agree"]
+        # what picking the best at 1M costs at 60M, against the spread of the five at 60M
+        regret = float(b[top][0] - b[top].min())
+        out.append({"target": target, "rho": rho, "tau": tau, "n": n, "top_rho": top_rho, "top_tau": top_tau,
+                    "top_best_same": int(np.argmin(b[top])) == 0, "regret": regret,
+                    "regret_of_spread": regret / float(np.ptp(b[top])), "mean_tau": float(np.mean(taus)),
+                    "warn_rate": warned / draws})
+    return out
+
+
+def print_ladder(rows: list[dict], k: int, draws: int) -> None:
+    print(f"\nScale transfer, RegMix 1M -> 60M parameters (the same 256 mixtures, 1B tokens each): rank agreement; "
+          f"top-{k}: the {k} best mixtures at 1M; random: {draws} random {k}-subsets, how often the ladder warns")
+    print("regret: the 60M loss of the best-at-1M mixture minus the best of the five at 60M (and over their spread)")
+    print(f"{'target':18s} {'rho':>6s} {'tau':>6s} {'top rho':>8s} {'top tau':>8s} {'same best':>9s} "
+          f"{'regret':>14s} {'rand tau':>8s} {'warns':>6s}")
+    for r in rows:
+        print(f"{r['target']:18s} {r['rho']:6.3f} {r['tau']:6.3f} {r['top_rho']:8.3f} {r['top_tau']:8.3f} "
+              f"{'yes' if r['top_best_same'] else 'NO':>9s} {r['regret']:7.4f} ({r['regret_of_spread']:4.2f}) "
+              f"{r['mean_tau']:8.3f} {100 * r['warn_rate']:5.1f}%")
+    cols = ("rho", "tau", "top_rho", "top_tau", "regret", "regret_of_spread", "mean_tau", "warn_rate")
+    m = {c: float(np.mean([r[c] for r in rows])) for c in cols}
+    print(f"{'mean':18s} {m['rho']:6.3f} {m['tau']:6.3f} {m['top_rho']:8.3f} {m['top_tau']:8.3f} {'':>9s} "
+          f"{m['regret']:7.4f} ({m['regret_of_spread']:4.2f}) {m['mean_tau']:8.3f} {100 * m['warn_rate']:5.1f}%")
+
+
 # ----------------------------------------------------------------------------------------------- MPL
 def mpl_lrs(name: str) -> np.ndarray:
     """Per-step LRs of the MPL paper's schedules (PROVENANCE.md): 2160 linear warm-up steps from 0 to
@@ -178,7 +238,8 @@ def print_mpl(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", choices=("all", "regmix", "mpl"), default="all")
+    ap.add_argument("--part", choices=("all", "regmix", "mpl", "ladder"), default="all")
+    ap.add_argument("--ladder-k", type=int, default=5, help="mixtures per ladder (prior + top_k 4 = 5)")
     ap.add_argument("--targets", help="comma-separated RegMix targets (default: all 13)")
     ap.add_argument("--test", default="test_1B", choices=("test_1B", "test_60m", "test_1m"),
                     help="RegMix split to rank (default test_1B)")
@@ -197,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("all", "mpl"):
         rows = mpl_table(tuple(int(s) for s in args.sizes.split(",")))
         print_mpl(rows)
+    if args.part in ("all", "ladder"):
+        t0 = time.time()
+        rows = ladder_table(args.targets.split(",") if args.targets else None, k=args.ladder_k, draws=500)
+        print_ladder(rows, args.ladder_k, 500)
+        print(f"({time.time() - t0:.0f} s)")
     return 0
 
 

@@ -3,6 +3,7 @@
 * ``mixture``: mixture -> metric models over the simplex, chosen per metric by K-fold cross-validation;
 * ``optimize``: the predicted objective maximised over the constrained simplex, bootstrap intervals;
 * ``schedule``: the Multi-Power Law of loss curves across LR schedules, and the schedule choice;
+* ``ladder``: scale transfer: power laws in tokens per mixture, rank agreement between ladder rungs;
 * ``study_data``: reading ``runs/<study>/``;
 * ``recipe``: ``build_recipe`` / ``write_recipe`` / ``load_recipe`` / ``extrapolate_study`` and the
   ``Recipe`` model of ``recipe.yaml``.

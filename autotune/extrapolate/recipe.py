@@ -14,7 +14,10 @@
    trial since mixtures differ) and chooses the schedule kind, decay fraction and final LR ratio the law
    predicts best at the full run's step count (falls back to the best trial's schedule when it cannot);
 5. turns shares into tokens and epochs per domain for the full budget: warns above ``max_epochs``
-   epochs and refuses above ``HARD_MAX_EPOCHS`` unless forced.
+   epochs and refuses above ``HARD_MAX_EPOCHS`` unless forced;
+6. when the study has a ladder (``autotune ladder``: the prior and best trials re-run at several proxy
+   token budgets), fits a power law in tokens per mixture, checks that the rungs rank the mixtures alike
+   (``ladder.analyze``) and puts its warnings first.
 
 ``Recipe`` (frozen pydantic) documents every field and checks the numbers agree when built or loaded:
 domain tokens sum to ``tokens``, ``tokens = schedule.total_steps * batch_tokens``, epochs = tokens /
@@ -33,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from autotune.errors import UserError
+from autotune.extrapolate.ladder import LadderSection
 
 # Epochs of repeated data: Muennighoff et al. 2023 ("Scaling Data-Constrained Language Models") find up
 # to ~4 epochs worth almost as much as fresh data, and returns that vanish around 16 (their fitted
@@ -131,6 +135,8 @@ class Recipe(_Frozen):
     predicted_metrics: dict[str, float] = Field(default_factory=dict, description="every suite metric, raw units")
     warnings: list[str] = Field(default_factory=list)
     provenance: Provenance
+    ladder: LadderSection | None = Field(None, description="scale transfer: the study's mixtures re-run at several "
+                                         "proxy token budgets (autotune ladder); None: no ladder was run")
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
@@ -393,6 +399,11 @@ def build_recipe(study_dir: str | Path, *, tokens: float, available_tokens: dict
     if too_many:
         warnings.append(f"forced: {', '.join(too_many)} above {HARD_MAX_EPOCHS:g} epochs")
 
+    # ---- 6. scale transfer
+    ladder = _ladder_section(study, run_tokens)
+    if ladder is not None:
+        warnings[:0] = ladder["warnings"]  # first: they question everything below
+
     recipe = {
         "recipe_version": RECIPE_VERSION, "study": study.name, "tokens": run_tokens, "requested_tokens": float(tokens),
         "batch_tokens": batch_tokens, "domains": plans, "schedule": schedule, "predicted": predicted,
@@ -410,8 +421,22 @@ def build_recipe(study_dir: str | Path, *, tokens: float, available_tokens: dict
                           "epoch_cap": cap_used, "nearest_trial": trials[nearest].number,
                           "l1_distance_to_nearest_trial": float(dist[nearest])},
         },
+        "ladder": ladder,
     }
     return Recipe.model_validate(recipe).model_dump(mode="json")
+
+
+def _ladder_section(study, run_tokens: int) -> dict | None:
+    """The ladder's record when the study has one (``runs/<study>/ladder/ladder.json``), else None."""
+    from autotune.extrapolate.ladder import analyze, decision_metrics, higher_is_better
+    from autotune.extrapolate.study_data import load_ladder
+
+    data = load_ladder(study.root)
+    if data is None:
+        return None
+    return analyze(data.tokens, data.mixtures, data.values, {m: higher_is_better(m) for m in data.values},
+                   decision=decision_metrics(study.space.objective), target_tokens=run_tokens,
+                   min_kendall=data.min_kendall, noise_std=data.noise_std, search_rung=data.search_rung)
 
 
 def _finite(x: float) -> float | None:

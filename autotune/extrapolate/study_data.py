@@ -140,3 +140,75 @@ def read_train_log(path: Path) -> TrainLog | None:
     if len(obs) < 3:
         return None
     return TrainLog(lrs=lrs, steps=np.array([s for s, _ in obs]), loss=np.array([v for _, v in obs]))
+
+
+# ----------------------------------------------------------------------------------------------- ladder
+LADDER_MANIFEST = "ladder/ladder.json"
+
+
+@dataclass(frozen=True)
+class LadderData:
+    """A study's ladder as ``autotune ladder`` left it: the same mixtures measured at each rung."""
+
+    tokens: list[int]                 # tokens trained per run at each rung, increasing
+    search_rung: int | None           # the rung that is the search's own runs
+    mixtures: list[dict[str, Any]]    # label, trial, prior, mixture, schedule, seed
+    values: dict[str, np.ndarray]     # metric -> (mixtures x rungs), NaN where a run is missing or failed
+    min_kendall: float
+    noise_std: dict[str, float]       # seed std per metric over the prior's replicates (search rung)
+
+
+def run_key(mixture: dict[str, float], schedule: dict[str, Any], seed: Any) -> str:
+    """What identifies a ladder mixture in every rung's trial rows: its mixture, schedule and seed."""
+    def r(v: Any) -> Any:
+        return float(f"{v:.10g}") if isinstance(v, float) else v
+
+    return json.dumps({"mixture": {k: r(v) for k, v in sorted(mixture.items())},
+                       "schedule": {k: r(v) for k, v in sorted(schedule.items())},
+                       "seed": None if seed is None else int(seed)}, sort_keys=True)
+
+
+def load_ladder(study_dir: str | Path) -> LadderData | None:
+    """The ladder of ``runs/<study>`` (``ladder/ladder.json`` and each rung's ``summary.json``), or None when
+    the study has none. A rung's run that failed is NaN; a missing rung summary is a UserError."""
+    root = Path(study_dir)
+    path = root / LADDER_MANIFEST
+    if not path.exists():
+        return None
+    manifest = _read_json(path, "ladder.json")
+    try:
+        rungs = sorted(manifest["rungs"], key=lambda r: int(r["tokens"]))
+        mixtures = [dict(m) for m in manifest["mixtures"]]
+        keys = [run_key(m["mixture"], m.get("schedule") or {}, m.get("seed")) for m in mixtures]
+        min_kendall = float(manifest["min_kendall"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"ladder.json is malformed ({type(e).__name__}: {e}); rerun autotune ladder", file=path) from None
+    rows_at: list[dict[str, dict]] = []
+    noise: dict[str, float] = {}
+    search_rung = None
+    for rung in rungs:
+        summary_path = root / rung["dir"] / "summary.json"
+        summary = _read_json(summary_path, f"the summary of the ladder rung at {rung['tokens']} tokens")
+        if rung.get("search"):
+            search_rung = int(rung["tokens"])
+            noise = {k: float(v["std"]) for k, v in (summary.get("noise") or {}).items()
+                     if isinstance(v, dict) and isinstance(v.get("std"), (int, float))}
+        found = {}
+        for row in summary.get("trials") or []:
+            if isinstance(row, dict) and row.get("state") == "complete" and row.get("mixture"):
+                found.setdefault(run_key(row["mixture"], row.get("schedule") or {}, row.get("seed")), row)
+        rows_at.append(found)
+    names = {"target", "general"} | {k for found in rows_at for row in found.values() for k in (row.get("metrics") or {})}
+    values = {}
+    for metric in ["target", "general", *sorted(names - {"target", "general"})]:
+        Y = np.full((len(mixtures), len(rungs)), np.nan)
+        for r, found in enumerate(rows_at):
+            for m, key in enumerate(keys):
+                row = found.get(key)
+                v = None if row is None else (row.get(metric) if metric in ("target", "general")
+                                              else (row.get("metrics") or {}).get(metric))
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    Y[m, r] = float(v)
+        values[metric] = Y
+    return LadderData(tokens=[int(r["tokens"]) for r in rungs], search_rung=search_rung, mixtures=mixtures,
+                      values=values, min_kendall=min_kendall, noise_std=noise)
