@@ -36,6 +36,22 @@ def _fail(e: UserError) -> None:
     raise typer.Exit(e.exit_code)
 
 
+def _check_files(space) -> None:
+    """Local data files exist, have a known format and are not empty (read nothing else)."""
+    from autotune.data.prepare import home
+    from autotune.data.sources import open_source
+    from autotune.spec import PathSource
+
+    for name, dom in space.domains.items():
+        if isinstance(dom.source, PathSource):
+            try:
+                open_source(dom.source.resolved(space.root), where=f"domains.{name}", cache=home())
+            except UserError as e:
+                if e.file is not None:
+                    raise
+                raise UserError(e.problem, file=space.source_file, field=e.field, value=dom.source.path) from None
+
+
 @app.command()
 def validate(space_file: SpaceArg, set_: SetOpt = None) -> None:
     """Check a search space and its evaluation suite, then print the resolved space. Imports no torch.
@@ -50,6 +66,7 @@ def validate(space_file: SpaceArg, set_: SetOpt = None) -> None:
     try:
         space = load_space(space_file, set_)
         suite = load_suite(space.suite_path, list(space.domains))
+        _check_files(space)
     except UserError as e:
         _fail(e)
     console.print(dump_space(space), highlight=False, markup=False, end="")
@@ -99,6 +116,8 @@ def search(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
         err.print("[yellow]interrupted[/]; run the same command again to resume.")
         raise typer.Exit(130) from None
     print_summary(console, study)
+    if space.extrapolate is not None:
+        _recipe_from_space(study.paths.root, space)
     try:
         from autotune.report import write_report
 
@@ -107,6 +126,78 @@ def search(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
     except Exception as e:  # noqa: BLE001  (a report problem never fails a finished search)
         err.print(f"[yellow]warning:[/] the report was not written ({type(e).__name__}: {e}); "
                   f"run: autotune report {study.paths.root}", highlight=False)
+
+
+def _recipe_from_space(root: Path, space, ladder_shown: bool = False) -> None:
+    """recipe.yaml from the space's ``extrapolate:`` section, at the end of search / ladder; a problem with
+    it is a warning: the runs before it are done and kept. ``ladder_shown``: the ladder's warnings are on
+    the screen already."""
+    from autotune.extrapolate import extrapolate_study, load_recipe
+
+    spec = space.extrapolate
+    try:
+        path = extrapolate_study(root, spec.tokens, dict(spec.available_tokens) or None, spec.max_epochs,
+                                 batch_tokens=spec.batch_tokens, command=" ".join(sys.argv))
+    except UserError as e:
+        err.print(f"[yellow]warning:[/] recipe.yaml was not written: {e}", highlight=False, soft_wrap=True)
+        return
+    _print_recipe_warnings(load_recipe(path).warnings, ladder_shown)
+    console.print(f"recipe: {path}", highlight=False)
+
+
+def _print_recipe_warnings(warnings: list[str], ladder_shown: bool = False) -> None:
+    for w in warnings:
+        if ladder_shown and w.startswith("LADDER"):
+            continue
+        style = "bold red" if w.startswith("LADDER") else "yellow"
+        err.print(f"[{style}]warning:[/] {w}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def ladder(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None,
+           allow_code_execution: Annotated[bool, typer.Option(
+               help="Allow suite tasks that execute model-generated code (HumanEval, MBPP).")] = False,
+           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False) -> None:
+    """Scale transfer: re-run a study's prior and its top_k best trials as complete proxy runs at each token
+    budget of the space's `ladder:` section, then check that the rungs rank the mixtures alike (Kendall tau,
+    Spearman rho) and fit a power law in tokens per mixture. The search's own proxy.tokens is one more rung.
+
+    Runs go to runs/<name>/ladder/ (one sub-study per rung); rerunning reuses finished runs. With an
+    `extrapolate:` section in the space, recipe.yaml is rewritten with a `ladder` section and its warnings;
+    otherwise `autotune extrapolate runs/<name> --tokens N` picks the ladder up.
+
+    Exit codes: 0 done (rungs that disagree are loud warnings, not a failure), 1 a run could not start,
+    2 bad input.
+
+    Example: autotune ladder search_spaces/demo.yaml --set 'ladder={tokens: [1.5e5, 6.0e5], top_k: 3}'
+    """
+    from autotune.ladder import ladder_report, print_ladder, run_ladder
+    from autotune.spec import load_space
+    from autotune.study import Interrupted, StudyFailed, study_dir
+    from autotune.ui import Bars
+
+    try:
+        if space_file.is_dir() and (space_file / "space.json").exists():
+            raise UserError("this is a study folder; give the search-space YAML the study ran from "
+                            "(e.g. search_spaces/demo.yaml)", file=space_file)
+        space = load_space(space_file, set_)
+        bars = Bars(console, enabled=not quiet)
+        with bars:
+            run_ladder(space, storage=storage, progress=bars.task, allow_code_execution=allow_code_execution,
+                       log=lambda m: console.print(m, highlight=False, markup=False))
+        section = ladder_report(space)
+    except UserError as e:
+        _fail(e)
+    except StudyFailed as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except (Interrupted, KeyboardInterrupt):
+        err.print("[yellow]interrupted[/]: run the same command again to resume the ladder.")
+        raise typer.Exit(130) from None
+    print_ladder(console, section)
+    console.print(f"ladder: {study_dir(space) / 'ladder' / 'ladder.json'}", highlight=False)
+    if space.extrapolate is not None:
+        _recipe_from_space(study_dir(space), space, ladder_shown=True)
 
 
 @app.command()
@@ -135,11 +226,13 @@ def extrapolate(study: Annotated[Path, typer.Argument(help="A finished study fol
                 batch_tokens: Annotated[int | None, typer.Option(help="Tokens per step of the full run (default: the proxy's).")] = None,
                 force: Annotated[bool, typer.Option(help="Write the recipe even above 16 epochs of a domain.")] = False) -> None:
     """Fit models of the study's results and write runs/<study>/recipe.yaml: the full-scale mixture (tokens and
-    epochs per domain), the schedule in steps, predicted scores with intervals, and provenance.
+    epochs per domain), the schedule in steps, predicted scores with intervals, and provenance. When the study has
+    a ladder (autotune ladder), the recipe gets a `ladder` section: power laws in tokens, rank agreement
+    between the rungs, and loud warnings where they disagree.
 
     Example: autotune extrapolate runs/demo --tokens 2e10 --available math=5e8 --available code=3e9
     """
-    from autotune.extrapolate import extrapolate_study
+    from autotune.extrapolate import extrapolate_study, load_recipe
 
     try:
         avail: dict[str, float] = {}
@@ -153,6 +246,12 @@ def extrapolate(study: Annotated[Path, typer.Argument(help="A finished study fol
                 raise UserError("must read DOMAIN=TOKENS, e.g. math=5e8", field="--available", value=item)
         path = extrapolate_study(study, tokens, avail or None, max_epochs, force, batch_tokens=batch_tokens,
                                  command=" ".join(sys.argv))
+        recipe = load_recipe(path)
+        if recipe.ladder is not None:
+            from autotune.ladder import print_ladder
+
+            print_ladder(console, recipe.ladder.model_dump(mode="json"))
+        _print_recipe_warnings(recipe.warnings, ladder_shown=recipe.ladder is not None)
         console.print(f"recipe: {path}", highlight=False)
     except UserError as e:
         _fail(e)
@@ -204,6 +303,10 @@ def export(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
 from autotune.eval_cli import eval_cmd  # noqa: E402  (its module imports no torch / lm_eval at load)
 
 app.command("eval")(eval_cmd)
+
+from autotune.gate_cli import gate_cmd  # noqa: E402  (its module imports no torch / lm_eval at load)
+
+app.command("gate")(gate_cmd)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -30,7 +30,7 @@ from autotune.records import Proposal, digest
 from autotune.simplex import SimplexMap
 from autotune.spec import FloatRange, SearchSpace
 
-_SCHEDULE_FIELDS = ("kind", "peak_lr", "warmup_fraction", "decay_fraction", "final_lr_ratio")
+_SCHEDULE_FIELDS = ("kind", "peak_lr", "warmup_fraction", "decay_fraction", "final_lr_ratio", "decay_shape", "start_lr")
 
 
 # A worker records a heartbeat for its running trial every search.heartbeat_s; a trial silent for
@@ -179,6 +179,12 @@ class Controller:
                 d[f"schedule.{name}"] = FloatDistribution(v.low, v.high, log=v.log)
             elif isinstance(v, list):
                 d[f"schedule.{name}"] = CategoricalDistribution(v)
+        for name in ("seq_len", "rope_theta"):
+            v = getattr(self.space.context, name)
+            if isinstance(v, FloatRange):
+                d[f"context.{name}"] = FloatDistribution(v.low, v.high, log=v.log)
+            elif isinstance(v, list):
+                d[f"context.{name}"] = CategoricalDistribution(v)
         return d
 
     def params_to_proposal(self, params: dict[str, Any], seed: int) -> Proposal:
@@ -186,7 +192,10 @@ class Controller:
         mixture = self.simplex.to_weights(u)
         sched = self.space.schedule
         schedule = {name: params.get(f"schedule.{name}", getattr(sched, name)) for name in _SCHEDULE_FIELDS}
-        return Proposal(mixture=mixture, schedule=schedule, seed=seed)
+        context = {name: params.get(f"context.{name}", getattr(self.space.context, name))
+                   for name in ("seq_len", "rope_theta")}
+        return Proposal(mixture=mixture, schedule=schedule, seed=seed,
+                        context={k: v for k, v in context.items() if v is not None})
 
     def prior_params(self) -> dict[str, Any]:
         """Optuna params of the prior mixture and the schedule ranges' centres (log-centre for log ranges)."""
@@ -194,7 +203,7 @@ class Controller:
         u = self.simplex.to_unit(prior) if prior else [0.5] * self.simplex.dims
         params: dict[str, Any] = {f"mix.{n}": x for n, x in zip(self.simplex.domains[:-1], u, strict=True)}
         for name, dist in self.distributions().items():
-            if name.startswith("schedule."):
+            if name.startswith(("schedule.", "context.")):
                 if isinstance(dist, CategoricalDistribution):
                     params[name] = dist.choices[0]
                 elif dist.log:
@@ -210,6 +219,23 @@ class Controller:
             return
         for k in range(self.space.proxy.replicates):
             self.study.enqueue_trial(self.prior_params(), user_attrs={"seed": self.space.proxy.seed + k, "prior": True})
+
+    def enqueue_missing(self, items: list[tuple[dict[str, Any], dict[str, Any]]]) -> int:
+        """Enqueue exact trials ``(params, user_attrs)`` (a ``seed`` among the attrs) unless one with the same
+        params and seed is complete, running or waiting; the ladder re-runs chosen trials so. A study with
+        trials skips ``enqueue_prior``. Returns the trial budget that runs every waiting trial."""
+        def key(params: dict[str, Any], seed: Any) -> str:
+            return digest({"params": params, "seed": int(seed if seed is not None else self.space.proxy.seed)})
+
+        live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+        have = {key(t.params or t.system_attrs.get("fixed_params", {}), t.user_attrs.get("seed"))
+                for t in self.study.get_trials(deepcopy=False, states=live)}
+        for params, attrs in items:
+            if key(params, attrs.get("seed")) not in have:
+                self.study.enqueue_trial(params, user_attrs=attrs)
+                have.add(key(params, attrs.get("seed")))
+        waiting = len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        return self.finished() + self.running() + waiting
 
     def ask(self) -> Asked:
         with warnings.catch_warnings():

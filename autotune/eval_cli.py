@@ -97,6 +97,8 @@ def _heldout(suite, checkpoint: Path, space) -> dict[str, Any]:
         source = entry.source
         if source is None and space is not None and entry.bpb in space.domains:
             source = space.domains[entry.bpb].source
+            if not isinstance(source, str):  # relative paths are relative to the space file
+                source = source.resolved(space.root)
         if source is None:
             raise UserError("a bits-per-byte entry needs held-out text: give --space SPACE.yaml (its domain's source) "
                             "or a source in the suite entry", file=suite.source_file,

@@ -13,24 +13,29 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Proposal:
-    """What one trial trains: a mixture (shares summing to 1), a schedule and a seed."""
+    """What one trial trains: a mixture (shares summing to 1), a schedule, a seed and, when the space
+    searches long-context knobs, the context (``seq_len``, ``rope_theta``)."""
 
     mixture: dict[str, float]
     schedule: dict[str, Any]
     seed: int
+    context: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Proposal:
-        return cls(mixture=dict(d["mixture"]), schedule=dict(d["schedule"]), seed=int(d["seed"]))
+        return cls(mixture=dict(d["mixture"]), schedule=dict(d["schedule"]), seed=int(d["seed"]),
+                   context=dict(d.get("context") or {}))
 
     def key(self) -> dict[str, Any]:
         """What determines the run, rounded so float noise below 1e-9 does not split identical proposals."""
         return {"mixture": {k: round(v, 9) for k, v in sorted(self.mixture.items())},
                 "schedule": {k: round(v, 12) if isinstance(v, float) else v for k, v in sorted(self.schedule.items())},
-                "seed": self.seed}
+                "seed": self.seed,
+                **({"context": {k: round(v, 9) if isinstance(v, float) else v for k, v in sorted(self.context.items())}}
+                   if self.context else {})}
 
 
 @dataclass(frozen=True)

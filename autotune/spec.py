@@ -16,10 +16,19 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from autotune.errors import UserError
 
@@ -51,6 +60,7 @@ class FloatRange(_Frozen):
 
 
 SearchFloat = float | FloatRange
+DecayShape = Literal["linear", "cosine", "1-sqrt"]
 
 
 def _in_unit(name: str, value: SearchFloat, *, high_open: bool = False) -> None:
@@ -60,25 +70,132 @@ def _in_unit(name: str, value: SearchFloat, *, high_open: bool = False) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- domains
-class PathSource(_Frozen):
-    """Local text files: ``*.jsonl`` (one JSON object a line, text under ``text_field``) or ``*.txt``."""
+# Builders of HF `datasets` that read local files: with ``hf: json`` etc., ``data_files`` are local paths.
+HF_FILE_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas")
+
+
+def _text_fields(v: str | list[str]) -> str | list[str]:
+    if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+        raise ValueError(f"text_field: a field name or a list of distinct field names (got {v})")
+    if any(not f for f in ([v] if isinstance(v, str) else v)):
+        raise ValueError("text_field: an empty field name")
+    return v
+
+
+class _TextOptions(_Frozen):
+    """What both file and HF sources take: the text field(s), how to join them, the held-out share."""
+
+    text_field: str | list[str] = "text"
+    join: str | None = Field(None, description="between the fields of a text_field list (default: a newline)")
+    heldout_fraction: float = Field(0.05, gt=0, lt=0.5)
+
+    @field_validator("text_field")
+    @classmethod
+    def _fields(cls, v: str | list[str]) -> str | list[str]:
+        return _text_fields(v)
+
+
+class PathSource(_TextOptions):
+    """Local files. ``path`` is a file, a folder (every file under it but names starting with ``.`` or
+    ``_``, such as ``_SUCCESS``) or a glob (``data/**/*.jsonl``), relative to the space file; files are read
+    in sorted path order. The format comes from the extension
+    (a ``.gz`` suffix is decompressed), or from ``format`` for every file:
+
+    * ``jsonl`` (``.jsonl``, ``.ndjson``): one JSON object a line, the text under ``text_field``;
+    * ``json`` (``.json``): an array of such objects (or JSON lines);
+    * ``parquet`` (``.parquet``, ``.pq``): the ``text_field`` column(s), read in row batches;
+    * ``text`` (``.txt``, ``.md``, ``.text``): documents separated by two or more blank lines;
+    * ``file``: each file is one document (any extension; e.g. ``{path: src/**/*.py, format: file}``).
+
+    ``text_field`` may list several fields (``[question, answer]``), joined with ``join`` (default: a
+    newline). A document goes
+    to the held-out split when the hash of its text falls in the first ``heldout_fraction``.
+    """
 
     path: str
-    text_field: str = "text"
-    heldout_fraction: float = Field(0.05, gt=0, lt=0.5)
+    format: Literal["auto", "jsonl", "json", "parquet", "text", "file"] = "auto"
+
+    def resolved(self, root: Path) -> PathSource:
+        """This source with ``path`` made absolute against ``root`` (the space file's folder)."""
+        p = Path(self.path).expanduser()
+        return self.model_copy(update={"path": str(p if p.is_absolute() else root / p)})
+
+
+class HFSource(_TextOptions):
+    """A Hugging Face ``datasets`` dataset (needs the ``datasets`` package):
+
+    * ``{hf: openai/gsm8k, name: main, split: train, text_field: question}``: ``load_dataset`` of a hub
+      dataset from the HF cache (study workers run offline: load it once beforehand, e.g.
+      ``python -c "import datasets; datasets.load_dataset('openai/gsm8k', 'main')"``); ``revision`` pins a commit;
+    * ``{hf: data/gsm8k_repo, split: train}``: a local folder ``load_dataset`` reads (a dataset repo's
+      data files, with or without its README config); ``data_files`` are relative to that folder;
+    * ``{hf: json, data_files: [data/a.jsonl, data/b.jsonl]}``: a file builder (json, csv, parquet, text,
+      arrow, pandas) over local files, relative to the space file;
+    * ``{from_disk: data/saved, split: train}``: ``load_from_disk`` of a folder written by ``save_to_disk``
+      (a ``DatasetDict``: ``split`` picks one; a ``Dataset``: ``split`` is not used).
+
+    ``split`` takes ``load_dataset`` slices (``train[:10%]``). ``text_field``, ``join`` and
+    ``heldout_fraction`` as for ``{path: ...}``.
+    """
+
+    hf: str | None = None
+    from_disk: str | None = None
+    name: str | None = None
+    split: str = "train"
+    data_files: str | list[str] | None = None
+    revision: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> HFSource:
+        if (self.hf is None) == (self.from_disk is None):
+            raise ValueError("give exactly one of 'hf' (load_dataset) or 'from_disk' (load_from_disk)")
+        if self.from_disk is not None and (self.name or self.data_files or self.revision):
+            raise ValueError("name, data_files and revision go with 'hf', not with 'from_disk'")
+        if self.hf in HF_FILE_BUILDERS and not self.data_files:
+            raise ValueError(f"hf: {self.hf} reads local files: give data_files")
+        return self
+
+    def resolved(self, root: Path) -> HFSource:
+        """This source with local paths made absolute against ``root``; a hub name is left as it is."""
+        def local(p: str) -> str:
+            q = Path(p).expanduser()
+            return str(q if q.is_absolute() else root / q)
+
+        if self.from_disk is not None:
+            return self.model_copy(update={"from_disk": local(self.from_disk)})
+        if self.hf in HF_FILE_BUILDERS:
+            files = [self.data_files] if isinstance(self.data_files, str) else list(self.data_files or [])
+            resolved = [local(f) for f in files]
+            return self.model_copy(update={"data_files": resolved[0] if isinstance(self.data_files, str) else resolved})
+        if Path(local(self.hf)).is_dir():  # a local dataset folder; else a hub name
+            return self.model_copy(update={"hf": local(self.hf)})
+        return self
+
+
+def _source_kind(v: Any) -> str:
+    if isinstance(v, dict):
+        return "HFSource" if "hf" in v or "from_disk" in v else "PathSource"
+    return type(v).__name__ if isinstance(v, PathSource | HFSource) else "str"
+
+
+# YAML: ``demo:<name>``, ``{path: ...}`` or ``{hf: ...}`` / ``{from_disk: ...}``; the keys pick the kind,
+# so a typo is reported against the kind the user meant.
+DomainSource = Annotated[Annotated[str, Tag("str")] | Annotated[PathSource, Tag("PathSource")]
+                         | Annotated[HFSource, Tag("HFSource")], Discriminator(_source_kind)]
 
 
 class Domain(_Frozen):
     """A data domain: where its text comes from, and whether it is a target or a general (replay) ability."""
 
-    source: str | PathSource
+    source: DomainSource
     role: Literal["target", "general"]
 
     @field_validator("source")
     @classmethod
-    def _source(cls, v: str | PathSource) -> str | PathSource:
+    def _source(cls, v: str | PathSource | HFSource) -> str | PathSource | HFSource:
         if isinstance(v, str) and not v.startswith("demo:"):
-            raise ValueError(f"a source string must be 'demo:<math|code|prose>'; use {{path: ...}} for files (got {v!r})")
+            raise ValueError(f"a source string must be 'demo:<math|code|prose>'; use {{path: ...}} for files "
+                             f"or {{hf: ...}} for HF datasets (got {v!r})")
         if isinstance(v, str):
             from autotune.data.demo import DEMO_SOURCES
 
@@ -99,6 +216,20 @@ class Bounds(_Frozen):
         return self
 
 
+class Phase(_Frozen):
+    """A fixed mixture for the steps before ``until`` (a fraction of the run, after the previous phase)."""
+
+    until: float = Field(gt=0, lt=1)
+    shares: dict[str, float]
+
+    @field_validator("shares")
+    @classmethod
+    def _shares(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(w < 0 for w in v.values()) or not math.isclose(sum(v.values()), 1.0, abs_tol=1e-6):
+            raise ValueError(f"shares must be >= 0 and sum to 1 (got {v})")
+        return v
+
+
 class Mixture(_Frozen):
     """Shares of the proxy's training tokens per domain: a point on the simplex within bounds.
 
@@ -110,6 +241,10 @@ class Mixture(_Frozen):
     bounds: dict[str, Bounds] = Field(default_factory=dict)
     floors: dict[Literal["target", "general"], float] = Field(default_factory=dict)
     prior: dict[str, float] | None = None
+    phases: list[Phase] = Field(default_factory=list, description=(
+        "fixed mixtures trained before the searched one (multi-phase mid-training, as OLMo 2 and Marin): "
+        "[{until: 0.5, shares: {general: 1.0}}] trains only general data for the first half of the steps; "
+        "the searched mixture runs from the last phase's `until` to the end"))
 
     @model_validator(mode="before")
     @classmethod
@@ -117,7 +252,7 @@ class Mixture(_Frozen):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        reserved = {k: data.pop(k) for k in ("floors", "prior") if k in data}
+        reserved = {k: data.pop(k) for k in ("floors", "prior", "phases") if k in data}
         bounds = data.pop("bounds", {}) or {}
         bounds.update({k: ({} if v is None else v) for k, v in data.items()})
         return {"bounds": bounds, **reserved}
@@ -145,6 +280,11 @@ class Schedule(_Frozen):
     warmup_fraction: SearchFloat = 0.02
     decay_fraction: SearchFloat = 0.2
     final_lr_ratio: SearchFloat = 0.0
+    decay_shape: DecayShape | list[DecayShape] = Field("linear", description=(
+        "shape of the WSD decay: linear, cosine or 1-sqrt (Hägele et al. 2024); a list is searched"))
+    start_lr: float | Literal["base"] | None = Field(None, description=(
+        "first LR of the warmup: a number, `base` (the base run's final LR, read from its trainer_state.json "
+        "or pretrain_log.jsonl: re-warm from where pre-training ended), or unset (peak_lr / warmup steps)"))
 
     @model_validator(mode="after")
     def _check(self) -> Schedule:
@@ -156,6 +296,37 @@ class Schedule(_Frozen):
         _in_unit("warmup_fraction", self.warmup_fraction, high_open=True)
         _in_unit("decay_fraction", self.decay_fraction)
         _in_unit("final_lr_ratio", self.final_lr_ratio)
+        if isinstance(self.decay_shape, list) and not self.decay_shape:
+            raise ValueError("decay_shape: an empty list of choices")
+        if isinstance(self.start_lr, float) and self.start_lr < 0:
+            raise ValueError(f"start_lr must be >= 0 (got {self.start_lr})")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- context
+class Context(_Frozen):
+    """Long-context extension knobs, searched like the schedule (a list is a choice, {low, high} a range).
+
+    ``seq_len``: training sequence length of the proxy (``proxy.batch_tokens`` stays fixed, so every
+    choice trains the same tokens in the same steps; held-out bits-per-byte is measured at ``proxy.seq_len``,
+    so set that to the context you care about). ``rope_theta``: the RoPE base the proxy trains with (raising
+    it is the usual first step of a long-context stage: Code Llama, Llama 3).
+    """
+
+    seq_len: int | list[int] | None = None
+    rope_theta: SearchFloat | list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Context:
+        lens = self.seq_len if isinstance(self.seq_len, list) else [self.seq_len] if self.seq_len else []
+        if isinstance(self.seq_len, list) and not self.seq_len:
+            raise ValueError("seq_len: an empty list of choices")
+        if any(n < 8 for n in lens):
+            raise ValueError(f"seq_len must be >= 8 (got {self.seq_len})")
+        thetas = self.rope_theta if isinstance(self.rope_theta, list) else \
+            [self.rope_theta.low] if isinstance(self.rope_theta, FloatRange) else [self.rope_theta] if self.rope_theta else []
+        if any(t <= 0 for t in thetas):
+            raise ValueError(f"rope_theta must be positive (got {self.rope_theta})")
         return self
 
 
@@ -190,6 +361,16 @@ class Proxy(_Frozen):
     seed: int = 0
     replicates: int = Field(1, ge=1, description="runs of the prior mixture with seeds seed, seed+1, ...: the noise floor")
     threads: int | None = Field(None, ge=1, description="torch threads in the worker (default: all cores)")
+    micro_batch_seqs: int | None = Field(None, ge=1, description=(
+        "sequences per forward/backward on each process; a step of batch_tokens accumulates gradients over "
+        "micro-batches (default: the whole step at once). Lower it when a trial ends with status oom"))
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast on GPU (auto), fp32 on CPU")
+    compile: Literal["auto"] | bool = Field("auto", description="torch.compile the model: on GPU by default, off on CPU")
+    max_epochs: float = Field(4.0, gt=0, description=(
+        "warn when a proxy run draws a domain more than this many times over (repeated data inflates gains)"))
+    save_state_every_s: float = Field(300.0, ge=0, description=(
+        "save a resumable training state this often (seconds; 0: never): a crashed or interrupted trial "
+        "resumes mid-run, drawing the same batches"))
     rungs: list[float] | None = Field(None, description="fractions of tokens with a cheap held-out bits-per-byte "
                                       "evaluation reported to Optuna (multi-fidelity), e.g. [0.25, 0.5, 1.0]")
 
@@ -315,6 +496,61 @@ class Search(_Frozen):
         return self
 
 
+# ----------------------------------------------------------------------------------------------- scale
+def _whole_tokens(v: Any) -> Any:
+    """YAML reads 1e5 as a string and 1.0e5 as a float; token counts are whole numbers."""
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+class Ladder(_Frozen):
+    """Scale transfer (``autotune ladder SPACE``): the prior mixture and the ``top_k`` best other trials of
+    the study are re-run as complete proxy runs (a whole schedule each, not a mid-run rung) at each budget in
+    ``tokens``; the search's own ``proxy.tokens`` is one more rung, for free. ``autotune extrapolate`` then
+    fits a power law in tokens per mixture and warns in recipe.yaml when the rungs rank the mixtures
+    differently (Kendall tau below ``min_kendall``, or another best mixture)."""
+
+    tokens: list[int] = Field(min_length=1, description="proxy token budgets of the rungs, increasing, e.g. [1e5, 1e6]")
+    top_k: int = Field(4, ge=2, description="best trials (besides the prior) re-run at every rung")
+    min_kendall: float = Field(0.6, ge=-1, le=1, description="Kendall tau between two rungs below this: a warning")
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _whole(cls, v: Any) -> Any:
+        return [_whole_tokens(x) for x in v] if isinstance(v, list) else v
+
+    @field_validator("tokens")
+    @classmethod
+    def _increasing(cls, t: list[int]) -> list[int]:
+        if any(x <= 0 for x in t) or any(a >= b for a, b in zip(t, t[1:], strict=False)):
+            raise ValueError("token budgets must be positive and increasing")
+        return t
+
+
+class Extrapolate(_Frozen):
+    """The full-scale run ``autotune search`` (and ``autotune ladder``) write ``runs/<study>/recipe.yaml``
+    for when they finish, as ``autotune extrapolate runs/<study> --tokens ... --available DOMAIN=N`` does."""
+
+    tokens: float = Field(gt=0, description="training tokens of the full mid-training run, e.g. 2e10")
+    available_tokens: dict[str, float] = Field(default_factory=dict, description="unique tokens per domain (any subset)")
+    max_epochs: float = Field(4.0, gt=0, description="warn above this many epochs of a domain (refused above 16)")
+    batch_tokens: int | None = Field(None, ge=1, description="tokens per step of the full run (default: the proxy's)")
+
+    @field_validator("available_tokens")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, n in v.items():
+            if not (math.isfinite(n) and n > 0):
+                raise ValueError(f"available_tokens.{name} must be a positive number (got {n})")
+        return v
+
+
 class SearchSpace(_Frozen):
     """A whole search space, as run. ``source_file`` is where it was read from (paths resolve against it)."""
 
@@ -324,9 +560,12 @@ class SearchSpace(_Frozen):
     mixture: Mixture = Field(default_factory=Mixture)
     schedule: Schedule = Field(default_factory=Schedule)
     proxy: Proxy
+    context: Context = Field(default_factory=Context)
     evals: str
     objective: Objective = Field(default_factory=lambda: Objective(maximize="target", subject_to="general >= base - 0.01"))
     search: Search = Field(default_factory=Search)
+    ladder: Ladder | None = None
+    extrapolate: Extrapolate | None = None
     source_file: str | None = Field(None, exclude=True)
 
     @field_validator("base_model")
@@ -375,12 +614,40 @@ class SearchSpace(_Frozen):
             raise ValueError(f"mixture: floors and minimums need {need:.4g} > 1 of the tokens")
         if self.mixture.prior is not None:
             self.check_mixture(self.mixture.prior, "mixture.prior")
+        for n in (self.context.seq_len if isinstance(self.context.seq_len, list) else [self.context.seq_len]):
+            if n and self.proxy.batch_tokens % n:
+                raise ValueError(f"context.seq_len {n} does not divide proxy.batch_tokens {self.proxy.batch_tokens}: "
+                                 "every choice must train the same tokens per step")
+        untils = [ph.until for ph in self.mixture.phases]
+        if any(b <= a for a, b in zip(untils, untils[1:], strict=False)):
+            raise ValueError(f"mixture.phases: `until` must increase from phase to phase (got {untils})")
+        for i, ph in enumerate(self.mixture.phases):
+            unknown = sorted(set(ph.shares) - set(names))
+            if unknown:
+                raise ValueError(f"mixture.phases[{i}].shares: {unknown} are not domains of this space (domains: {names})")
         if self.objective.beyond_noise is not None and self.proxy.replicates < 2:
             raise ValueError("objective.beyond_noise needs proxy.replicates >= 2 to measure the seed noise")
         if self.search.pruner != "none" and len(self.proxy.rungs or []) < 2:
             raise ValueError(f"search.pruner {self.search.pruner!r} needs proxy.rungs with at least 2 rungs, e.g. [0.25, 0.5, 1.0]")
         if self.search.pruner != "none" and self.objective.pareto:
             raise ValueError("search.pruner: Optuna cannot prune a multi-objective (pareto) study; use pruner: none")
+        return self
+
+    @model_validator(mode="after")
+    def _scale_sections(self) -> SearchSpace:
+        if self.ladder is not None:
+            steps = [t // self.proxy.batch_tokens for t in self.ladder.tokens]
+            if steps[0] < 1:
+                raise ValueError(f"ladder.tokens: {self.ladder.tokens[0]} is below one batch of proxy.batch_tokens "
+                                 f"{self.proxy.batch_tokens}")
+            if len(set(steps)) < len(steps):
+                raise ValueError(f"ladder.tokens {self.ladder.tokens} round to the same number of steps of "
+                                 f"{self.proxy.batch_tokens} tokens; space the rungs further apart")
+        if self.extrapolate is not None:
+            for name in self.extrapolate.available_tokens:
+                if name not in self.domains:
+                    raise ValueError(f"extrapolate.available_tokens.{name}: not a domain of this space "
+                                     f"(domains: {list(self.domains)})")
         return self
 
     def bounds(self, domain: str) -> Bounds:
@@ -431,7 +698,7 @@ def _field_path(loc: tuple[Any, ...]) -> str:
             continue  # the YAML has no 'bounds' level
         elif item in ("str", "float", "int", "list[...]", "function-after[_check(), FloatRange]"):
             continue
-        elif isinstance(item, str) and (item.startswith(("function-", "literal[", "list[")) or item in ("PathSource", "DemoBase", "FloatRange")):
+        elif isinstance(item, str) and (item.startswith(("function-", "literal[", "list[")) or item in ("PathSource", "HFSource", "DemoBase", "FloatRange")):
             continue
         else:
             parts.append(("." if parts else "") + str(item))

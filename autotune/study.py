@@ -83,16 +83,38 @@ def _space_identity(space: SearchSpace) -> dict[str, Any]:
     """What must not change under a running study (the trial budget may grow, the storage may move)."""
     d = space.model_dump(mode="json")
     d["search"] = {k: v for k, v in d["search"].items() if k not in ("trials", "storage", "runs_dir")}
+    for section in ("ladder", "extrapolate"):  # what is done after the trials: may change, and older studies lack it
+        d.pop(section, None)
     return d
 
 
+def _changed(old: Any, new: Any, explicit: Any) -> bool:
+    """Whether ``new`` differs from ``old``, where a field missing from ``old`` (added to the space format
+    after that study started) does not count while ``new`` leaves it at its default (not in ``explicit``)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return old != new
+    explicit = explicit if isinstance(explicit, dict) else {}
+    for k in set(old) | set(new):
+        if k not in old:
+            if k in explicit:
+                return True
+        elif k not in new or _changed(old[k], new[k], explicit.get(k)):
+            return True
+    return False
+
+
 def check_space(paths: StudyPaths, space: SearchSpace) -> None:
-    """Record the space on a new study; refuse to resume a study whose space has changed."""
+    """Record the space on a new study; refuse to resume a study whose space has changed.
+
+    Fields the space format gained since the study started are no change while they keep their defaults.
+    """
     ident = _space_identity(space)
     if paths.space_json.exists():
         old = read_json(paths.space_json)["identity"]
-        if old != ident:
-            changed = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
+        explicit = space.model_dump(mode="json", exclude_defaults=True)
+        if _changed(old, ident, explicit):
+            changed = sorted(k for k in set(old) | set(ident) if k in old and _changed(old[k], ident.get(k), explicit.get(k))
+                             or k not in old and k in explicit)
             raise UserError(f"{paths.root} holds a study of a different space (changed: {', '.join(changed)}); "
                             "give the space a new name, or remove that folder to start over",
                             file=space.source_file, field="name", value=space.name)
@@ -112,7 +134,7 @@ def _job_space(space: SearchSpace) -> dict[str, Any]:
     d["evals"] = str(space.suite_path)
     for name, dom in space.domains.items():
         if not isinstance(dom.source, str):
-            d["domains"][name]["source"]["path"] = str(space.resolve(dom.source.path))
+            d["domains"][name]["source"] = dom.source.resolved(space.root).model_dump(mode="json")
     if isinstance(space.base_model, str):
         d["base_model"] = str(space.resolve(space.base_model))
     return d
@@ -166,6 +188,10 @@ class Study:
                 raise UserError(out["reason"])
             raise StudyFailed(f"preparing the data and base model failed: {out.get('reason')} "
                                f"(log: {self.paths.root / 'prepare' / 'worker.log'})")
+        if self.space.schedule.start_lr == "base" and out.get("base_final_lr") is None:
+            raise UserError(f"the base checkpoint {out.get('base')} records no final learning rate (no trainer_state.json "
+                            "or pretrain_log.jsonl): give start_lr as a number", file=self.space.source_file,
+                            field="schedule.start_lr", value="base")
         self.prepared = out
         return out
 
@@ -175,7 +201,9 @@ class Study:
         return digest({"proposal": proposal.key() if proposal else None, "base": self.prepared["base_hash"],
                        "data": {n: m["splits"]["train"]["source_hash"] for n, m in self.prepared["manifests"].items()},
                        "tokenizer": self.prepared["tokenizer_hash"], "suite": self.suite.digest(),
-                       "proxy": {"tokens": p.tokens, "seq_len": p.seq_len, "batch_tokens": p.batch_tokens}})
+                       "proxy": {"tokens": p.tokens, "seq_len": p.seq_len, "batch_tokens": p.batch_tokens,
+                                 **({"precision": p.precision} if p.precision != "auto" else {})},
+                       **({"phases": [ph.model_dump() for ph in self.space.mixture.phases]} if self.space.mixture.phases else {})})
 
     def run(self, proposal: Proposal | None, label: str,
             on_event: Callable[[dict], None] | None = None) -> tuple[Path, RunResult]:
@@ -328,6 +356,7 @@ class Study:
             rows.append({"trial": t.number, "state": t.state.name.lower(), "status": status, "duration_s": duration,
                          "retry_of": t.user_attrs.get("retry_of"),
                          "mixture": prop.get("mixture", {}), "schedule": prop.get("schedule", {}),
+                         "context": prop.get("context", {}),
                          "seed": prop.get("seed"), "prior": bool(t.user_attrs.get("prior")),
                          "target": t.user_attrs.get("target"), "general": t.user_attrs.get("general"),
                          "feasible": t.user_attrs.get("feasible"), "metrics": t.user_attrs.get("metrics", {}),

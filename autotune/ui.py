@@ -69,12 +69,19 @@ def print_summary(console: Console, study) -> None:  # study: autotune.study.Stu
         mix = [f"{r['mixture'].get(d, 0):.2f}" if r["mixture"] else "-" for d in domains]
         sched = r["schedule"]
         kind = f"{sched.get('kind', '-')} {sched['peak_lr']:.1e}" if "peak_lr" in sched else "-"
+        if isinstance(study.space.schedule.decay_shape, list) and sched.get("kind") == "wsd":
+            kind += f" {sched.get('decay_shape')}"
+        ctx = r.get("context") or {}
+        if ctx:
+            kind += " " + " ".join(f"{'T' if k == 'seq_len' else 'θ'}={v:.3g}" for k, v in sorted(ctx.items()))
         state = r["state"] if r["state"] == "complete" else f"{r['status'] or r['state']}: {r['reason'][:40]}"
         table.add_row(f"{r['trial']}{'p' if r['prior'] else ''}", state, *mix, kind, str(r["seed"]), _fmt(r["target"]),
                       _fmt(r["general"]), {True: "yes", False: "no"}.get(r["feasible"], "-"),
                       f"{r['duration_s']:.0f}s" if r.get("duration_s") is not None else "-")
     console.print(table)
-    console.print("p: the prior mixture (its replicates with other seeds measure the noise); schedule: kind and peak LR",
+    console.print("p: the prior mixture (its replicates with other seeds measure the noise); schedule: kind and peak LR"
+                  + (" (and searched decay shape, context T and RoPE base θ)" if study.space.context.seq_len or
+                     study.space.context.rope_theta or isinstance(study.space.schedule.decay_shape, list) else ""),
                   style="dim")
     done = [r for r in rows if r["state"] == "complete"]
     prior = [r for r in done if r["prior"]]

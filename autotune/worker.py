@@ -72,7 +72,7 @@ def _threads(space: SearchSpace) -> int:
 def prepare(space: SearchSpace, progress: PipeProgress) -> dict[str, Any]:
     from autotune.data.prepare import pack_domain, tokenizer_hash, train_demo_tokenizer
     from autotune.spec import DemoBase
-    from autotune.train.model import DEMO_PRETRAIN_MIX, checkpoint_hash, demo_base
+    from autotune.train.model import DEMO_PRETRAIN_MIX, base_final_lr, checkpoint_hash, demo_base
 
     demo = isinstance(space.base_model, DemoBase)
     sources = {n: d.source for n, d in space.domains.items()}
@@ -99,7 +99,7 @@ def prepare(space: SearchSpace, progress: PipeProgress) -> dict[str, Any]:
     else:
         base = tok_dir
     return {"status": "ok", "tokenizer": str(tok_dir), "tokenizer_hash": tokenizer_hash(tok_dir),
-            "base": str(base), "base_hash": checkpoint_hash(base),
+            "base": str(base), "base_hash": checkpoint_hash(base), "base_final_lr": base_final_lr(base),
             "domains": {n: str(p.folder) for n, p in packed.items()},
             "manifests": {n: p.manifest for n, p in packed.items()}}
 
@@ -118,29 +118,59 @@ def run_trial(space: SearchSpace, job: dict[str, Any], out_dir: Path, progress: 
     from autotune.train.trainer import TrainConfig, train
 
     prepared = job["prepared"]
+    cuda = torch.cuda.is_available()
     packed = {n: PackedDomain(Path(p)) for n, p in prepared["domains"].items()}
     suite = load_suite(space.suite_path, list(space.domains))
     model, tokenizer = load_causal_lm(Path(prepared["base"]))
+    if cuda and accelerator is None:
+        model.to("cuda")
     train_info: dict[str, Any] = {}
     if job.get("proposal"):
         proposal = Proposal.from_json(job["proposal"])
-        cfg = TrainConfig(seq_len=space.proxy.seq_len, seqs_per_step=space.proxy.seqs_per_step, steps=space.proxy.steps,
-                          seed=proposal.seed, schedule=ScheduleParams(**proposal.schedule))
+        proxy = space.proxy
+        schedule = dict(proposal.schedule)
+        if schedule.get("start_lr") == "base":
+            schedule["start_lr"] = prepared.get("base_final_lr")
+            if schedule["start_lr"] is None:
+                raise UserError("the base checkpoint records no final learning rate (no trainer_state.json or "
+                                "pretrain_log.jsonl): give start_lr as a number", file=space.source_file,
+                                field="schedule.start_lr", value="base")
+        seq_len = int(proposal.context.get("seq_len") or proxy.seq_len)  # long-context knobs (space.context)
+        if proposal.context.get("rope_theta"):
+            from autotune.train.model import set_rope_theta
+
+            set_rope_theta(model, float(proposal.context["rope_theta"]))
+        if seq_len > getattr(model.config, "max_position_embeddings", seq_len):
+            model.config.max_position_embeddings = seq_len  # RoPE has no learned positions to outgrow
+        cfg = TrainConfig(seq_len=seq_len, seqs_per_step=proxy.batch_tokens // seq_len, steps=proxy.steps,
+                          seed=proposal.seed, schedule=ScheduleParams(**schedule), micro_batch_seqs=proxy.micro_batch_seqs,
+                          precision=("bf16" if cuda else "fp32") if proxy.precision == "auto" else proxy.precision,
+                          compile=cuda if proxy.compile == "auto" else bool(proxy.compile), max_epochs=proxy.max_epochs,
+                          state_every_s=proxy.save_state_every_s)
+        # fixed phases first (mixture.phases), then the searched mixture to the end of the run
+        starts = [0.0] + [ph.until for ph in space.mixture.phases]
+        mixture = list(zip(starts, [ph.shares for ph in space.mixture.phases] + [proposal.mixture], strict=True))
         main_process = accelerator is None or accelerator.is_main_process
-        summary = train(model, {n: p.tokens("train") for n, p in packed.items()}, proposal.mixture, cfg,
+        state_dir = out_dir / "train_state"
+        summary = train(model, {n: p.tokens("train") for n, p in packed.items()}, mixture, cfg,
                         log_path=out_dir / "train_log.jsonl" if main_process else None, progress=progress,
                         after_step=_rung_evaluator(space, suite, model, tokenizer, packed, out_dir, progress)
-                        if main_process else None, accelerator=accelerator)
+                        if main_process else None, accelerator=accelerator,
+                        state_dir=state_dir if proxy.save_state_every_s > 0 else None)
         if accelerator is not None:
             accelerator.wait_for_everyone()
             if not main_process:
                 return None
             model = accelerator.unwrap_model(model)
-        train_info = summary.to_json()
+        train_info = {**summary.to_json(), "start_lr": schedule.get("start_lr"), "seq_len": seq_len,
+                      "seqs_per_step": cfg.seqs_per_step}
         if job.get("keep_checkpoint", True):
             model.config.use_cache = True
             model.save_pretrained(out_dir / "checkpoint", safe_serialization=True)
             tokenizer.save_pretrained(out_dir / "checkpoint")
+        import shutil
+
+        shutil.rmtree(state_dir, ignore_errors=True)  # the finished checkpoint supersedes it
     model.eval()
     from autotune.evaluate.backends import InMemoryModel
     from autotune.evaluate.harness import EvalOptions, HeldoutTokens, run_suite
@@ -175,8 +205,18 @@ def _rung_evaluator(space: SearchSpace, suite, model, tokenizer, packed, out_dir
         return None
     seqs = space.proxy.seqs_per_step * space.proxy.seq_len
 
+    done_before: dict[int, dict] = {}  # a resumed run: rungs already evaluated are sent again, not recomputed
+    if (out_dir / "rungs.jsonl").exists():
+        for line in (out_dir / "rungs.jsonl").read_text().splitlines():
+            if line.strip():
+                event = json.loads(line)
+                done_before[event["step"]] = event
+
     def after_step(steps_done: int) -> None:
         if steps_done not in rung_steps:
+            return
+        if steps_done in done_before:
+            progress.emit(done_before[steps_done])
             return
         with torch.no_grad():
             metrics = {f"bpb/{d}": bits_per_byte(model, tokenizer, packed[d].tokens("heldout"), seq_len=space.proxy.seq_len,

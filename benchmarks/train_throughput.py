@@ -4,8 +4,14 @@
 
 Both train the same tiny Llama (fresh copy, same init) on the same token windows, fp32 on CPU, with AdamW
 and the same batch; each is timed over ``--steps`` steps after 3 warm-up steps, best of ``--repeats``. The
-table prints tokens/s and the ratio (ours / HF). GPU shapes (135M / 360M, bf16, compile) come with the
-GPU work of issue 3 and are not measured here.
+table prints tokens/s and the ratio (ours / HF).
+
+    python benchmarks/train_throughput.py --gpu [--steps 20] [--micro-batch 8]
+
+On a CUDA GPU: SmolLM2-like 135M and 360M Llama shapes at seq 2048, our trainer in bf16 + SDPA + fused
+AdamW with and without torch.compile (the baseline, in the same process): tokens/s, MFU against the
+card's dense bf16 peak (``autotune.train.trainer.PEAK_BF16_FLOPS``; set AUTOTUNE_PEAK_TFLOPS to use a
+measured peak), compile time (first step minus a steady step) and peak memory.
 """
 
 from __future__ import annotations
@@ -76,13 +82,62 @@ def time_hf(model, tokens: np.ndarray, steps: int, seq_len: int, seqs: int, out:
     return steps * seqs * seq_len / (marks[-1] - marks[2])
 
 
+# SmolLM2's published configs (HuggingFaceTB/SmolLM2-135M, -360M): hidden, layers, heads, kv heads, intermediate
+GPU_SHAPES = {"135M": (576, 30, 9, 3, 1536), "360M": (960, 32, 15, 5, 2560)}
+
+
+def gpu_main(steps: int, micro_batch: int, batch_seqs: int) -> None:
+    from autotune.train.trainer import peak_flops
+
+    device = torch.device("cuda")
+    seq = 2048
+    peak = peak_flops(device)
+    tokens = np.random.default_rng(0).integers(0, 49152, 50_000_000).astype(np.uint32)
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}, dense bf16 peak "
+          f"{peak / 1e12 if peak else float('nan'):.0f} TFLOP/s, seq {seq}, {batch_seqs} seqs/step in micro-batches of "
+          f"{micro_batch}, {steps} timed steps")
+    print("| model | variant | tok/s | MFU | compile s | peak mem GiB | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (h, layers, heads, kv, inter) in GPU_SHAPES.items():
+        base_tps = None
+        for variant, compile_ in (("bf16 + SDPA", False), ("bf16 + SDPA + compile", True)):
+            torch.manual_seed(0)
+            model = LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=h, num_hidden_layers=layers,
+                                                 num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=inter,
+                                                 max_position_embeddings=seq, tie_word_embeddings=True,
+                                                 attn_implementation="sdpa")).to(device)
+            cfg = TrainConfig(seq_len=seq, seqs_per_step=batch_seqs, steps=steps + 3, seed=0, micro_batch_seqs=micro_batch,
+                              precision="bf16", compile=compile_, schedule=ScheduleParams(kind="constant", peak_lr=1e-3))
+            marks: list[float] = []
+
+            def mark(_n: int, marks: list[float] = marks) -> None:
+                torch.cuda.synchronize()
+                marks.append(time.perf_counter())
+
+            summary = train(model, {"all": tokens}, {"all": 1.0}, cfg, after_step=mark)
+            step_s = (marks[-1] - marks[2]) / steps
+            tps = batch_seqs * seq / step_s
+            mfu = tps * summary.flops_per_token / peak if peak else float("nan")
+            base_tps = base_tps or tps
+            print(f"| {name} | {variant} | {tps:,.0f} | {mfu:.1%} | {max(0.0, summary.first_step_s - step_s):.1f} | "
+                  f"{(summary.peak_memory_bytes or 0) / 2**30:.1f} | {tps / base_tps:.2f}x |", flush=True)
+            del model
+            torch.cuda.empty_cache()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--seqs", type=int, default=16)
+    ap.add_argument("--gpu", action="store_true", help="the GPU table (135M / 360M at seq 2048) instead")
+    ap.add_argument("--micro-batch", type=int, default=8, help="GPU: sequences per forward/backward")
+    ap.add_argument("--batch-seqs", type=int, default=32, help="GPU: sequences per optimizer step")
     args = ap.parse_args()
+    if args.gpu:
+        gpu_main(args.steps if args.steps != 40 else 10, args.micro_batch, args.batch_seqs)
+        return
     torch.set_num_threads(os.cpu_count() or 1)
     tokens = np.random.default_rng(0).integers(0, 2048, 400_000).astype(np.uint16)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, seq {args.seq_len} x {args.seqs} seqs/step, "

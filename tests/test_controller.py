@@ -38,7 +38,8 @@ def test_every_sampler_proposes_mixtures_inside_bounds_and_floors(tmp_path, samp
             assert mix == pytest.approx(space.mixture.prior)  # the prior runs first
         space.check_mixture(mix, f"{sampler} trial {i}")  # raises when outside bounds or floors
         assert mix["general"] >= 0.2 - 1e-9
-        assert set(asked.proposal.schedule) == {"kind", "peak_lr", "warmup_fraction", "decay_fraction", "final_lr_ratio"}
+        assert set(asked.proposal.schedule) == {"kind", "peak_lr", "warmup_fraction", "decay_fraction", "final_lr_ratio",
+                                                "decay_shape", "start_lr"}
         seen.append(tuple(round(v, 6) for v in mix.values()))
         ctl.tell_score(asked.trial, _fake_score(mix), {})
     assert len(set(seen)) == len(seen)  # no repeated proposals

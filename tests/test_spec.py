@@ -131,8 +131,13 @@ def test_every_shipped_space_and_suite_validates():
         result = runner.invoke(app, ["validate", str(p)])
         assert result.exit_code == 0, (p, result.output)
     from autotune.evaluate.suite import load_suite
+    from autotune.gate import load_gate_config
 
-    suites = sorted((REPO / "evals").glob("*.yaml"))
+    gate_configs = sorted((REPO / "evals").glob("*.gate.yaml"))  # `autotune gate --config`, not suites
+    assert gate_configs
+    for p in gate_configs:
+        load_gate_config(p)
+    suites = sorted(set((REPO / "evals").glob("*.yaml")) - set(gate_configs))
     assert suites
     shared = REPO.parent / "shared" / "data"
     for p in suites:
@@ -168,3 +173,26 @@ def test_load_space_raises_user_error_with_parts(tmp_path):
     with pytest.raises(UserError) as e:
         load_space(path)
     assert e.value.field == "proxy.seq_len" and e.value.value == 2 and Path(e.value.file) == path
+
+
+def test_a_study_started_before_new_space_fields_resumes_while_they_keep_their_defaults(tmp_path):
+    """Fields added to the space format later (here: context, proxy.max_epochs) are no change at their
+    defaults; set explicitly, or any old field changed, the study is refused as a different space."""
+    from autotune.errors import UserError
+    from autotune.records import read_json, write_json_atomic
+    from autotune.spec import load_space
+    from autotune.study import StudyPaths, check_space
+
+    space_file = write_space(tmp_path, tiny_space("old"))
+    paths = StudyPaths(tmp_path / "runs" / "old")
+    check_space(paths, load_space(space_file))
+    doc = read_json(paths.space_json)
+    del doc["identity"]["context"], doc["identity"]["proxy"]["max_epochs"]  # as an older version wrote it
+    write_json_atomic(paths.space_json, doc)
+    check_space(paths, load_space(space_file))  # resumes
+    with pytest.raises(UserError, match=r"different space \(changed: context\)"):
+        check_space(paths, load_space(space_file, ["context.seq_len=[32, 64]"]))
+    with pytest.raises(UserError, match=r"different space \(changed: proxy\)"):
+        check_space(paths, load_space(space_file, ["proxy.max_epochs=2"]))
+    with pytest.raises(UserError, match=r"different space \(changed: proxy\)"):
+        check_space(paths, load_space(space_file, ["proxy.tokens=8192"]))

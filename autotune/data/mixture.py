@@ -33,3 +33,24 @@ def step_counts(ratios: dict[str, float], seqs_per_step: int, steps: int) -> lis
             given[n] += counts[n]
         out.append(counts)
     return out
+
+
+def phased_step_counts(phases: list[tuple[float, dict[str, float]]], seqs_per_step: int,
+                       steps: int) -> list[dict[str, int]]:
+    """Sequences per domain per step for a multi-phase mixture (OLMo 2 / Marin style mid-training).
+
+    ``phases`` is ``[(start_fraction, ratios), ...]`` with the first start at 0 and starts increasing;
+    phase ``i`` covers steps ``round(start_i * steps)`` up to the next phase's first step. Within each phase
+    the counts are exact as in :func:`step_counts`. Every step's dict has every domain of every phase.
+    """
+    if not phases or phases[0][0] != 0.0:
+        raise ValueError(f"the first phase must start at 0 (got {[p[0] for p in phases]})")
+    starts = [round(f * steps) for f, _ in phases] + [steps]
+    if any(b <= a for a, b in zip(starts, starts[1:], strict=False)):
+        raise ValueError(f"phase starts {[p[0] for p in phases]} give an empty phase over {steps} steps")
+    names = list(dict.fromkeys(n for _, r in phases for n in r))
+    out: list[dict[str, int]] = []
+    for (_, ratios), a, b in zip(phases, starts, starts[1:], strict=False):
+        full = {n: ratios.get(n, 0.0) for n in names}
+        out.extend(step_counts(full, seqs_per_step, b - a))
+    return out

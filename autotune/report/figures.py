@@ -381,8 +381,9 @@ def schedules_figure(data: StudyData) -> Figure | str:
     for t in trials:
         n = total_steps(data, t)
         try:
-            params = ScheduleParams(**{k: t.schedule[k] for k in ("kind", "peak_lr", "warmup_fraction", "decay_fraction",
-                                                                  "final_lr_ratio") if k in t.schedule})
+            fields = ("kind", "peak_lr", "warmup_fraction", "decay_fraction", "final_lr_ratio", "decay_shape", "start_lr")
+            # start_lr may read "base": the resolved number is in the trial's train info
+            params = ScheduleParams(**{k: t.schedule[k] for k in fields if t.schedule.get(k) not in (None, "base")})
             lrs = lr_curve(n, params) if n else []
         except (TypeError, ValueError) as e:
             problems.append(f"trial {t.number}: {e}")

@@ -1,0 +1,86 @@
+"""Issue 3 through the whole loop: multi-phase mixtures, 1-sqrt decay re-warmed from the base run's final
+LR, and a diverging trial that fails alone while the study goes on (real CLI, real training and lm-eval)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import tiny_space, write_space
+from test_search_e2e import autotune, study_trials
+
+pytestmark = pytest.mark.slow
+
+
+def test_phases_decay_shape_and_start_lr_from_base(tmp_path):
+    space = tiny_space("phased", trials=2,
+                       mixture={"general": {"min": 0.1}, "prior": {"math": 0.3, "code": 0.2, "general": 0.5},
+                                "phases": [{"until": 0.5, "shares": {"general": 1.0}}]},
+                       schedule={"kind": "wsd", "peak_lr": {"low": 1e-3, "high": 1e-2, "log": True},
+                                 "decay_shape": ["1-sqrt"], "decay_fraction": 0.5, "warmup_fraction": 0.25,
+                                 "start_lr": "base"},
+                       proxy={"tokens": 8192, "seq_len": 64, "batch_tokens": 1024, "seed": 0, "max_epochs": 4})
+    proc = autotune("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    root = tmp_path / "runs" / "phased"
+    prep = json.loads((root / "prepare" / "result.json").read_text())
+    base_log = Path(prep["base"]) / "pretrain_log.jsonl"
+    base_final = json.loads(base_log.read_text().splitlines()[-1])["lr"]
+    assert prep["base_final_lr"] == pytest.approx(base_final) and base_final > 0
+    trials = study_trials(tmp_path, "phased")
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    for t in trials:
+        run = root / t.user_attrs["run_dir"]
+        log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+        assert len(log) == 8
+        assert all(set(e["loss_per_domain"]) == {"general"} for e in log[:4])  # phase 1: replay only
+        assert set().union(*(e["loss_per_domain"] for e in log[4:])) == {"math", "code", "general"}
+        peak = t.user_attrs["proposal"]["schedule"]["peak_lr"]
+        assert log[0]["lr"] == pytest.approx(base_final)  # re-warmed from where the base run ended
+        assert log[2]["lr"] == pytest.approx(peak) and log[3]["lr"] == pytest.approx(peak)
+        # 1-sqrt decay over the last 4 steps: lr = peak * (1 - sqrt(k / 4)), k = 1..4
+        assert [e["lr"] for e in log[4:]] == pytest.approx([peak * (1 - math.sqrt(k / 4)) for k in range(1, 5)])
+        trained = json.loads((run / "result.json").read_text())["train"]
+        mix = t.user_attrs["proposal"]["mixture"]
+        for d in ("math", "code"):  # the searched mixture covers the second half of the run only
+            assert abs(trained["tokens_per_domain"][d] - mix[d] * trained["tokens"] / 2) <= 64
+        assert set(trained["epochs_per_domain"]) == {"math", "code", "general"}
+        assert trained["start_lr"] == pytest.approx(base_final)
+        assert not (run / "train_state").exists()  # removed once the checkpoint is written
+
+
+def test_a_diverging_trial_fails_alone_and_the_study_goes_on(tmp_path):
+    space = tiny_space("nan", trials=2, schedule={"kind": "constant", "peak_lr": 1.0e6, "warmup_fraction": 0.0})
+    proc = autotune("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
+    assert "Traceback" not in proc.stderr
+    trials = study_trials(tmp_path, "nan")
+    assert len(trials) == 2  # the second trial ran after the first diverged
+    for t in trials:
+        assert t.state == optuna.trial.TrialState.FAIL
+        assert t.user_attrs["status"] == "diverged" and "loss is nan" in t.user_attrs["reason"].lower()
+    status = autotune("status", str(tmp_path / "space.yaml"), cwd=tmp_path)
+    assert status.stdout.count("diverged") >= 2
+
+
+def test_long_context_knobs_are_searched(tmp_path):
+    space = tiny_space("ctx", trials=3, context={"seq_len": [32, 128], "rope_theta": [10000.0, 500000.0]},
+                       search={"sampler": "random", "trials": 3, "storage": "sqlite"})
+    proc = autotune("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    root = tmp_path / "runs" / "ctx"
+    trials = study_trials(tmp_path, "ctx")
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert trials[0].params["context.seq_len"] == 32 and trials[0].params["context.rope_theta"] == 10000.0  # prior
+    for t in trials:
+        ctx = t.user_attrs["proposal"]["context"]
+        run = root / t.user_attrs["run_dir"]
+        trained = json.loads((run / "result.json").read_text())["train"]
+        assert trained["seq_len"] == ctx["seq_len"] and trained["seqs_per_step"] * ctx["seq_len"] == 1024
+        assert trained["tokens"] == 4 * 1024
+        cfg = json.loads((run / "checkpoint" / "config.json").read_text())
+        theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta"))
+        assert theta == ctx["rope_theta"]
+        assert cfg["max_position_embeddings"] >= ctx["seq_len"]
