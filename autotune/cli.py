@@ -219,10 +219,12 @@ def report(study: Annotated[Path, typer.Argument(help="A study folder, e.g. runs
 
 @app.command()
 def extrapolate(study: Annotated[Path, typer.Argument(help="A finished study folder, e.g. runs/demo.", show_default=False)],
-                tokens: Annotated[float, typer.Option(help="Token budget of the full mid-training run, e.g. 2e10.")],
+                tokens: Annotated[float | None, typer.Option(help="Token budget of the full mid-training run, e.g. 2e10 "
+                                                                  "(default: the space's extrapolate.tokens).")] = None,
                 available: Annotated[list[str] | None, typer.Option(
                     help="Tokens available per domain, DOMAIN=N (repeatable), e.g. math=5e8: sets epochs and caps.")] = None,
-                max_epochs: Annotated[float, typer.Option(help="Warn above this many epochs of a domain (refused above 16).")] = 4.0,
+                max_epochs: Annotated[float | None, typer.Option(help="Warn above this many epochs of a domain (refused "
+                                                                      "above 16; default 4).")] = None,
                 batch_tokens: Annotated[int | None, typer.Option(help="Tokens per step of the full run (default: the proxy's).")] = None,
                 force: Annotated[bool, typer.Option(help="Write the recipe even above 16 epochs of a domain.")] = False) -> None:
     """Fit models of the study's results and write runs/<study>/recipe.yaml: the full-scale mixture (tokens and
@@ -230,11 +232,21 @@ def extrapolate(study: Annotated[Path, typer.Argument(help="A finished study fol
     a ladder (autotune ladder), the recipe gets a `ladder` section: power laws in tokens, rank agreement
     between the rungs, and loud warnings where they disagree.
 
+    Without --tokens, the full run comes from the `extrapolate:` section of the study's space file (options
+    given here override its fields).
+
     Example: autotune extrapolate runs/demo --tokens 2e10 --available math=5e8 --available code=3e9
     """
     from autotune.extrapolate import extrapolate_study, load_recipe
 
     try:
+        section = _extrapolate_section(study) if tokens is None else None
+        if section is not None:
+            tokens = section.tokens
+            available = available or [f"{k}={v}" for k, v in section.available_tokens.items()]
+            max_epochs = section.max_epochs if max_epochs is None else max_epochs
+            batch_tokens = section.batch_tokens if batch_tokens is None else batch_tokens
+        max_epochs = 4.0 if max_epochs is None else max_epochs
         avail: dict[str, float] = {}
         for item in available or []:
             name, sep, value = item.partition("=")
@@ -255,6 +267,30 @@ def extrapolate(study: Annotated[Path, typer.Argument(help="A finished study fol
         console.print(f"recipe: {path}", highlight=False)
     except UserError as e:
         _fail(e)
+
+
+def _extrapolate_section(study: Path):
+    """The ``extrapolate:`` section of the space file a study was started from (space.json's source_file)."""
+    from pydantic import ValidationError
+
+    from autotune.records import read_json
+    from autotune.spec import Extrapolate, read_yaml, validation_error_to_user_error
+
+    where = Path(study) / "space.json"
+    if not where.is_file():
+        raise UserError("not a study folder (no space.json), e.g. runs/demo", field="STUDY", value=str(study))
+    source = read_json(where).get("source_file")
+    data = read_yaml(Path(source), "search space") if source and Path(source).is_file() else {}
+    section = None
+    if isinstance(data, dict) and data.get("extrapolate") is not None:  # only this section matters here
+        try:
+            section = Extrapolate.model_validate(data["extrapolate"])
+        except ValidationError as e:
+            raise validation_error_to_user_error(e, Path(source), data["extrapolate"]) from None
+    if section is None:
+        raise UserError("give the full run's token budget: --tokens N, or an `extrapolate:` section in the study's "
+                        "space file", field="--tokens", value=str(source or study))
+    return section
 
 
 @app.command()

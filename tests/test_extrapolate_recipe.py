@@ -193,3 +193,27 @@ def test_extrapolate_study_writes_recipe_yaml(tmp_path):
     r = load_recipe(path)
     assert r.study == "synthetic" and r.domains["code"].epochs == pytest.approx(r.domains["code"].tokens / 5e8)
     assert r.predicted["target"].low is None  # no bootstrap asked for
+
+
+def test_cli_takes_the_full_run_from_the_space_files_extrapolate_section(tmp_path):
+    """`autotune extrapolate runs/<study>` without --tokens reads the `extrapolate:` section of the space
+    file the study was started from; without one (or without a study) it says what to give, exit 2."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from autotune.cli import app
+
+    study = make_study(tmp_path / "runs" / "synthetic", trials=8, seed=1, failed=0)
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(SPACE))
+    doc = json.loads((study / "space.json").read_text())
+    (study / "space.json").write_text(json.dumps({**doc, "source_file": str(space_file)}))
+    runner = CliRunner()
+    missing = runner.invoke(app, ["extrapolate", str(study)])
+    assert missing.exit_code == 2 and "extrapolate:" in missing.output and "--tokens" in missing.output
+    space_file.write_text(yaml.safe_dump({**SPACE, "extrapolate": {"tokens": 3e8, "available_tokens": {"code": 5e8}}}))
+    done = runner.invoke(app, ["extrapolate", str(study)])
+    assert done.exit_code == 0, done.output
+    r = load_recipe(study / "recipe.yaml")
+    assert r.tokens == pytest.approx(3e8, rel=1e-5) and r.domains["code"].epochs == pytest.approx(r.domains["code"].tokens / 5e8)
+    assert runner.invoke(app, ["extrapolate", str(tmp_path / "nowhere")]).exit_code == 2
