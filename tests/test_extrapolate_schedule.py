@@ -25,9 +25,11 @@ MPL_DATA = REPO.parent / "shared" / "data" / "anchors" / "multipowerlaw_lr_sched
 
 @pytest.mark.parametrize("kind", ["wsd", "cosine", "linear", "constant"])
 @pytest.mark.parametrize("total", [1, 7, 100])
-def test_vectorised_schedules_equal_the_trainers(kind, total):
-    p = ScheduleParams(kind=kind, peak_lr=2e-3, warmup_fraction=0.1, decay_fraction=0.3, final_lr_ratio=0.1)
-    np.testing.assert_allclose(schedule_lrs(kind, total, 2e-3, 0.1, 0.3, 0.1), lr_curve(total, p), rtol=1e-12)
+@pytest.mark.parametrize("shape", ["linear", "cosine", "1-sqrt"])
+def test_vectorised_schedules_equal_the_trainers(kind, total, shape):
+    p = ScheduleParams(kind=kind, peak_lr=2e-3, warmup_fraction=0.1, decay_fraction=0.3, final_lr_ratio=0.1,
+                       decay_shape=shape)
+    np.testing.assert_allclose(schedule_lrs(kind, total, 2e-3, 0.1, 0.3, 0.1, shape), lr_curve(total, p), rtol=1e-12)
 
 
 def test_detect_warmup():
@@ -90,3 +92,14 @@ def test_paper_curves_25m_slice():
     spec.loader.exec_module(bench)
     rows = bench.mpl_table(sizes=(25,), test=("wsd_20000_24000", "wsdld_20000_24000", "wsdcon_3"), every=2)
     assert rows[0]["mean"] < 0.0025, rows[0]["per_curve"]
+
+
+def test_choose_schedule_compares_wsd_decay_shapes():
+    """The same WSD at three decay shapes gets three different predictions, each candidate names its shape,
+    and the shapes apply to wsd only."""
+    opts = choose_schedule(TRUE, total_steps=5000, peak_lr=3e-4, warmup_fraction=0.05, kinds=["wsd", "cosine"],
+                           decay_fractions=[0.2], final_lr_ratios=[0.0], decay_shapes=["linear", "cosine", "1-sqrt"])
+    wsd = {o.decay_shape: o.predicted_loss for o in opts if o.kind == "wsd"}
+    assert set(wsd) == {"linear", "cosine", "1-sqrt"} and len(set(wsd.values())) == 3
+    assert [o.decay_shape for o in opts if o.kind == "cosine"] == [None]  # shapes are for wsd only
+    assert [o.predicted_loss for o in opts] == sorted(o.predicted_loss for o in opts)

@@ -66,6 +66,7 @@ class ScheduleOption(_Frozen):
     kind: str
     decay_fraction: float
     final_lr_ratio: float
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] | None = None  # wsd only
     loss_vs_best: float = Field(ge=0, description="predicted final loss minus the best candidate's (Multi-Power Law)")
 
 
@@ -82,6 +83,8 @@ class SchedulePlan(_Frozen):
     warmup_fraction: float = Field(ge=0, lt=1)
     decay_fraction: float = Field(ge=0, le=1, description="decay_steps / total_steps")
     final_lr_ratio: float = Field(ge=0, le=1)
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] | None = Field(
+        None, description="shape of a wsd decay (autotune.train.schedules); None for the other kinds")
     chosen_by: Literal["multi_power_law", "best_trial"]
     predicted_final_loss: float | None = Field(
         None, description="the law's final training loss (proxy model and data) at total_steps; None when the "
@@ -477,7 +480,8 @@ def _choose_schedule(study, trials, top, best_trial, peak_lr: float, total_steps
             law = fit_multi_power_law(curves, offset_per_group=True)
             options = choose_schedule(law, total_steps=total_steps, peak_lr=peak_lr, warmup_fraction=warmup_fraction,
                                       kinds=kinds, decay_fractions=_grid(spec.decay_fraction, 11),
-                                      final_lr_ratios=_grid(spec.final_lr_ratio, 5), group=str(best_trial.number))
+                                      final_lr_ratios=_grid(spec.final_lr_ratio, 5), group=str(best_trial.number),
+                                      decay_shapes=("linear", "cosine", "1-sqrt"))
         except ValueError as e:
             warnings.append(f"the Multi-Power Law fit failed ({e}); the schedule is the best trial's")
             law, options = None, []
@@ -485,7 +489,7 @@ def _choose_schedule(study, trials, top, best_trial, peak_lr: float, total_steps
         warnings.append("fewer than two training logs with a decaying LR: the schedule is the best trial's")
     if options:
         best = options[0]
-        kind, decay_fraction, ratio = best.kind, best.decay_fraction, best.final_lr_ratio
+        kind, decay_fraction, ratio, shape = best.kind, best.decay_fraction, best.final_lr_ratio, best.decay_shape
         chosen_by, predicted = "multi_power_law", best.predicted_loss
         lowest = min(c.loss.min() for c in curves)
         if not 0 < predicted <= lowest * 1.5:
@@ -498,16 +502,19 @@ def _choose_schedule(study, trials, top, best_trial, peak_lr: float, total_steps
         kind = s.get("kind", kinds[0])
         decay_fraction = float(s.get("decay_fraction", 0.0) or 0.0)
         ratio = float(s.get("final_lr_ratio", 0.0) or 0.0)
+        shape = str(s.get("decay_shape") or "linear")
         chosen_by, predicted = "best_trial", None
     warm, stable, decay = _schedule_steps(kind, total_steps, warmup_fraction, decay_fraction)
     return {
         "kind": kind, "total_steps": total_steps, "warmup_steps": warm, "stable_steps": stable, "decay_steps": decay,
         "peak_lr": peak_lr, "final_lr": peak_lr * (1.0 if kind == "constant" else ratio),
         "warmup_fraction": warmup_fraction, "decay_fraction": decay / total_steps,
-        "final_lr_ratio": 1.0 if kind == "constant" else ratio, "chosen_by": chosen_by,
+        "final_lr_ratio": 1.0 if kind == "constant" else ratio, "decay_shape": shape if kind == "wsd" else None,
+        "chosen_by": chosen_by,
         "predicted_final_loss": predicted,
         "candidates": [{"kind": o.kind, "decay_fraction": o.decay_fraction, "final_lr_ratio": o.final_lr_ratio,
-                        "loss_vs_best": o.predicted_loss - options[0].predicted_loss} for o in options[:8]],
+                        "decay_shape": o.decay_shape, "loss_vs_best": o.predicted_loss - options[0].predicted_loss}
+                       for o in options[:8]],
         "law": ({k: v for k, v in law.params().items()} if law else None),
     }
 

@@ -326,7 +326,7 @@ def relative_errors(law: MultiPowerLaw, curve: LossCurve) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- schedules
 def schedule_lrs(kind: str, total_steps: int, peak_lr: float, warmup_fraction: float = 0.0,
-                 decay_fraction: float = 0.2, final_lr_ratio: float = 0.0) -> np.ndarray:
+                 decay_fraction: float = 0.2, final_lr_ratio: float = 0.0, decay_shape: str = "linear") -> np.ndarray:
     """Per-step LRs of autotune's schedules, vectorised; equal to ``autotune.train.schedules.lr_at``."""
     n = int(total_steps)
     if n < 1:
@@ -346,7 +346,10 @@ def schedule_lrs(kind: str, total_steps: int, peak_lr: float, warmup_fraction: f
         start = max(warmup, n - decay_steps)
         span = n - start
         prog = np.clip((step[start:] - start + 1) / span, 0.0, 1.0)
-        out[start:] = final + (peak_lr - final) * (1.0 - prog)
+        mult = {"linear": 1.0 - prog, "cosine": 0.5 * (1.0 + np.cos(np.pi * prog)), "1-sqrt": 1.0 - np.sqrt(prog)}
+        if decay_shape not in mult:
+            raise ValueError(f"unknown decay shape {decay_shape!r}")
+        out[start:] = final + (peak_lr - final) * mult[decay_shape]
         return out
     if kind in ("cosine", "linear"):
         span = n - warmup
@@ -363,24 +366,27 @@ class ScheduleCandidate:
     decay_fraction: float
     final_lr_ratio: float
     predicted_loss: float
+    decay_shape: str | None = None  # of a wsd decay (None for the other kinds)
 
 
 def choose_schedule(law: MultiPowerLaw, *, total_steps: int, peak_lr: float, warmup_fraction: float,
                     kinds: Sequence[str], decay_fractions: Sequence[float], final_lr_ratios: Sequence[float],
-                    group: str = "") -> list[ScheduleCandidate]:
+                    group: str = "", decay_shapes: Sequence[str] = ("linear",)) -> list[ScheduleCandidate]:
     """Predicted final loss of every candidate schedule at ``total_steps``, best first.
 
-    ``decay_fractions`` apply to ``wsd`` only (cosine / linear decay over all steps after warmup,
-    constant does not decay)."""
+    ``decay_fractions`` and ``decay_shapes`` apply to ``wsd`` only (cosine / linear decay over all steps
+    after warmup, constant does not decay)."""
     out = []
     for kind in dict.fromkeys(kinds):
         fracs = decay_fractions if kind == "wsd" else [1.0 - warmup_fraction if kind != "constant" else 0.0]
         ratios = final_lr_ratios if kind != "constant" else [1.0]
+        shapes = list(dict.fromkeys(decay_shapes)) if kind == "wsd" else ["linear"]
         for frac in dict.fromkeys(float(f) for f in fracs):
             for ratio in dict.fromkeys(float(r) for r in ratios):
-                lrs = schedule_lrs(kind, total_steps, peak_lr, warmup_fraction, frac, ratio)
-                curve = LossCurve(lrs, np.array([total_steps]), np.ones(1), group=group)
-                loss = float(law.predict(curve)[0])
-                out.append(ScheduleCandidate(kind, frac, ratio, loss))
+                for shape in shapes:
+                    lrs = schedule_lrs(kind, total_steps, peak_lr, warmup_fraction, frac, ratio, shape)
+                    curve = LossCurve(lrs, np.array([total_steps]), np.ones(1), group=group)
+                    loss = float(law.predict(curve)[0])
+                    out.append(ScheduleCandidate(kind, frac, ratio, loss, shape if kind == "wsd" else None))
     out.sort(key=lambda c: c.predicted_loss)
     return out
