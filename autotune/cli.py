@@ -241,12 +241,6 @@ def extrapolate(study: Annotated[Path, typer.Argument(help="A finished study fol
 
     try:
         section = _extrapolate_section(study) if tokens is None else None
-        if section is not None:
-            tokens = section.tokens
-            available = available or [f"{k}={v}" for k, v in section.available_tokens.items()]
-            max_epochs = section.max_epochs if max_epochs is None else max_epochs
-            batch_tokens = section.batch_tokens if batch_tokens is None else batch_tokens
-        max_epochs = 4.0 if max_epochs is None else max_epochs
         avail: dict[str, float] = {}
         for item in available or []:
             name, sep, value = item.partition("=")
@@ -256,6 +250,12 @@ def extrapolate(study: Annotated[Path, typer.Argument(help="A finished study fol
                 raise UserError("must read DOMAIN=TOKENS, e.g. math=5e8", field="--available", value=item) from None
             if not sep or not name:
                 raise UserError("must read DOMAIN=TOKENS, e.g. math=5e8", field="--available", value=item)
+        if section is not None:  # the space's extrapolate: section; options given here win
+            tokens = section.tokens
+            avail = avail or dict(section.available_tokens)
+            max_epochs = section.max_epochs if max_epochs is None else max_epochs
+            batch_tokens = section.batch_tokens if batch_tokens is None else batch_tokens
+        max_epochs = 4.0 if max_epochs is None else max_epochs
         path = extrapolate_study(study, tokens, avail or None, max_epochs, force, batch_tokens=batch_tokens,
                                  command=" ".join(sys.argv))
         recipe = load_recipe(path)

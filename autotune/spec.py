@@ -352,6 +352,18 @@ class DemoBase(_Frozen):
         return self
 
 
+def _whole_tokens(v: Any) -> Any:
+    """YAML reads 1e5 as a string and 1.0e5 as a float; token counts are whole numbers."""
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
 class Proxy(_Frozen):
     """The proxy run's budget: ``tokens`` trained per trial, in steps of ``batch_tokens``."""
 
@@ -377,15 +389,7 @@ class Proxy(_Frozen):
     @field_validator("tokens", "batch_tokens", mode="before")
     @classmethod
     def _int_from_float(cls, v: Any) -> Any:
-        # YAML reads 2e6 as a float (or a string); tokens are whole numbers.
-        if isinstance(v, str):
-            try:
-                v = float(v)
-            except ValueError:
-                return v
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        return v
+        return _whole_tokens(v)
 
     @model_validator(mode="after")
     def _check(self) -> Proxy:
@@ -497,18 +501,6 @@ class Search(_Frozen):
 
 
 # ----------------------------------------------------------------------------------------------- scale
-def _whole_tokens(v: Any) -> Any:
-    """YAML reads 1e5 as a string and 1.0e5 as a float; token counts are whole numbers."""
-    if isinstance(v, str):
-        try:
-            v = float(v)
-        except ValueError:
-            return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
-
-
 class Ladder(_Frozen):
     """Scale transfer (``autotune ladder SPACE``): the prior mixture and the ``top_k`` best other trials of
     the study are re-run as complete proxy runs (a whole schedule each, not a mid-run rung) at each budget in

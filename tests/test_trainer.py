@@ -243,11 +243,11 @@ def test_cpu_allocation_failure_is_an_oom_trial_with_the_micro_batch():
 
 @pytest.mark.parametrize("chunk", [7, 1024])
 def test_fused_loss_equals_the_plain_loss_and_its_gradients(chunk):
-    from autotune.train.loss import fused_loss_parts, linear_cross_entropy, reference_loss
+    from autotune.train.loss import fused_loss_parts, linear_cross_entropy, token_losses
 
     x = torch.from_numpy(_domains()["b"][:4 * 33].astype(np.int64)).view(4, 33)
     plain, fused = _model(), _model()
-    ref = reference_loss(plain(input_ids=x[:, :-1]).logits, x[:, 1:])
+    ref = token_losses(plain(input_ids=x[:, :-1]).logits, x[:, 1:])
     ref.mean().backward()
     backbone, weight = fused_loss_parts(fused)
     hidden = backbone(input_ids=x[:, :-1]).last_hidden_state

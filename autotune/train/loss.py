@@ -77,6 +77,7 @@ def fused_loss_parts(model: torch.nn.Module):
     return backbone, head.weight
 
 
-def reference_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The plain per-token loss (fp32 softmax over the full logits): what the fused loss must equal."""
+def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The plain per-token loss (fp32 softmax over the full logits): the trainer's loss where the fused one
+    does not apply, and what the fused one must equal."""
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")

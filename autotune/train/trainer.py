@@ -31,12 +31,11 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from autotune.data.mixture import phased_step_counts
 from autotune.errors import TrialFailed
 from autotune.records import digest
-from autotune.train.loss import fused_loss_parts, linear_cross_entropy
+from autotune.train.loss import fused_loss_parts, linear_cross_entropy, token_losses
 from autotune.train.schedules import ScheduleParams, lr_at
 
 # Dense bf16 peak of the accelerators we know, in FLOP/s (vendor datasheets, without sparsity); MFU is
@@ -153,10 +152,11 @@ def as_phases(mixture: Mixture) -> list[tuple[float, dict[str, float]]]:
     return [(0.0, dict(mixture))] if isinstance(mixture, dict) else [(float(s), dict(r)) for s, r in mixture]
 
 
-def plan_epochs(domains: dict[str, np.ndarray], mixture: Mixture, cfg: TrainConfig) -> tuple[dict[str, int], dict[str, float]]:
-    """Tokens each domain will be trained on and the epochs that makes (tokens / tokens available)."""
-    plan = phased_step_counts(as_phases(mixture), cfg.seqs_per_step, cfg.steps)
-    tokens = {n: sum(c.get(n, 0) for c in plan) * cfg.seq_len for n in plan[0]}
+def plan_epochs(domains: dict[str, np.ndarray], plan: list[dict[str, int]],
+                seq_len: int) -> tuple[dict[str, int], dict[str, float]]:
+    """Tokens each domain of a run's ``plan`` (sequences per domain per step) will be trained on, and the
+    epochs that makes (tokens / tokens available)."""
+    tokens = {n: sum(c.get(n, 0) for c in plan) * seq_len for n in plan[0]}
     return tokens, {n: t / max(1, len(domains[n])) for n, t in tokens.items()}
 
 
@@ -261,7 +261,7 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
     names_all = list(dict.fromkeys(n for _, r in phases for n in r))
     plan = phased_step_counts(phases, cfg.seqs_per_step, cfg.steps)
     summary = TrainSummary(tokens_per_domain=dict.fromkeys(names_all, 0))
-    planned, epochs = plan_epochs(domains, phases, cfg)
+    planned, epochs = plan_epochs(domains, plan, cfg.seq_len)
     summary.epochs_per_domain = epochs
     if cfg.max_epochs is not None:
         for n, e in epochs.items():
@@ -349,8 +349,7 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
                                 loss = total / (rows_local * cfg.seq_len)
                             else:
                                 logits = fwd(input_ids=x[:, :-1]).logits
-                                tok_loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
-                                                           x[:, 1:].reshape(-1), reduction="none").view(x.size(0), -1)
+                                tok_loss = token_losses(logits, x[:, 1:]).view(x.size(0), -1)
                                 loss = tok_loss.mean() * (x.size(0) / rows_local)
                         (accelerator.backward(loss) if accelerator else loss.backward())
                 except Exception as e:
