@@ -466,18 +466,25 @@ class Objective(_Frozen):
 class LauncherSpec(_Frozen):
     """Where trials run: ``local`` (a subprocess here), ``accelerate`` (``accelerate launch`` with
     ``num_processes`` data-parallel processes per trial) or ``slurm`` (a Slurm job per trial through submitit;
-    ``cluster: local`` runs submitit's local executor; other keys go to submitit's ``update_parameters``)."""
+    ``cluster: local`` runs submitit's local executor; other keys go to submitit's ``update_parameters``).
+    ``sharding`` (accelerate): ``ddp`` keeps a whole model per process; ``fsdp`` shards weights, gradients and
+    optimizer state over the processes (FSDP2), for models whose training state does not fit one device.
+    Both train the same batches, so it is not part of a run's identity."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
     kind: Literal["local", "accelerate", "slurm"] = "local"
     cluster: str | None = None
     num_processes: int = Field(1, ge=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    sharding: Literal["ddp", "fsdp"] = "ddp"
 
     @model_validator(mode="after")
     def _check(self) -> LauncherSpec:
         if self.kind != "slurm" and self.model_extra:
             raise ValueError(f"unknown launcher fields {sorted(self.model_extra)} (only kind: slurm takes extra keys)")
+        if self.sharding == "fsdp" and (self.kind != "accelerate" or self.num_processes < 2):
+            raise ValueError(f"sharding: fsdp shards over several processes: it needs kind: accelerate and "
+                             f"num_processes >= 2 (got kind: {self.kind}, num_processes: {self.num_processes})")
         return self
 
 

@@ -12,6 +12,7 @@ A crash, a NaN or an OOM becomes a result with that status and reason: the study
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -146,22 +147,37 @@ def run_trial(space: SearchSpace, job: dict[str, Any], out_dir: Path, progress: 
                           seed=proposal.seed, schedule=ScheduleParams(**schedule), micro_batch_seqs=proxy.micro_batch_seqs,
                           precision=("bf16" if cuda else "fp32") if proxy.precision == "auto" else proxy.precision,
                           compile=cuda if proxy.compile == "auto" else bool(proxy.compile), max_epochs=proxy.max_epochs,
-                          state_every_s=proxy.save_state_every_s)
+                          state_every_s=proxy.save_state_every_s, sharding=space.search.launcher.sharding)
         # fixed phases first (mixture.phases), then the searched mixture to the end of the run
         starts = [0.0] + [ph.until for ph in space.mixture.phases]
         mixture = list(zip(starts, [ph.shares for ph in space.mixture.phases] + [proposal.mixture], strict=True))
         main_process = accelerator is None or accelerator.is_main_process
         state_dir = out_dir / "train_state"
-        summary = train(model, {n: p.tokens("train") for n, p in packed.items()}, mixture, cfg,
+        # FSDP: no process holds the whole trained weights; the main process keeps an unsharded copy on the
+        # CPU that receives them at each rung and at the end, and evaluates that copy
+        fsdp = accelerator is not None and space.search.launcher.sharding == "fsdp"
+        whole = copy.deepcopy(model) if fsdp and main_process else None
+        sharded, model = (model, whole) if fsdp else (model, model)
+        summary = train(sharded, {n: p.tokens("train") for n, p in packed.items()}, mixture, cfg,
                         log_path=out_dir / "train_log.jsonl" if main_process else None, progress=progress,
-                        after_step=_rung_evaluator(space, suite, model, tokenizer, packed, out_dir, progress)
+                        after_step=_rung_evaluator(space, suite, model, tokenizer, packed, out_dir, progress,
+                                                   device=accelerator.device if fsdp and cuda else None)
                         if main_process else None, accelerator=accelerator,
-                        state_dir=state_dir if proxy.save_state_every_s > 0 else None)
+                        state_dir=state_dir if proxy.save_state_every_s > 0 else None,
+                        gather_into=whole, gather_steps=proxy.rung_steps)
         if accelerator is not None:
             accelerator.wait_for_everyone()
             if not main_process:
                 return None
-            model = accelerator.unwrap_model(model)
+            if fsdp:
+                from autotune.evaluate.backends import _free_accelerator_memory
+
+                del sharded
+                _free_accelerator_memory()
+                if cuda:
+                    model.to(accelerator.device)
+            else:
+                model = accelerator.unwrap_model(model)
         train_info = {**summary.to_json(), "start_lr": schedule.get("start_lr"), "seq_len": seq_len,
                       "seqs_per_step": cfg.seqs_per_step}
         if job.get("keep_checkpoint", True):
@@ -193,9 +209,11 @@ def run_trial(space: SearchSpace, job: dict[str, Any], out_dir: Path, progress: 
     return RunResult(status="ok", metrics=evaluated.metrics, stderr=evaluated.stderr, train=train_info, eval_meta=meta)
 
 
-def _rung_evaluator(space: SearchSpace, suite, model, tokenizer, packed, out_dir: Path, progress: PipeProgress):
+def _rung_evaluator(space: SearchSpace, suite, model, tokenizer, packed, out_dir: Path, progress: PipeProgress,
+                    device=None):
     """At each rung: held-out bits-per-byte on the suite's domains, kept in rungs.jsonl and sent to the
-    controller, which reports it to Optuna and may stop the run (pruning)."""
+    controller, which reports it to Optuna and may stop the run (pruning). With ``device``, ``model`` (an
+    unsharded copy kept on the CPU beside an FSDP run) moves there for the evaluation and back."""
     import torch
 
     from autotune.evaluate.bpb import bits_per_byte
@@ -218,9 +236,16 @@ def _rung_evaluator(space: SearchSpace, suite, model, tokenizer, packed, out_dir
         if steps_done in done_before:
             progress.emit(done_before[steps_done])
             return
+        if device is not None:
+            model.to(device)
         with torch.no_grad():
             metrics = {f"bpb/{d}": bits_per_byte(model, tokenizer, packed[d].tokens("heldout"), seq_len=space.proxy.seq_len,
                                                   max_tokens=suite.bpb_tokens)["bpb"] for d in suite.bpb_domains}
+        if device is not None:
+            from autotune.evaluate.backends import _free_accelerator_memory
+
+            model.to("cpu")
+            _free_accelerator_memory()
         event = {"rung": rung_steps.index(steps_done), "step": steps_done, "tokens": steps_done * seqs, "metrics": metrics}
         with open(out_dir / "rungs.jsonl", "a") as f:
             f.write(json.dumps(event) + "\n")

@@ -1,8 +1,16 @@
-"""Run by tests/test_ddp.py, alone or under `accelerate launch --cpu --num_processes 2`: trains a tiny Llama
-with autotune's trainer and writes the per-step losses and a weight checksum (main process only)."""
+"""Run by tests/test_ddp.py, alone or under `accelerate launch --multi_gpu --num_processes 2` (CPU, gloo):
+trains a tiny Llama with autotune's trainer and writes the per-step losses and a weight checksum (main
+process only).
 
+    python ddp_train_script.py OUT [--sharding ddp|fsdp] [--state-dir DIR --crash-after K]
+
+``--crash-after K`` raises on every process after step K (a run killed mid-way); run again with the same
+``--state-dir`` and no ``--crash-after``, it resumes from the last saved state (every 5 steps).
+"""
+
+import argparse
+import copy
 import json
-import sys
 
 import numpy as np
 import torch
@@ -12,19 +20,49 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from autotune.train.schedules import ScheduleParams
 from autotune.train.trainer import TrainConfig, train
 
-out = sys.argv[1]
+ap = argparse.ArgumentParser()
+ap.add_argument("out")
+ap.add_argument("--sharding", default="ddp")
+ap.add_argument("--state-dir")
+ap.add_argument("--crash-after", type=int)
+args = ap.parse_args()
+
 acc = Accelerator(cpu=True)
+distributed = acc.num_processes > 1
 torch.manual_seed(0)
 model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                     num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))
+                                     num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                                     tie_word_embeddings=args.sharding == "fsdp"))
 rng = np.random.default_rng(0)
 domains = {"a": np.tile(np.arange(16, dtype=np.uint16), 400), "b": rng.integers(16, 64, 6400).astype(np.uint16)}
-cfg = TrainConfig(seq_len=32, seqs_per_step=8, steps=12, seed=0,
+cfg = TrainConfig(seq_len=32, seqs_per_step=8, steps=12, seed=0, micro_batch_seqs=2, sharding=args.sharding,
+                  state_every_steps=5 if args.state_dir else 0,
                   schedule=ScheduleParams(kind="wsd", peak_lr=1e-2, warmup_fraction=0.1, decay_fraction=0.3))
-log = f"{out}.log.jsonl" if acc.is_main_process else None
-summary = train(model, domains, {"a": 0.375, "b": 0.625}, cfg, log_path=log,
-                accelerator=acc if acc.num_processes > 1 else None)
+fsdp = distributed and args.sharding == "fsdp"
+whole = copy.deepcopy(model) if fsdp and acc.is_main_process else None  # receives the gathered weights
+seen = []
+
+
+def after_step(steps_done: int) -> None:
+    if whole is not None:  # the gathered copy at step 6 (a "rung") and at the end
+        seen.append((steps_done, float(sum(v.double().abs().sum() for v in whole.state_dict().values()))))
+    if steps_done == args.crash_after:
+        raise RuntimeError(f"crash after step {steps_done}")
+
+
+log = f"{args.out}.log.jsonl" if acc.is_main_process else None
+try:
+    summary = train(model, domains, {"a": 0.375, "b": 0.625}, cfg, log_path=log, after_step=after_step,
+                    accelerator=acc if distributed else None, state_dir=args.state_dir, gather_into=whole,
+                    gather_steps=[6])
+except RuntimeError as e:
+    if "crash after" not in str(e):
+        raise
+    raise SystemExit(17) from None
 if acc.is_main_process:
-    weights = acc.unwrap_model(model).state_dict() if acc.num_processes > 1 else model.state_dict()
-    json.dump({"world": acc.num_processes, "summary": summary.to_json(),
-               "checksum": float(sum(v.double().abs().sum() for v in weights.values()))}, open(out, "w"))
+    weights = (whole if fsdp else acc.unwrap_model(model) if distributed else model).state_dict()
+    json.dump({"world": acc.num_processes, "summary": summary.to_json(), "gathered": seen,
+               "sharded_numel": sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+                                    for p in model.parameters()),
+               "whole_numel": sum(p.numel() for p in (whole or model).parameters()),
+               "checksum": float(sum(v.double().abs().sum() for v in weights.values()))}, open(args.out, "w"))

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -69,10 +70,14 @@ def test_search_through_the_slurm_launcher(tmp_path):
 
 
 @pytest.mark.slow
-def test_search_with_two_data_parallel_processes_per_trial(tmp_path):
-    """`accelerate launch` with 2 processes per trial (CPU, gloo): one result, the whole run's steps logged."""
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_search_with_two_data_parallel_processes_per_trial(tmp_path, sharding):
+    """`accelerate launch` with 2 processes per trial (CPU, gloo): one result, the whole run's steps logged.
+    FSDP (weights sharded over the two): the rungs and the final evaluation see the gathered weights."""
     spec = tiny_space("ddp", trials=1)
-    spec["search"]["launcher"] = {"kind": "accelerate", "num_processes": 2}
+    spec["search"]["launcher"] = {"kind": "accelerate", "num_processes": 2, "sharding": sharding}
+    if sharding == "fsdp":
+        spec["proxy"]["rungs"] = [0.25, 0.5, 1.0]  # rungs after steps 1 and 2 of 4
     space = write_space(tmp_path, spec)
     proc = subprocess.run([sys.executable, "-m", "autotune.cli", "search", str(space), "--quiet"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
@@ -82,3 +87,14 @@ def test_search_with_two_data_parallel_processes_per_trial(tmp_path):
     run = tmp_path / "runs/ddp" / study.trials[0].user_attrs["run_dir"]
     log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 4 and log[-1]["tokens"] == 4096  # both processes' rows counted once
+    if sharding == "fsdp":
+        import torch
+        from safetensors.torch import load_file
+
+        rungs = [json.loads(x)["metrics"]["bpb/math"] for x in (run / "rungs.jsonl").read_text().splitlines()]
+        final = json.loads((run / "result.json").read_text())["metrics"]["bpb/math"]
+        assert len(rungs) == 2 and len({*rungs, final}) == 3  # the copy got the weights of step 1, 2, then 4
+        weights = load_file(run / "checkpoint/model.safetensors")
+        base = load_file(Path(json.loads((run / "job.json").read_text())["prepared"]["base"]) / "model.safetensors")
+        assert all(weights[k].shape == base[k].shape for k in base)  # whole tensors, not shards
+        assert any(not torch.equal(weights[k], base[k]) for k in base)  # trained

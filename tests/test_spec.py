@@ -72,6 +72,8 @@ MALFORMED = [
     ("batch-over-budget", "proxy.tokens", 100, "below one batch"),
     ("beyond-noise-without-replicates", "objective.beyond_noise", 2.0, "needs proxy.replicates >= 2"),
     ("unknown-launcher-field", "search.launcher", {"kind": "local", "partition": "gpu"}, "unknown launcher fields"),
+    ("fsdp-one-process", "search.launcher", {"kind": "accelerate", "num_processes": 1, "sharding": "fsdp"},
+     "sharding: fsdp shards over several processes"),
 ]
 
 

@@ -8,6 +8,11 @@ uninterrupted run draws. The step's rows go through forward/backward in micro-ba
 ``micro_batch_seqs`` (gradient accumulation, to reach ``batch_tokens`` when a whole step does not fit),
 then one AdamW update at the schedule's LR; the loss is logged per domain.
 
+Over several processes, ``sharding="ddp"`` replicates the model (DDP through ``accelerate``) and
+``sharding="fsdp"`` shards weights, gradients and AdamW state over them (PyTorch FSDP2, ``fully_shard`` per
+decoder layer), for models whose training state does not fit one device; both train on the same rows of
+the same batches, so a run's result does not depend on the process count or the sharding.
+
 GPU path: ``precision="bf16"`` autocasts matmuls to bfloat16 (weights and AdamW state stay fp32), the
 model's attention is SDPA (``load_causal_lm``), ``compile=True`` wraps the model in ``torch.compile``
 (the first step's time, which includes compilation, is logged), and AdamW is the fused CUDA kernel.
@@ -24,7 +29,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -80,18 +85,21 @@ class TrainConfig:
     max_epochs: float | None = None  # warn when a domain's draws exceed this many passes over its tokens
     state_every_steps: int = 0  # save a resumable state every N steps (0: not by steps) ...
     state_every_s: float = 0.0  # ... or when this many seconds passed since the last save (0: not by time)
+    sharding: str = "ddp"  # over several processes: "ddp" (replicated) | "fsdp" (sharded: FSDP2)
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16 (got {self.precision!r})")
         if self.micro_batch_seqs is not None and self.micro_batch_seqs < 1:
             raise ValueError(f"micro_batch_seqs must be >= 1 (got {self.micro_batch_seqs})")
+        if self.sharding not in ("ddp", "fsdp"):
+            raise ValueError(f"sharding must be ddp or fsdp (got {self.sharding!r})")
 
     def run_identity(self) -> dict:
         """What determines the sequence of batches and updates (not how they are computed or saved)."""
         d = asdict(self)
         for k in ("log_every", "micro_batch_seqs", "compile", "state_every_steps", "state_every_s", "max_epochs",
-                  "fused_loss", "loss_chunk"):
+                  "fused_loss", "loss_chunk", "sharding"):
             d.pop(k)
         return d
 
@@ -232,17 +240,61 @@ class TrainState:
 
 def _truncate_log(path: Path, steps_done: int) -> None:
     """Keep the log lines of steps already in the resumed state; later ones will be written again."""
+    path = Path(path)
     if not path.exists():
         return
     keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < steps_done]
     path.write_text("".join(line + "\n" for line in keep))
 
 
+# ----------------------------------------------------------------------------------------------- FSDP
+def _fsdp_shard(model: torch.nn.Module, device: torch.device, world: int, precision: str) -> None:
+    """FSDP2 in place: each decoder layer (HF's ``_no_split_modules`` classes) is one all-gather unit, the
+    root (embeddings, final norm, output head) another. Parameters move to ``device`` shard by shard. In bf16
+    the all-gathered weights are bfloat16 and gradients are reduced in fp32 (the sharded masters stay fp32)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if precision == "bf16"
+          else MixedPrecisionPolicy())
+    unit_names = set(getattr(model, "_no_split_modules", None) or ())
+    units = [m for m in model.modules() if type(m).__name__ in unit_names and m is not model]
+    if not units:
+        raise TrialFailed("failed", f"fsdp: {type(model).__name__} names no decoder layer class "
+                                    "(_no_split_modules) to shard by; use sharding ddp")
+    for unit in units:
+        fully_shard(unit, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+
+
+def _full_states(model: torch.nn.Module, opt: torch.optim.Optimizer | None) -> tuple[dict, dict | None]:
+    """Whole (unsharded) model and optimizer states on CPU, on the main process ({} elsewhere). Every
+    process must call it: the shards are gathered."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return (get_model_state_dict(model, options=options),
+            get_optimizer_state_dict(model, opt, options=options) if opt is not None else None)
+
+
+def _gather_into(model: torch.nn.Module, target: torch.nn.Module | None) -> None:
+    """The sharded ``model``'s whole weights into ``target`` (main process; None elsewhere). Collective."""
+    weights, _ = _full_states(model, None)
+    if target is not None:
+        target.load_state_dict(weights)
+
+
 # ----------------------------------------------------------------------------------------------- train
 def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixture, cfg: TrainConfig,
           *, log_path: Path | None = None, progress: Progress | None = None,
           after_step: Callable[[int], None] | None = None, accelerator=None,
-          state_dir: Path | None = None) -> TrainSummary:
+          state_dir: Path | None = None, gather_into: torch.nn.Module | None = None,
+          gather_steps: Collection[int] = ()) -> TrainSummary:
     """Train in place and return the summary.
 
     ``mixture`` is one ratio dict, or phases ``[(start_fraction, ratios), ...]`` (the first at 0.0).
@@ -255,6 +307,12 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
     step's full batch (the same, from the seed) and trains on rows ``rank::W``; DDP averages the gradients,
     so the run equals the single-process one and the mixture stays exact. Logs, progress and saved states
     belong to the main process (pass ``log_path`` / ``progress`` only there).
+
+    With ``cfg.sharding == "fsdp"`` (and an accelerator) the model is sharded in place and stays so; no
+    process holds its whole weights. The main process passes ``gather_into``, an unsharded copy of the
+    model (e.g. on CPU), which receives the whole trained weights after the last step and after each step
+    in ``gather_steps`` (every process passes the same ``gather_steps``: gathering is collective), before
+    ``after_step`` runs: evaluate that copy, not ``model``. Saved states hold whole weights either way.
     """
     progress = progress or NullProgress()
     phases = as_phases(mixture)
@@ -281,10 +339,12 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
     if cfg.seqs_per_step % world:
         raise TrialFailed("failed", f"{cfg.seqs_per_step} sequences per step do not split over {world} processes")
     device = accelerator.device if accelerator else next(model.parameters()).device
-    fused = device.type == "cuda"
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.schedule.peak_lr, betas=cfg.betas,
-                            **({"fused": True} if fused else {}))
+    fsdp = accelerator is not None and cfg.sharding == "fsdp"
+    if fsdp and main_process and gather_into is None:
+        raise ValueError("sharding fsdp: the main process must pass gather_into (an unsharded copy of the model)")
+    summary.flops_per_token = flops_per_token(raw_model, cfg.seq_len)
     state = TrainState(state_dir, digest({"cfg": cfg.run_identity(), "phases": phases, "world": world,
+                                          "sharding": "fsdp" if fsdp else "replicated",
                                           "data": {n: len(a) for n, a in domains.items()}}))
     tail = max(1, cfg.steps // 10)
     tail_sums = np.zeros(len(names_all))
@@ -292,8 +352,18 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
     start = 0
     saved = state.load()
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
+        model.load_state_dict(saved["model"])  # whole weights, before any sharding
+    if fsdp:
+        _fsdp_shard(model, device, world, cfg.precision)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.schedule.peak_lr, betas=cfg.betas,
+                            **({"fused": True} if device.type == "cuda" else {}))
+    if saved is not None:
+        if fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(model, opt, saved["optimizer"], options=StateDictOptions(full_state_dict=True))
+        else:
+            opt.load_state_dict(saved["optimizer"])
         start = saved["step"]
         for k in ("tokens", "final_loss", "tokens_per_domain"):
             setattr(summary, k, saved["summary"][k])
@@ -302,16 +372,16 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
         if log_path is not None:
             _truncate_log(log_path, start)
         print(f"autotune: resuming from the train state at step {start} of {cfg.steps}", file=sys.stderr)
-    if accelerator:
+    if accelerator and not fsdp:
         model, opt = accelerator.prepare(model, opt)
-    # the fused loss needs the backbone's hidden states; under DDP the forward must go through the wrapper
+    # the fused loss needs the backbone's hidden states; under DDP / FSDP the forward must go through the
+    # wrapper (its hooks synchronise gradients / gather the root's weights)
     fused = fused_loss_parts(raw_model) if cfg.fused_loss and accelerator is None else None
     fwd = fused[0] if fused else model
     if cfg.compile:
         fwd = torch.compile(fwd)
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
-    summary.flops_per_token = flops_per_token(raw_model, cfg.seq_len)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     index = {n: i for i, n in enumerate(names_all)}
@@ -337,7 +407,10 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
             for i in range(0, rows_local, micro):
                 x = x_all[i:i + micro].to(device, non_blocking=True)
                 last = i + micro >= rows_local
-                sync = contextlib.nullcontext() if (last or not accelerator) else accelerator.no_sync(model)
+                if fsdp:  # reduce-scatter the gradients on the step's last micro-batch only
+                    model.set_requires_gradient_sync(last)
+                sync = (contextlib.nullcontext() if (last or not accelerator or fsdp)
+                        else accelerator.no_sync(model))
                 try:
                     with sync:
                         with autocast:
@@ -351,7 +424,7 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
                                 logits = fwd(input_ids=x[:, :-1]).logits
                                 tok_loss = token_losses(logits, x[:, 1:]).view(x.size(0), -1)
                                 loss = tok_loss.mean() * (x.size(0) / rows_local)
-                        (accelerator.backward(loss) if accelerator else loss.backward())
+                        (accelerator.backward(loss) if accelerator and not fsdp else loss.backward())
                 except Exception as e:
                     if _is_oom(e):
                         raise TrialFailed("oom", f"out of memory at step {step} in a micro-batch of {x.size(0)} x "
@@ -368,8 +441,8 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
             step_loss = float(losses.mean())
             if not math.isfinite(step_loss):
                 raise TrialFailed("diverged", f"loss is {step_loss} at step {step} (lr {lr:.3g})")
-            if cfg.grad_clip > 0:
-                clip = accelerator.clip_grad_norm_ if accelerator else torch.nn.utils.clip_grad_norm_
+            if cfg.grad_clip > 0:  # (on sharded parameters the norm is the whole model's)
+                clip = accelerator.clip_grad_norm_ if accelerator and not fsdp else torch.nn.utils.clip_grad_norm_
                 clip(model.parameters(), cfg.grad_clip)
             opt.step()
             idx = np.fromiter((index[n] for n in names), dtype=np.int64, count=len(names))
@@ -395,16 +468,19 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
             if state_dir is not None and step + 1 < cfg.steps and (
                     (cfg.state_every_steps and (step + 1) % cfg.state_every_steps == 0)
                     or (cfg.state_every_s and time.perf_counter() - last_save >= cfg.state_every_s)):
+                model_state, opt_state = _full_states(model, opt) if fsdp else (raw_model.state_dict(), opt.state_dict())
                 if main_process:
                     if log:
                         log.flush()
-                    state.save({"step": step + 1, "model": raw_model.state_dict(), "optimizer": opt.state_dict(),
+                    state.save({"step": step + 1, "model": model_state, "optimizer": opt_state,
                                 "summary": {"tokens": summary.tokens, "final_loss": summary.final_loss,
                                             "tokens_per_domain": dict(summary.tokens_per_domain)},
                                 "tail_sums": tail_sums.tolist(), "tail_counts": tail_counts.tolist()})
                 if accelerator:
                     accelerator.wait_for_everyone()
                 last_save = time.perf_counter()
+            if fsdp and (step + 1 in gather_steps or step + 1 == cfg.steps):
+                _gather_into(model, gather_into)
             if after_step is not None:
                 after_step(step + 1)
                 model.train()
