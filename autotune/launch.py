@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from autotune.worker import PROGRESS_PREFIX
+from autotune.worker import MEMORY_LIMIT_ENV, PROGRESS_PREFIX
 
 ProgressCallback = Callable[[dict], None]
 
@@ -46,14 +46,17 @@ class LocalLauncher:
     with 4 data-parallel processes per trial (the process group is stopped as one).
     """
 
-    def __init__(self, python: str = sys.executable, prefix: list[str] | None = None) -> None:
+    def __init__(self, python: str = sys.executable, prefix: list[str] | None = None,
+                 memory_limit: int | None = None) -> None:
         self.python, self.prefix = python, prefix or []
+        # each worker process caps its own memory (worker.apply_memory_limit): no preexec_fn in a threaded parent
+        self.env = {MEMORY_LIMIT_ENV: str(memory_limit)} if memory_limit else {}
 
     def command(self, job_file: Path) -> list[str]:
         return [self.python, *self.prefix, "-m", "autotune.worker", str(job_file)]
 
     def run(self, job_file: Path, on_progress: ProgressCallback, timeout_s: float | None = None) -> int:
-        env = {**os.environ, **_WORKER_ENV}
+        env = {**os.environ, **_WORKER_ENV, **self.env}
         log = open(job_file.parent / "worker.log", "ab")  # noqa: SIM115  (closed below)
         proc = subprocess.Popen(self.command(job_file), stdout=subprocess.PIPE, stderr=log, env=env,
                                 start_new_session=True, text=True, bufsize=1)

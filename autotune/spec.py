@@ -364,6 +364,20 @@ def _whole_tokens(v: Any) -> Any:
     return v
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _parse_bytes(v: Any) -> Any:
+    """``8GiB``, ``512 MiB``, ``8e9``, ``8GB`` -> bytes (int); anything else is left for the field to refuse."""
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*([0-9.]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", v)
+        if not m or m.group(2).lower() not in _BYTE_UNITS:
+            raise ValueError(f"{v!r} is not a size: write bytes or a number with KiB, MiB, GiB, TiB, KB, MB, GB, TB")
+        return int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()])
+    return _whole_tokens(v)
+
+
 class Proxy(_Frozen):
     """The proxy run's budget: ``tokens`` trained per trial, in steps of ``batch_tokens``."""
 
@@ -469,7 +483,9 @@ class LauncherSpec(_Frozen):
     ``cluster: local`` runs submitit's local executor; other keys go to submitit's ``update_parameters``).
     ``sharding`` (accelerate): ``ddp`` keeps a whole model per process; ``fsdp`` shards weights, gradients and
     optimizer state over the processes (FSDP2), for models whose training state does not fit one device.
-    Both train the same batches, so it is not part of a run's identity."""
+    Both train the same batches, so it is not part of a run's identity. ``memory_limit`` (local, accelerate)
+    caps each worker process's CPU memory (heap and private mappings, ``RLIMIT_DATA``), e.g. ``8GiB``: a
+    trial that needs more fails as ``oom`` instead of taking the machine (and the other trials) down."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
     kind: Literal["local", "accelerate", "slurm"] = "local"
@@ -477,11 +493,19 @@ class LauncherSpec(_Frozen):
     num_processes: int = Field(1, ge=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     sharding: Literal["ddp", "fsdp"] = "ddp"
+    memory_limit: int | None = Field(None, gt=0, description="bytes per worker process, or 8GiB, 512MiB, 8e9")
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _bytes(cls, v: Any) -> Any:
+        return _parse_bytes(v)
 
     @model_validator(mode="after")
     def _check(self) -> LauncherSpec:
         if self.kind != "slurm" and self.model_extra:
             raise ValueError(f"unknown launcher fields {sorted(self.model_extra)} (only kind: slurm takes extra keys)")
+        if self.memory_limit is not None and self.kind == "slurm":
+            raise ValueError("memory_limit is for kind local and accelerate; give Slurm its own (e.g. mem_gb: 64)")
         if self.sharding == "fsdp" and (self.kind != "accelerate" or self.num_processes < 2):
             raise ValueError(f"sharding: fsdp shards over several processes: it needs kind: accelerate and "
                              f"num_processes >= 2 (got kind: {self.kind}, num_processes: {self.num_processes})")

@@ -70,8 +70,9 @@ def make_launcher(space: SearchSpace) -> Launcher:
     if spec.kind == "accelerate":
         from autotune.launch import accelerate_prefix
 
-        return LocalLauncher(prefix=accelerate_prefix(spec.num_processes, spec.mixed_precision))
-    return LocalLauncher()
+        return LocalLauncher(prefix=accelerate_prefix(spec.num_processes, spec.mixed_precision),
+                             memory_limit=spec.memory_limit)
+    return LocalLauncher(memory_limit=spec.memory_limit)
 
 
 def study_dir(space: SearchSpace) -> Path:
@@ -83,6 +84,7 @@ def _space_identity(space: SearchSpace) -> dict[str, Any]:
     """What must not change under a running study (the trial budget may grow, the storage may move)."""
     d = space.model_dump(mode="json")
     d["search"] = {k: v for k, v in d["search"].items() if k not in ("trials", "storage", "runs_dir")}
+    d["search"]["launcher"] = {k: v for k, v in d["search"]["launcher"].items() if k != "memory_limit"}
     for section in ("ladder", "extrapolate"):  # what is done after the trials: may change, and older studies lack it
         d.pop(section, None)
     return d

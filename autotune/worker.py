@@ -255,7 +255,22 @@ def _rung_evaluator(space: SearchSpace, suite, model, tokenizer, packed, out_dir
 
 
 # ----------------------------------------------------------------------------------------------- main
+MEMORY_LIMIT_ENV = "AUTOTUNE_MEMORY_LIMIT"
+
+
+def apply_memory_limit() -> None:
+    """Cap this process's heap and private mappings (RLIMIT_DATA) at ``$AUTOTUNE_MEMORY_LIMIT`` bytes
+    (``search.launcher.memory_limit``): past it, allocations fail and the trial ends as ``oom``."""
+    limit = int(os.environ.get(MEMORY_LIMIT_ENV) or 0)
+    if limit:
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+
+
 def main(job_path: str) -> int:
+    apply_memory_limit()
     job_file = Path(job_path)
     job = read_json(job_file)
     out_dir = job_file.parent

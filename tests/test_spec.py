@@ -72,6 +72,9 @@ MALFORMED = [
     ("batch-over-budget", "proxy.tokens", 100, "below one batch"),
     ("beyond-noise-without-replicates", "objective.beyond_noise", 2.0, "needs proxy.replicates >= 2"),
     ("unknown-launcher-field", "search.launcher", {"kind": "local", "partition": "gpu"}, "unknown launcher fields"),
+    ("memory-limit-not-a-size", "search.launcher", {"kind": "local", "memory_limit": "lots"},
+     "search.launcher.memory_limit: 'lots' is not a size"),
+    ("memory-limit-slurm", "search.launcher", {"kind": "slurm", "memory_limit": "8GiB"}, "give Slurm its own"),
     ("fsdp-one-process", "search.launcher", {"kind": "accelerate", "num_processes": 1, "sharding": "fsdp"},
      "sharding: fsdp shards over several processes"),
 ]

@@ -1,5 +1,6 @@
 """Issue 3 through the whole loop: multi-phase mixtures, 1-sqrt decay re-warmed from the base run's final
-LR, and a diverging trial that fails alone while the study goes on (real CLI, real training and lm-eval)."""
+LR, and a diverging or out-of-memory trial that fails alone while the study goes on (real CLI, real training
+and lm-eval)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,29 @@ def test_long_context_knobs_are_searched(tmp_path):
         theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta"))
         assert theta == ctx["rope_theta"]
         assert cfg["max_position_embeddings"] >= ctx["seq_len"]
+
+
+def test_a_trial_out_of_memory_fails_alone_and_a_smaller_micro_batch_fits(tmp_path):
+    """A real allocation failure: each worker process is capped at 1 GiB (search.launcher.memory_limit,
+    RLIMIT_DATA); data preparation and the base evaluation fit (~0.5 GB measured), one step of 2048 x 64
+    tokens at once does not (~2.6 GB measured). Both trials fail as oom naming the micro-batch, the study
+    goes on to the second; the same budget in micro-batches of 64 sequences trains under the same cap."""
+    big = {"tokens": 131072, "seq_len": 64, "batch_tokens": 131072, "seed": 0}
+    space = tiny_space("oom", trials=2, proxy=big)
+    space["search"]["launcher"] = {"kind": "local", "memory_limit": "1GiB"}
+    proc = autotune("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
+    assert "Traceback" not in proc.stderr
+    trials = study_trials(tmp_path, "oom")
+    assert len(trials) == 2  # the second trial ran after the first ran out of memory
+    for t in trials:
+        assert t.state == optuna.trial.TrialState.FAIL
+        assert t.user_attrs["status"] == "oom", t.user_attrs
+        assert "micro-batch of 2048 x 64 tokens" in t.user_attrs["reason"]
+        assert "lower proxy.micro_batch_seqs" in t.user_attrs["reason"]
+    assert autotune("status", str(tmp_path / "space.yaml"), cwd=tmp_path).stdout.count("oom") >= 2
+
+    space = tiny_space("oom_micro", trials=1, proxy={**big, "micro_batch_seqs": 64})
+    space["search"]["launcher"] = {"kind": "local", "memory_limit": "1GiB"}
+    autotune("search", str(write_space(tmp_path / "micro", space)), "--quiet", cwd=tmp_path / "micro")
+    (t,) = study_trials(tmp_path / "micro", "oom_micro")
+    assert t.state == optuna.trial.TrialState.COMPLETE, t.user_attrs.get("reason")
