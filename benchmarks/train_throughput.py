@@ -6,12 +6,17 @@ Both train the same tiny Llama (fresh copy, same init) on the same token windows
 and the same batch; each is timed over ``--steps`` steps after 3 warm-up steps, best of ``--repeats``. The
 table prints tokens/s and the ratio (ours / HF).
 
-    python benchmarks/train_throughput.py --gpu [--steps 20] [--micro-batch 8]
+    python benchmarks/train_throughput.py --gpu [--steps 10] [--micro-batch 8 16] [--batch-seqs 32]
 
-On a CUDA GPU: SmolLM2-like 135M and 360M Llama shapes at seq 2048, our trainer in bf16 + SDPA + fused
-AdamW with and without torch.compile (the baseline, in the same process): tokens/s, MFU against the
-card's dense bf16 peak (``autotune.train.trainer.PEAK_BF16_FLOPS``; set AUTOTUNE_PEAK_TFLOPS to use a
-measured peak), compile time (first step minus a steady step) and peak memory.
+On a CUDA GPU: SmolLM2-like 135M and 360M Llama shapes at seq 2048. The baseline, in the same process, is
+the plain HF ``Trainer`` with bf16, SDPA, torch.compile and fused AdamW (the issue's "HF + compile"
+anchor); then our trainer (bf16 autocast + SDPA + compile + fused AdamW + fused chunked loss) at each
+``--micro-batch``. Columns: tokens/s, MFU against the card's datasheet dense bf16 peak
+(``autotune.train.trainer.PEAK_BF16_FLOPS``) and against the bf16 matmul peak measured at the start
+(8192^3 matmuls; the anchors' MFU used a measured 779 TFLOP/s on an H200), compile time (first step minus a
+steady step), peak memory, and the ratio to the baseline. FLOPs per token: ``flops_per_token`` (6 x matmul
+weights + attention scores). ``--device cpu --shapes tiny`` runs the same code on a tiny shape, without
+compile, as a check that the script works on a machine without a GPU.
 """
 
 from __future__ import annotations
@@ -64,19 +69,26 @@ class _Windows(torch.utils.data.Dataset):
         return {"input_ids": x, "labels": x}
 
 
-def time_hf(model, tokens: np.ndarray, steps: int, seq_len: int, seqs: int, out: str) -> float:
+def time_hf(model, tokens: np.ndarray, steps: int, seq_len: int, seqs: int, out: str, *, gpu: bool = False,
+            micro: int | None = None, compile_: bool = False, marks: list[float] | None = None) -> float:
+    """HF ``Trainer``: fp32 on CPU; with ``gpu``, bf16 + fused AdamW (+ ``compile_``) in micro-batches."""
     from transformers import TrainerCallback
 
-    marks: list[float] = []
+    marks = [] if marks is None else marks
+    micro = micro or seqs
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
+            if gpu:
+                torch.cuda.synchronize()
             marks.append(time.perf_counter())
 
-    args = TrainingArguments(output_dir=out, per_device_train_batch_size=seqs, max_steps=steps + 3, learning_rate=1e-3,
+    args = TrainingArguments(output_dir=out, per_device_train_batch_size=micro, gradient_accumulation_steps=seqs // micro,
+                             max_steps=steps + 3, learning_rate=1e-3,
                              lr_scheduler_type="constant", logging_strategy="no", save_strategy="no", report_to=[],
-                             use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=0, max_grad_norm=1.0,
-                             weight_decay=0.1, adam_beta2=0.95)
+                             use_cpu=not gpu, dataloader_num_workers=0, disable_tqdm=True, seed=0, max_grad_norm=1.0,
+                             weight_decay=0.1, adam_beta2=0.95,
+                             **({"bf16": True, "optim": "adamw_torch_fused", "torch_compile": compile_} if gpu else {}))
     Trainer(model=model, args=args, train_dataset=_Windows(tokens, seq_len, seqs * (steps + 3)),
             callbacks=[Clock()]).train()
     return steps * seqs * seq_len / (marks[-1] - marks[2])
@@ -84,45 +96,96 @@ def time_hf(model, tokens: np.ndarray, steps: int, seq_len: int, seqs: int, out:
 
 # SmolLM2's published configs (HuggingFaceTB/SmolLM2-135M, -360M): hidden, layers, heads, kv heads, intermediate
 GPU_SHAPES = {"135M": (576, 30, 9, 3, 1536), "360M": (960, 32, 15, 5, 2560)}
+TINY_GPU_SHAPES = {"tiny": (64, 2, 2, 2, 128)}  # --shapes tiny: a check of the script itself
 
 
-def gpu_main(steps: int, micro_batch: int, batch_seqs: int) -> None:
-    from autotune.train.trainer import peak_flops
+def matmul_peak(device: torch.device, n: int = 8192, iters: int = 50) -> float | None:
+    """Measured dense bf16 matmul FLOP/s (best of 3 timings of ``iters`` n^3 products); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    best = 0.0
+    for _ in range(3):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(iters):
+            a @ b
+        torch.cuda.synchronize()
+        best = max(best, 2 * n**3 * iters / (time.perf_counter() - t))
+    return best
 
-    device = torch.device("cuda")
-    seq = 2048
-    peak = peak_flops(device)
-    tokens = np.random.default_rng(0).integers(0, 49152, 50_000_000).astype(np.uint32)
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}, dense bf16 peak "
-          f"{peak / 1e12 if peak else float('nan'):.0f} TFLOP/s, seq {seq}, {batch_seqs} seqs/step in micro-batches of "
-          f"{micro_batch}, {steps} timed steps")
-    print("| model | variant | tok/s | MFU | compile s | peak mem GiB | ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for name, (h, layers, heads, kv, inter) in GPU_SHAPES.items():
-        base_tps = None
-        for variant, compile_ in (("bf16 + SDPA", False), ("bf16 + SDPA + compile", True)):
-            torch.manual_seed(0)
-            model = LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=h, num_hidden_layers=layers,
-                                                 num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=inter,
-                                                 max_position_embeddings=seq, tie_word_embeddings=True,
-                                                 attn_implementation="sdpa")).to(device)
-            cfg = TrainConfig(seq_len=seq, seqs_per_step=batch_seqs, steps=steps + 3, seed=0, micro_batch_seqs=micro_batch,
+
+def _gpu_model(shape, seq: int) -> LlamaForCausalLM:
+    h, layers, heads, kv, inter = shape
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=h, num_hidden_layers=layers,
+                                        num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=inter,
+                                        max_position_embeddings=seq, tie_word_embeddings=True,
+                                        attn_implementation="sdpa"))
+
+
+def gpu_main(steps: int, micro_batches: list[int], batch_seqs: int, device: torch.device, shapes: dict,
+             seq: int = 2048) -> None:
+    import tempfile
+
+    from autotune.train.trainer import flops_per_token, peak_flops
+
+    cuda = device.type == "cuda"
+    compile_ = cuda  # inductor on CPU would only time the compiler
+    sheet, measured = peak_flops(device), matmul_peak(device)
+    tokens = np.random.default_rng(0).integers(0, 49152, 50_000_000 if cuda else 2_000_000).astype(np.uint32)
+    name_dev = torch.cuda.get_device_name(device) if cuda else "CPU"
+    print(f"torch {torch.__version__}, {name_dev}, bf16 peak: datasheet "
+          f"{sheet / 1e12 if sheet else float('nan'):.0f} TFLOP/s, measured {measured / 1e12 if measured else float('nan'):.0f}"
+          f" TFLOP/s; seq {seq}, {batch_seqs} seqs/step, {steps} timed steps after 3")
+    print("| model | run | micro-batch | tok/s | MFU (datasheet) | MFU (measured peak) | compile s | peak mem GiB | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def row(name: str, run: str, micro: int, start: float, marks: list[float], fpt: float, peak_mem: float,
+            base: float | None) -> float:
+        step_s = (marks[-1] - marks[2]) / steps  # marks: the end of each step; 3 warm-up steps
+        tps = batch_seqs * seq / step_s
+        mfu = [f"{tps * fpt / p:.1%}" if p else "-" for p in (sheet, measured)]
+        print(f"| {name} | {run} | {micro} | {tps:,.0f} | {mfu[0]} | {mfu[1]} | {max(0.0, marks[0] - start - step_s):.1f} "
+              f"| {peak_mem / 2**30:.1f} | {tps / (base or tps):.2f}x |", flush=True)
+        return tps
+
+    def reset() -> None:
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def peak_mem() -> float:
+        return float(torch.cuda.max_memory_allocated(device)) if cuda else 0.0
+
+    for name, shape in shapes.items():
+        fpt = flops_per_token(_gpu_model(shape, seq), seq)
+        reset()
+        marks: list[float] = []
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as out:  # HF Trainer windows are seq tokens, labels shifted inside
+            time_hf(_gpu_model(shape, seq).to(device), tokens, steps, seq + 1, batch_seqs, out, gpu=cuda,
+                    micro=micro_batches[0], compile_=compile_, marks=marks)
+        base = row(name, "HF Trainer" + (" + compile" if compile_ else ""), micro_batches[0],
+                   start, marks, fpt, peak_mem(), None)
+        for micro in micro_batches:
+            reset()
+            cfg = TrainConfig(seq_len=seq, seqs_per_step=batch_seqs, steps=steps + 3, seed=0, micro_batch_seqs=micro,
                               precision="bf16", compile=compile_, schedule=ScheduleParams(kind="constant", peak_lr=1e-3))
-            marks: list[float] = []
+            marks = []
 
             def mark(_n: int, marks: list[float] = marks) -> None:
-                torch.cuda.synchronize()
+                if cuda:
+                    torch.cuda.synchronize()
                 marks.append(time.perf_counter())
 
-            summary = train(model, {"all": tokens}, {"all": 1.0}, cfg, after_step=mark)
-            step_s = (marks[-1] - marks[2]) / steps
-            tps = batch_seqs * seq / step_s
-            mfu = tps * summary.flops_per_token / peak if peak else float("nan")
-            base_tps = base_tps or tps
-            print(f"| {name} | {variant} | {tps:,.0f} | {mfu:.1%} | {max(0.0, summary.first_step_s - step_s):.1f} | "
-                  f"{(summary.peak_memory_bytes or 0) / 2**30:.1f} | {tps / base_tps:.2f}x |", flush=True)
-            del model
-            torch.cuda.empty_cache()
+            start = time.perf_counter()
+            try:
+                train(_gpu_model(shape, seq).to(device), {"all": tokens}, {"all": 1.0}, cfg, after_step=mark)
+            except Exception as e:  # e.g. oom at a large micro-batch: the row says so, the table goes on
+                print(f"| {name} | autotune | {micro} | {type(e).__name__}: {str(e)[:80]} | | | | | |", flush=True)
+                continue
+            row(name, "autotune" + (" + compile" if compile_ else ""), micro, start, marks, fpt, peak_mem(), base)
 
 
 def main() -> None:
@@ -132,11 +195,17 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--seqs", type=int, default=16)
     ap.add_argument("--gpu", action="store_true", help="the GPU table (135M / 360M at seq 2048) instead")
-    ap.add_argument("--micro-batch", type=int, default=8, help="GPU: sequences per forward/backward")
+    ap.add_argument("--micro-batch", type=int, nargs="+", default=[8, 16],
+                    help="GPU: sequences per forward/backward (one row of ours per value)")
     ap.add_argument("--batch-seqs", type=int, default=32, help="GPU: sequences per optimizer step")
+    ap.add_argument("--device", default="cuda", help="GPU table: cuda, or cpu to check the script")
+    ap.add_argument("--shapes", choices=["smollm2", "135M", "360M", "tiny"], default="smollm2",
+                    help="GPU table: both SmolLM2 shapes, one of them, or a tiny one (a check of the script)")
     args = ap.parse_args()
     if args.gpu:
-        gpu_main(args.steps if args.steps != 40 else 10, args.micro_batch, args.batch_seqs)
+        gpu_main(args.steps if args.steps != 40 else 10, args.micro_batch, args.batch_seqs, torch.device(args.device),
+                 TINY_GPU_SHAPES if args.shapes == "tiny" else GPU_SHAPES if args.shapes == "smollm2"
+                 else {args.shapes: GPU_SHAPES[args.shapes]}, seq=64 if args.shapes == "tiny" else 2048)
         return
     torch.set_num_threads(os.cpu_count() or 1)
     tokens = np.random.default_rng(0).integers(0, 2048, 400_000).astype(np.uint16)
