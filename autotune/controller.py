@@ -330,6 +330,12 @@ class Controller:
         """Enqueue a failed trial's proposal again, unless it is itself a retry. True if enqueued."""
         if frozen.user_attrs.get("retry_of") is not None:
             return False
+        return self.retry(frozen)
+
+    def retry(self, frozen: optuna.trial.FrozenTrial) -> bool:
+        """Enqueue a failed trial's proposal again unless a retry of it exists (it may itself be a retry)."""
+        if frozen.number in self._retried():
+            return False
         attrs = {k: v for k, v in frozen.user_attrs.items() if k in ("seed", "prior")}
         self.study.enqueue_trial(frozen.params, user_attrs={**attrs, "retry_of": frozen.number})
         return True

@@ -80,14 +80,28 @@ def study_dir(space: SearchSpace) -> Path:
     return Path(space.search.runs_dir).expanduser().resolve() / space.name
 
 
+# how a run is computed, not what it computes: may change between sessions of one study (e.g. a smaller
+# micro-batch after trials ran out of memory; those trials are then run again, see Study._retry_oom)
+_HOW = {"proxy": ("micro_batch_seqs", "compile", "threads", "save_state_every_s"),
+        "launcher": ("memory_limit", "sharding")}
+
+
+def _without_how(ident: dict[str, Any]) -> dict[str, Any]:
+    d = {**ident, "proxy": {k: v for k, v in ident.get("proxy", {}).items() if k not in _HOW["proxy"]}}
+    if "search" in ident:
+        search = dict(ident["search"])
+        search["launcher"] = {k: v for k, v in search.get("launcher", {}).items() if k not in _HOW["launcher"]}
+        d["search"] = search
+    return d
+
+
 def _space_identity(space: SearchSpace) -> dict[str, Any]:
     """What must not change under a running study (the trial budget may grow, the storage may move)."""
     d = space.model_dump(mode="json")
     d["search"] = {k: v for k, v in d["search"].items() if k not in ("trials", "storage", "runs_dir")}
-    d["search"]["launcher"] = {k: v for k, v in d["search"]["launcher"].items() if k != "memory_limit"}
     for section in ("ladder", "extrapolate"):  # what is done after the trials: may change, and older studies lack it
         d.pop(section, None)
-    return d
+    return _without_how(d)
 
 
 def _changed(old: Any, new: Any, explicit: Any) -> bool:
@@ -112,7 +126,7 @@ def check_space(paths: StudyPaths, space: SearchSpace) -> None:
     """
     ident = _space_identity(space)
     if paths.space_json.exists():
-        old = read_json(paths.space_json)["identity"]
+        old = _without_how(read_json(paths.space_json)["identity"])
         explicit = space.model_dump(mode="json", exclude_defaults=True)
         if _changed(old, ident, explicit):
             changed = sorted(k for k in set(old) | set(ident) if k in old and _changed(old[k], ident.get(k), explicit.get(k))
@@ -244,6 +258,7 @@ class Study:
         self._recover(ctl)
         with folder_lock(self.paths.root / "prepare"):  # workers starting together enqueue the prior once
             ctl.enqueue_prior()
+            self._retry_oom(ctl)
         budget = trials or self.space.search.trials
         overall = self.progress(f"study {self.space.name}")
         overall.update({"phase": "trials", "total": budget})
@@ -274,6 +289,23 @@ class Study:
             overall.close()
         self.write_tables(ctl)
 
+    def _memory_settings(self) -> dict[str, Any]:
+        return {"micro_batch_seqs": self.space.proxy.micro_batch_seqs,
+                "memory_limit": self.space.search.launcher.memory_limit, "sharding": self.space.search.launcher.sharding}
+
+    def _retry_oom(self, ctl) -> None:
+        """Trials that ran out of memory run again once the memory settings (``proxy.micro_batch_seqs``,
+        ``search.launcher.memory_limit`` / ``sharding``) differ from the ones they failed with; each retry
+        takes its failed trial's place in the budget."""
+        from optuna.trial import TrialState
+
+        now = self._memory_settings()
+        for t in ctl.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t.user_attrs.get("status") == "oom" and t.user_attrs.get("memory_settings", now) != now \
+                    and ctl.retry(t):
+                self.log(f"trial {t.number} ran out of memory with {t.user_attrs['memory_settings']}: "
+                         f"queued again with {now}")
+
     def _rung_reporter(self, ctl, asked) -> Callable[[dict], None]:
         """Progress-event hook: report each rung's bits-per-byte score; raise Pruned when the pruner says stop."""
         from autotune.objective import rung_value
@@ -294,6 +326,8 @@ class Study:
 
     def _tell(self, ctl, trial, folder: Path, result: RunResult) -> None:
         attrs = {"run_dir": str(folder.relative_to(self.paths.root)), "status": result.status}
+        if result.status == "oom":
+            attrs["memory_settings"] = self._memory_settings()
         if not result.ok:
             self.log(f"trial {trial.number} {result.status}: {result.reason}")
             for k, v in attrs.items():

@@ -90,11 +90,12 @@ def test_long_context_knobs_are_searched(tmp_path):
         assert cfg["max_position_embeddings"] >= ctx["seq_len"]
 
 
-def test_a_trial_out_of_memory_fails_alone_and_a_smaller_micro_batch_fits(tmp_path):
+def test_a_trial_out_of_memory_fails_alone_and_reruns_with_a_smaller_micro_batch(tmp_path):
     """A real allocation failure: each worker process is capped at 1 GiB (search.launcher.memory_limit,
     RLIMIT_DATA); data preparation and the base evaluation fit (~0.5 GB measured), one step of 2048 x 64
     tokens at once does not (~2.6 GB measured). Both trials fail as oom naming the micro-batch, the study
-    goes on to the second; the same budget in micro-batches of 64 sequences trains under the same cap."""
+    goes on to the second. Rerun with proxy.micro_batch_seqs: 64 (allowed: it changes how, not what, a run
+    computes), the same study runs both proposals again under the same cap, and they complete."""
     big = {"tokens": 131072, "seq_len": 64, "batch_tokens": 131072, "seed": 0}
     space = tiny_space("oom", trials=2, proxy=big)
     space["search"]["launcher"] = {"kind": "local", "memory_limit": "1GiB"}
@@ -109,8 +110,13 @@ def test_a_trial_out_of_memory_fails_alone_and_a_smaller_micro_batch_fits(tmp_pa
         assert "lower proxy.micro_batch_seqs" in t.user_attrs["reason"]
     assert autotune("status", str(tmp_path / "space.yaml"), cwd=tmp_path).stdout.count("oom") >= 2
 
-    space = tiny_space("oom_micro", trials=1, proxy={**big, "micro_batch_seqs": 64})
-    space["search"]["launcher"] = {"kind": "local", "memory_limit": "1GiB"}
-    autotune("search", str(write_space(tmp_path / "micro", space)), "--quiet", cwd=tmp_path / "micro")
-    (t,) = study_trials(tmp_path / "micro", "oom_micro")
-    assert t.state == optuna.trial.TrialState.COMPLETE, t.user_attrs.get("reason")
+    space["proxy"] = {**big, "micro_batch_seqs": 64}
+    proc = autotune("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
+    assert proc.stdout.count("ran out of memory with") == 2, proc.stdout
+    trials = study_trials(tmp_path, "oom")
+    assert len(trials) == 4
+    retries = {t.user_attrs["retry_of"]: t for t in trials[2:]}
+    assert sorted(retries) == [0, 1]
+    for number, t in retries.items():
+        assert t.state == optuna.trial.TrialState.COMPLETE, t.user_attrs.get("reason")
+        assert t.params == trials[number].params  # the same proposal
