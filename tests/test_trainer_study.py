@@ -88,6 +88,13 @@ def test_long_context_knobs_are_searched(tmp_path):
         theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta"))
         assert theta == ctx["rope_theta"]
         assert cfg["max_position_embeddings"] >= ctx["seq_len"]
+    # the report's parameter plots (importances, slices) take the searched context knobs too
+    from autotune.report.figures import display_study
+    from autotune.report.load import load_study_data
+
+    shown = display_study(load_study_data(root)).trials
+    assert [t.params["context.seq_len"] for t in shown] == [str(t.user_attrs["proposal"]["context"]["seq_len"])
+                                                           for t in trials]
 
 
 def test_a_trial_out_of_memory_fails_alone_and_reruns_with_a_smaller_micro_batch(tmp_path):

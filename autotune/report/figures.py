@@ -105,22 +105,23 @@ def general_floor(data: StudyData) -> float | None:
 
 
 # --------------------------------------------------------------------------------------- Optuna figures
-def _schedule_distributions(data: StudyData) -> dict[str, Any]:
-    """The searched schedule fields as Optuna distributions (fixed fields are not parameters)."""
+def _searched_distributions(data: StudyData) -> dict[str, Any]:
+    """The searched schedule and context fields as Optuna distributions (fixed fields are not parameters)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     out: dict[str, Any] = {}
-    for name, spec in (data.identity.get("schedule") or {}).items():
-        if isinstance(spec, dict) and "low" in spec and "high" in spec:
-            out[f"schedule.{name}"] = FloatDistribution(float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
-        elif isinstance(spec, list) and len(spec) > 1:
-            out[f"schedule.{name}"] = CategoricalDistribution([str(x) for x in spec])
+    for section in ("schedule", "context"):
+        for name, spec in (data.identity.get(section) or {}).items():
+            if isinstance(spec, dict) and "low" in spec and "high" in spec:
+                out[f"{section}.{name}"] = FloatDistribution(float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+            elif isinstance(spec, list) and len(spec) > 1:
+                out[f"{section}.{name}"] = CategoricalDistribution([str(x) for x in spec])
     return out
 
 
 def display_study(data: StudyData):
     """An in-memory Optuna study for Optuna's plots: parameters are the mixture *shares* (not the sampler's
-    simplex coordinates) and the searched schedule fields; the value is the target score; constraints as
+    simplex coordinates) and the searched schedule and context fields; the value is the target score; constraints as
     recorded. Trial numbers match the real study (gaps are filled with empty failed trials)."""
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
@@ -129,7 +130,7 @@ def display_study(data: StudyData):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", study_name=ptext(data.name))
     share = {d: (f"share.{ptext(d)}", FloatDistribution(0.0, 1.0)) for d in data.domains}
-    sched = _schedule_distributions(data)
+    searched = _searched_distributions(data)
     floor = general_floor(data)
     by_number = {t.number: t for t in data.trials}
     for n in range(max(by_number, default=-1) + 1):
@@ -142,8 +143,9 @@ def display_study(data: StudyData):
         for d, (pname, dist) in share.items():
             if isinstance(t.mixture.get(d), int | float):
                 params[pname], dists[pname] = min(max(float(t.mixture[d]), 0.0), 1.0), dist
-        for pname, dist in sched.items():
-            v = t.schedule.get(pname.removeprefix("schedule."))
+        for pname, dist in searched.items():
+            section, _, field_name = pname.partition(".")
+            v = (t.context if section == "context" else t.schedule).get(field_name)
             if isinstance(dist, CategoricalDistribution) and str(v) in dist.choices:
                 params[pname], dists[pname] = str(v), dist
             elif isinstance(dist, FloatDistribution) and isinstance(v, int | float) and dist.low <= v <= dist.high:

@@ -29,6 +29,7 @@ class TrialRecord:
     status: str = ""
     mixture: dict[str, float] = field(default_factory=dict)
     schedule: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)  # long-context knobs (seq_len, rope_theta)
     seed: int | None = None
     prior: bool = False
     target: float | None = None
@@ -180,7 +181,7 @@ def _rows_from_storage(root: Path, name: str, notes: list[str]) -> list[TrialRec
         rows.append(TrialRecord(
             number=t.number, state=t.state.name.lower(), status=str(ua.get("status", "")),
             mixture=dict(prop.get("mixture") or {}), schedule=dict(prop.get("schedule") or {}),
-            seed=prop.get("seed", ua.get("seed")), prior=bool(ua.get("prior")),
+            context=dict(prop.get("context") or {}), seed=prop.get("seed", ua.get("seed")), prior=bool(ua.get("prior")),
             target=_num(ua.get("target")), general=_num(ua.get("general")), feasible=ua.get("feasible"),
             metrics=dict(ua.get("metrics") or {}), reason=str(ua.get("reason", "")), run_dir=str(ua.get("run_dir", "")),
             constraint=max(constraints) if constraints else None, pruned_at=pruned_at))
@@ -190,7 +191,7 @@ def _rows_from_storage(root: Path, name: str, notes: list[str]) -> list[TrialRec
 def _row_from_summary(r: dict[str, Any]) -> TrialRecord:
     return TrialRecord(number=int(r.get("trial", -1)), state=str(r.get("state", "")), status=str(r.get("status", "")),
                        mixture=dict(r.get("mixture") or {}), schedule=dict(r.get("schedule") or {}),
-                       seed=r.get("seed"), prior=bool(r.get("prior")), target=_num(r.get("target")),
+                       context=dict(r.get("context") or {}), seed=r.get("seed"), prior=bool(r.get("prior")), target=_num(r.get("target")),
                        general=_num(r.get("general")), feasible=r.get("feasible"), metrics=dict(r.get("metrics") or {}),
                        reason=str(r.get("reason", "")), run_dir=str(r.get("run_dir", "")))
 
