@@ -2,7 +2,7 @@
 trains a tiny Llama with autotune's trainer and writes the per-step losses and a weight checksum (main
 process only).
 
-    python ddp_train_script.py OUT [--sharding ddp|fsdp] [--state-dir DIR --crash-after K]
+    python ddp_train_script.py OUT [--sharding ddp|fsdp] [--precision fp32|bf16] [--state-dir DIR --crash-after K]
 
 ``--crash-after K`` raises on every process after step K (a run killed mid-way); run again with the same
 ``--state-dir`` and no ``--crash-after``, it resumes from the last saved state (every 5 steps).
@@ -25,6 +25,7 @@ ap.add_argument("out")
 ap.add_argument("--sharding", default="ddp")
 ap.add_argument("--state-dir")
 ap.add_argument("--crash-after", type=int)
+ap.add_argument("--precision", default="fp32")
 args = ap.parse_args()
 
 acc = Accelerator(cpu=True)
@@ -36,6 +37,7 @@ model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate
 rng = np.random.default_rng(0)
 domains = {"a": np.tile(np.arange(16, dtype=np.uint16), 400), "b": rng.integers(16, 64, 6400).astype(np.uint16)}
 cfg = TrainConfig(seq_len=32, seqs_per_step=8, steps=12, seed=0, micro_batch_seqs=2, sharding=args.sharding,
+                  precision=args.precision,
                   state_every_steps=5 if args.state_dir else 0,
                   schedule=ScheduleParams(kind="wsd", peak_lr=1e-2, warmup_fraction=0.1, decay_fraction=0.3))
 fsdp = distributed and args.sharding == "fsdp"
