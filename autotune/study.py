@@ -81,18 +81,26 @@ def study_dir(space: SearchSpace) -> Path:
 
 
 # how a run is computed, not what it computes: may change between sessions of one study (e.g. a smaller
-# micro-batch after trials ran out of memory; those trials are then run again, see Study._retry_oom)
-_HOW = {"proxy": ("micro_batch_seqs", "compile", "threads", "save_state_every_s"),
-        "launcher": ("memory_limit", "sharding")}
+# micro-batch, a memory cap, more processes or sharding after trials ran out of memory; those trials are
+# then run again, see Study._retry_oom). Of the launcher only accelerate's mixed precision is "what".
+_HOW_PROXY = ("micro_batch_seqs", "compile", "threads", "save_state_every_s")
+_WHAT_LAUNCHER = ("mixed_precision",)
 
 
 def _without_how(ident: dict[str, Any]) -> dict[str, Any]:
-    d = {**ident, "proxy": {k: v for k, v in ident.get("proxy", {}).items() if k not in _HOW["proxy"]}}
+    d = {**ident, "proxy": {k: v for k, v in ident.get("proxy", {}).items() if k not in _HOW_PROXY}}
     if "search" in ident:
         search = dict(ident["search"])
-        search["launcher"] = {k: v for k, v in search.get("launcher", {}).items() if k not in _HOW["launcher"]}
+        search["launcher"] = {k: v for k, v in search.get("launcher", {}).items() if k in _WHAT_LAUNCHER}
         d["search"] = search
     return d
+
+
+def memory_settings(space: dict[str, Any]) -> dict[str, Any]:
+    """What decides a run's memory per process (from a space as JSON, e.g. a job file's)."""
+    launcher = space.get("search", {}).get("launcher", {})
+    return {"micro_batch_seqs": space.get("proxy", {}).get("micro_batch_seqs"),
+            **{k: launcher.get(k) for k in ("kind", "num_processes", "sharding", "memory_limit")}}
 
 
 def _space_identity(space: SearchSpace) -> dict[str, Any]:
@@ -289,17 +297,13 @@ class Study:
             overall.close()
         self.write_tables(ctl)
 
-    def _memory_settings(self) -> dict[str, Any]:
-        return {"micro_batch_seqs": self.space.proxy.micro_batch_seqs,
-                "memory_limit": self.space.search.launcher.memory_limit, "sharding": self.space.search.launcher.sharding}
-
     def _retry_oom(self, ctl) -> None:
         """Trials that ran out of memory run again once the memory settings (``proxy.micro_batch_seqs``,
-        ``search.launcher.memory_limit`` / ``sharding``) differ from the ones they failed with; each retry
-        takes its failed trial's place in the budget."""
+        ``search.launcher``'s memory_limit, sharding, kind, num_processes) differ from the ones they failed
+        with; each retry takes its failed trial's place in the budget."""
         from optuna.trial import TrialState
 
-        now = self._memory_settings()
+        now = memory_settings(self.space.model_dump(mode="json"))
         for t in ctl.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
             if t.user_attrs.get("status") == "oom" and t.user_attrs.get("memory_settings", now) != now \
                     and ctl.retry(t):
@@ -326,8 +330,10 @@ class Study:
 
     def _tell(self, ctl, trial, folder: Path, result: RunResult) -> None:
         attrs = {"run_dir": str(folder.relative_to(self.paths.root)), "status": result.status}
-        if result.status == "oom":
-            attrs["memory_settings"] = self._memory_settings()
+        if result.status == "oom":  # the settings it ran with (a recovered trial may be from an earlier session)
+            job = folder / "job.json"
+            attrs["memory_settings"] = memory_settings(read_json(job)["space"] if job.exists()
+                                                       else self.space.model_dump(mode="json"))
         if not result.ok:
             self.log(f"trial {trial.number} {result.status}: {result.reason}")
             for k, v in attrs.items():

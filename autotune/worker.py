@@ -305,19 +305,24 @@ def main(job_path: str) -> int:
         traceback.print_exc()
         oom = "out of memory" in str(e).lower()
         result = RunResult(status="oom" if oom else "failed", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
-    if main_process:
-        write_json_atomic(result_path, result.to_json())
-    return 0
+    write_json_atomic(result_path, result.to_json())
+    # a failure on any one of several processes: that process wrote the result (the others may be waiting
+    # in a collective for it and would never write one); exiting non-zero makes torchrun stop the group
+    return 1 if accelerator is not None and not result.ok else 0
 
 
 def _accelerator():
-    """An ``accelerate.Accelerator`` when started by ``accelerate launch`` with several processes, else None."""
+    """An ``accelerate.Accelerator`` when started by ``accelerate launch`` with several processes, else None.
+    Its collectives wait up to an hour: the other processes wait while the main one evaluates a rung."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    import torch
-    from accelerate import Accelerator
+    from datetime import timedelta
 
-    return Accelerator(cpu=not torch.cuda.is_available())
+    import torch
+    from accelerate import Accelerator, InitProcessGroupKwargs
+
+    return Accelerator(cpu=not torch.cuda.is_available(),
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=1))])
 
 
 if __name__ == "__main__":

@@ -78,6 +78,10 @@ def time_hf(model, tokens: np.ndarray, steps: int, seq_len: int, seqs: int, out:
     micro = micro or seqs
 
     class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            marks.clear()  # with ``marks`` given, its first entry is the start of training (after set-up)
+            marks.append(time.perf_counter())
+
         def on_step_end(self, args, state, control, **kw):
             if gpu:
                 torch.cuda.synchronize()
@@ -91,7 +95,7 @@ def time_hf(model, tokens: np.ndarray, steps: int, seq_len: int, seqs: int, out:
                              **({"bf16": True, "optim": "adamw_torch_fused", "torch_compile": compile_} if gpu else {}))
     Trainer(model=model, args=args, train_dataset=_Windows(tokens, seq_len, seqs * (steps + 3)),
             callbacks=[Clock()]).train()
-    return steps * seqs * seq_len / (marks[-1] - marks[2])
+    return steps * seqs * seq_len / (marks[-1] - marks[3])  # marks[0]: the start; 3 warm-up steps
 
 
 # SmolLM2's published configs (HuggingFaceTB/SmolLM2-135M, -360M): hidden, layers, heads, kv heads, intermediate
@@ -143,7 +147,8 @@ def gpu_main(steps: int, micro_batches: list[int], batch_seqs: int, device: torc
 
     def row(name: str, run: str, micro: int, start: float, marks: list[float], fpt: float, peak_mem: float,
             base: float | None) -> float:
-        step_s = (marks[-1] - marks[2]) / steps  # marks: the end of each step; 3 warm-up steps
+        """``start``: training starts (model built and on the device); ``marks``: the end of each step."""
+        step_s = (marks[-1] - marks[2]) / steps  # after 3 warm-up steps
         tps = batch_seqs * seq / step_s
         mfu = [f"{tps * fpt / p:.1%}" if p else "-" for p in (sheet, measured)]
         print(f"| {name} | {run} | {micro} | {tps:,.0f} | {mfu[0]} | {mfu[1]} | {max(0.0, marks[0] - start - step_s):.1f} "
@@ -151,6 +156,10 @@ def gpu_main(steps: int, micro_batches: list[int], batch_seqs: int, device: torc
         return tps
 
     def reset() -> None:
+        import gc
+
+        gc.collect()  # the previous run's model and optimizer state, before its memory is counted again
+        torch._dynamo.reset()
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
@@ -161,13 +170,16 @@ def gpu_main(steps: int, micro_batches: list[int], batch_seqs: int, device: torc
     for name, shape in shapes.items():
         fpt = flops_per_token(_gpu_model(shape, seq), seq)
         reset()
-        marks: list[float] = []
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory() as out:  # HF Trainer windows are seq tokens, labels shifted inside
-            time_hf(_gpu_model(shape, seq).to(device), tokens, steps, seq + 1, batch_seqs, out, gpu=cuda,
-                    micro=micro_batches[0], compile_=compile_, marks=marks)
-        base = row(name, "HF Trainer" + (" + compile" if compile_ else ""), micro_batches[0],
-                   start, marks, fpt, peak_mem(), None)
+        marks: list[float] = []  # HF: the start of training (after the Trainer's set-up), then each step's end
+        base = None
+        try:
+            with tempfile.TemporaryDirectory() as out:  # HF Trainer windows are seq tokens, labels shifted inside
+                time_hf(_gpu_model(shape, seq).to(device), tokens, steps, seq + 1, batch_seqs, out, gpu=cuda,
+                        micro=micro_batches[0], compile_=compile_, marks=marks)
+            base = row(name, "HF Trainer" + (" + compile" if compile_ else ""), micro_batches[0],
+                       marks[0], marks[1:], fpt, peak_mem(), None)
+        except Exception as e:  # e.g. oom: the row says so, ours still run (their ratio column is then 1.00x)
+            print(f"| {name} | HF Trainer | {micro_batches[0]} | {type(e).__name__}: {str(e)[:80]} | | | | | |", flush=True)
         for micro in micro_batches:
             reset()
             cfg = TrainConfig(seq_len=seq, seqs_per_step=batch_seqs, steps=steps + 3, seed=0, micro_batch_seqs=micro,
@@ -179,12 +191,15 @@ def gpu_main(steps: int, micro_batches: list[int], batch_seqs: int, device: torc
                     torch.cuda.synchronize()
                 marks.append(time.perf_counter())
 
+            model = _gpu_model(shape, seq).to(device)
             start = time.perf_counter()
             try:
-                train(_gpu_model(shape, seq).to(device), {"all": tokens}, {"all": 1.0}, cfg, after_step=mark)
+                train(model, {"all": tokens}, {"all": 1.0}, cfg, after_step=mark)
             except Exception as e:  # e.g. oom at a large micro-batch: the row says so, the table goes on
                 print(f"| {name} | autotune | {micro} | {type(e).__name__}: {str(e)[:80]} | | | | | |", flush=True)
                 continue
+            finally:
+                del model
             row(name, "autotune" + (" + compile" if compile_ else ""), micro, start, marks, fpt, peak_mem(), base)
 
 

@@ -3,14 +3,17 @@ trains a tiny Llama with autotune's trainer and writes the per-step losses and a
 process only).
 
     python ddp_train_script.py OUT [--sharding ddp|fsdp] [--precision fp32|bf16] [--state-dir DIR --crash-after K]
+        [--state-every-s S --skew S]
 
 ``--crash-after K`` raises on every process after step K (a run killed mid-way); run again with the same
-``--state-dir`` and no ``--crash-after``, it resumes from the last saved state (every 5 steps).
+``--state-dir`` and no ``--crash-after``, it resumes from the last saved state (every 5 steps, or every
+``--state-every-s`` seconds; ``--skew S`` starts the second process's training S seconds late).
 """
 
 import argparse
 import copy
 import json
+import time
 
 import numpy as np
 import torch
@@ -26,6 +29,8 @@ ap.add_argument("--sharding", default="ddp")
 ap.add_argument("--state-dir")
 ap.add_argument("--crash-after", type=int)
 ap.add_argument("--precision", default="fp32")
+ap.add_argument("--state-every-s", type=float, default=0.0)
+ap.add_argument("--skew", type=float, default=0.0, help="the second process starts training this much later")
 args = ap.parse_args()
 
 acc = Accelerator(cpu=True)
@@ -38,7 +43,8 @@ rng = np.random.default_rng(0)
 domains = {"a": np.tile(np.arange(16, dtype=np.uint16), 400), "b": rng.integers(16, 64, 6400).astype(np.uint16)}
 cfg = TrainConfig(seq_len=32, seqs_per_step=8, steps=12, seed=0, micro_batch_seqs=2, sharding=args.sharding,
                   precision=args.precision,
-                  state_every_steps=5 if args.state_dir else 0,
+                  state_every_steps=5 if args.state_dir and not args.state_every_s else 0,
+                  state_every_s=args.state_every_s,
                   schedule=ScheduleParams(kind="wsd", peak_lr=1e-2, warmup_fraction=0.1, decay_fraction=0.3))
 fsdp = distributed and args.sharding == "fsdp"
 whole = copy.deepcopy(model) if fsdp and acc.is_main_process else None  # receives the gathered weights
@@ -53,6 +59,8 @@ def after_step(steps_done: int) -> None:
 
 
 log = f"{args.out}.log.jsonl" if acc.is_main_process else None
+if acc.process_index == 1:
+    time.sleep(args.skew)  # its clock for time-based saves starts later than the main process's
 try:
     summary = train(model, domains, {"a": 0.375, "b": 0.625}, cfg, log_path=log, after_step=after_step,
                     accelerator=acc if distributed else None, state_dir=args.state_dir, gather_into=whole,

@@ -34,7 +34,7 @@ def test_two_processes_train_the_same_model_as_one(tmp_path):
 def _launch(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                           str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+                           str(SCRIPT), *args], capture_output=True, text=True, timeout=180)
 
 
 def _losses(out: Path) -> list[float]:
@@ -70,3 +70,16 @@ def test_fsdp_shards_the_model_and_trains_what_one_process_trains(tmp_path):
     c = json.loads(crashed.read_text())
     assert c["checksum"] == b["checksum"]  # bitwise: the same batches, updates and reduction order
     assert _losses(crashed) == _losses(two)
+
+
+@pytest.mark.slow
+def test_time_based_saves_agree_across_processes(tmp_path):
+    """Saving a state is collective under FSDP; the processes' clocks differ (here the second starts 1 s
+    late), so they save when the main process's clock says: the run neither hangs nor changes."""
+    out, ref = tmp_path / "timed.json", tmp_path / "ref.json"
+    proc = _launch(str(out), "--sharding", "fsdp", "--state-dir", str(tmp_path / "state"), "--state-every-s", "0.5",
+                   "--skew", "1.0")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "state" / "state.pt").exists()
+    assert _launch(str(ref), "--sharding", "fsdp").returncode == 0
+    assert json.loads(out.read_text())["checksum"] == json.loads(ref.read_text())["checksum"]

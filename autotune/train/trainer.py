@@ -248,24 +248,27 @@ def _truncate_log(path: Path, steps_done: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- FSDP
-def _fsdp_shard(model: torch.nn.Module, device: torch.device, world: int, precision: str) -> None:
+def _fsdp_shard(model: torch.nn.Module, device: torch.device, world: int) -> None:
     """FSDP2 in place: each decoder layer (HF's ``_no_split_modules`` classes) is one all-gather unit, the
-    root (embeddings, final norm, output head) another. Parameters move to ``device`` shard by shard. In bf16
-    the all-gathered weights are bfloat16 and gradients are reduced in fp32 (the sharded masters stay fp32)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    root (embeddings, final norm, output head) another. Parameters move to ``device`` shard by shard.
+    Weights are all-gathered in fp32 and bf16 comes from the same autocast as without sharding (not FSDP's
+    bf16 parameters, which would also make norms and the residual stream bf16): sharding changes where the
+    numbers live, not the run's arithmetic."""
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        raise TrialFailed("failed", f"sharding fsdp needs FSDP2 (torch >= 2.6; this is {torch.__version__})") from None
 
     mesh = init_device_mesh(device.type, (world,))
-    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if precision == "bf16"
-          else MixedPrecisionPolicy())
     unit_names = set(getattr(model, "_no_split_modules", None) or ())
     units = [m for m in model.modules() if type(m).__name__ in unit_names and m is not model]
     if not units:
         raise TrialFailed("failed", f"fsdp: {type(model).__name__} names no decoder layer class "
                                     "(_no_split_modules) to shard by; use sharding ddp")
     for unit in units:
-        fully_shard(unit, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
+        fully_shard(unit, mesh=mesh)
+    fully_shard(model, mesh=mesh)
 
 
 def _full_states(model: torch.nn.Module, opt: torch.optim.Optimizer | None) -> tuple[dict, dict | None]:
@@ -354,7 +357,7 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
     if saved is not None:
         model.load_state_dict(saved["model"])  # whole weights, before any sharding
     if fsdp:
-        _fsdp_shard(model, device, world, cfg.precision)
+        _fsdp_shard(model, device, world)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.schedule.peak_lr, betas=cfg.betas,
                             **({"fused": True} if device.type == "cuda" else {}))
     if saved is not None:
@@ -368,6 +371,7 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
         for k in ("tokens", "final_loss", "tokens_per_domain"):
             setattr(summary, k, saved["summary"][k])
         tail_sums, tail_counts = np.asarray(saved["tail_sums"]), np.asarray(saved["tail_counts"])
+        del saved  # whole weights and optimizer state on every process: not kept for the run
         summary.resumed_from = start
         if log_path is not None:
             _truncate_log(log_path, start)
@@ -407,8 +411,8 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
             for i in range(0, rows_local, micro):
                 x = x_all[i:i + micro].to(device, non_blocking=True)
                 last = i + micro >= rows_local
-                if fsdp:  # reduce-scatter the gradients on the step's last micro-batch only
-                    model.set_requires_gradient_sync(last)
+                # DDP all-reduces on the step's last micro-batch only; FSDP reduce-scatters every micro-batch,
+                # which keeps only sharded gradients between them (skipping it would hold whole ones)
                 sync = (contextlib.nullcontext() if (last or not accelerator or fsdp)
                         else accelerator.no_sync(model))
                 try:
@@ -465,9 +469,13 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
                                       "loss_per_domain": {k: round(v, 5) for k, v in per_domain.items()},
                                       "tokens": summary.tokens}) + "\n")
             progress.advance()
-            if state_dir is not None and step + 1 < cfg.steps and (
-                    (cfg.state_every_steps and (step + 1) % cfg.state_every_steps == 0)
-                    or (cfg.state_every_s and time.perf_counter() - last_save >= cfg.state_every_s)):
+            due = state_dir is not None and step + 1 < cfg.steps and bool(
+                (cfg.state_every_steps and (step + 1) % cfg.state_every_steps == 0)
+                or (cfg.state_every_s and time.perf_counter() - last_save >= cfg.state_every_s))
+            if accelerator and state_dir is not None and cfg.state_every_s:
+                # the processes' clocks differ: all save when the main process's says so (saving is collective)
+                due = bool(accelerator.gather(torch.tensor([float(due)], device=device))[0])
+            if due:
                 model_state, opt_state = _full_states(model, opt) if fsdp else (raw_model.state_dict(), opt.state_dict())
                 if main_process:
                     if log:
