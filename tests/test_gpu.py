@@ -52,6 +52,7 @@ def test_compiled_training_equals_eager_on_cpu():
     eager, compiled = _model(), _model()
     a = train(eager, _domains(), {"a": 0.5, "b": 0.5}, TrainConfig(**cfg))
     b = train(compiled, _domains(), {"a": 0.5, "b": 0.5}, TrainConfig(**cfg, compile=True))
+    assert a.compile_s is None and b.compile_s > 1.0  # the first compiled step holds the compilation
     assert b.final_loss == pytest.approx(a.final_loss, rel=1e-3)
     assert b.loss_per_domain == pytest.approx(a.loss_per_domain, rel=1e-3)
     for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
@@ -67,7 +68,7 @@ def test_bf16_compile_trains_on_gpu_and_reports_mfu(monkeypatch):
                       schedule=ScheduleParams(kind="constant", peak_lr=1e-2))
     s = train(model, _domains(), {"a": 0.5, "b": 0.5}, cfg)
     assert s.loss_per_domain["a"] < 1.5 and s.mfu is not None and 0 < s.mfu < 1
-    assert s.peak_memory_bytes and s.peak_memory_bytes > 0 and s.first_step_s > 0
+    assert s.peak_memory_bytes and s.peak_memory_bytes > 0 and s.first_step_s > 0 and s.compile_s is not None
 
 
 @pytest.mark.gpu

@@ -266,3 +266,17 @@ def test_fused_loss_trains_like_the_plain_loss():
     assert sa.final_loss == pytest.approx(sb.final_loss, rel=1e-4)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_speed_counts_training_steps_only():
+    """Rung evaluations (``after_step``) take wall time but not training speed: tokens/s is over the
+    training steps, and the steady speed (MFU's) leaves out the first step."""
+    import time
+
+    cfg = TrainConfig(seq_len=16, seqs_per_step=8, steps=6, seed=0, schedule=ScheduleParams(kind="constant", peak_lr=1e-3))
+    s = train(_model(), _domains(), {"a": 0.5, "b": 0.5}, cfg, after_step=lambda n: time.sleep(0.1))
+    assert s.seconds >= s.train_seconds + 0.6 - 0.05  # six sleeps are wall time, not training time
+    assert s.tokens_per_s == pytest.approx(6 * 8 * 16 / s.train_seconds)
+    steady = 5 * 8 * 16 / (s.train_seconds - s.first_step_s)
+    assert s.steady_tokens_per_s == pytest.approx(steady) and s.compile_s is None
+    assert s.to_json()["train_seconds"] == pytest.approx(s.train_seconds, abs=1e-3)

@@ -115,23 +115,37 @@ class TrainSummary:
     epochs_per_domain: dict[str, float] = field(default_factory=dict)  # tokens drawn / tokens available
     warnings: list[str] = field(default_factory=list)
     resumed_from: int = 0  # the step a saved state let this run start at
-    timed_tokens: int = 0  # tokens trained by this process in ``seconds`` (less than ``tokens`` after a resume)
+    timed_tokens: int = 0  # tokens trained by this process in ``train_seconds`` (less than ``tokens`` after a resume)
+    train_seconds: float = 0.0  # in training steps only (``seconds`` also holds rung evaluations and saved states)
     first_step_s: float = 0.0  # includes torch.compile's compilation when compile is on
+    compile_s: float | None = None  # with compile: the first step's time minus a steady step's
     flops_per_token: float = 0.0  # 6 N (matmul weights) + 12 L d T (attention), as in PaLM's MFU
     mfu: float | None = None  # model FLOPs utilisation against PEAK_BF16_FLOPS (GPU, bf16 only)
     peak_memory_bytes: int | None = None  # CUDA only
 
     @property
     def tokens_per_s(self) -> float:
-        return self.timed_tokens / self.seconds if self.seconds > 0 else 0.0
+        """Over every training step (the first, with any compilation, included): what the run cost."""
+        return self.timed_tokens / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    @property
+    def steady_tokens_per_s(self) -> float:
+        """After the first step (no compilation, warm caches): the speed MFU is computed from."""
+        if self.steps - self.resumed_from < 2 or self.train_seconds <= self.first_step_s:
+            return self.tokens_per_s
+        per_step = self.timed_tokens / (self.steps - self.resumed_from)
+        return per_step * (self.steps - self.resumed_from - 1) / (self.train_seconds - self.first_step_s)
 
     def to_json(self) -> dict:
         return {"steps": self.steps, "tokens": self.tokens, "seconds": round(self.seconds, 3),
-                "tokens_per_s": round(self.tokens_per_s, 1), "final_loss": self.final_loss,
+                "tokens_per_s": round(self.tokens_per_s, 1), "steady_tokens_per_s": round(self.steady_tokens_per_s, 1),
+                "train_seconds": round(self.train_seconds, 3), "final_loss": self.final_loss,
                 "tokens_per_domain": self.tokens_per_domain, "loss_per_domain": self.loss_per_domain,
                 "epochs_per_domain": {k: round(v, 4) for k, v in self.epochs_per_domain.items()},
                 "warnings": self.warnings, "resumed_from": self.resumed_from,
-                "first_step_s": round(self.first_step_s, 3), "flops_per_token": self.flops_per_token,
+                "first_step_s": round(self.first_step_s, 3),
+                "compile_s": None if self.compile_s is None else round(self.compile_s, 2),
+                "flops_per_token": self.flops_per_token,
                 "mfu": None if self.mfu is None else round(self.mfu, 4), "peak_memory_bytes": self.peak_memory_bytes}
 
 
@@ -462,8 +476,10 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
             summary.tokens += len(names) * cfg.seq_len
             summary.timed_tokens += len(names) * cfg.seq_len
             summary.final_loss = step_loss
+            step_s = time.perf_counter() - t_step  # (the loss's .cpu() above waited for the GPU)
+            summary.train_seconds += step_s
             if step == start:
-                summary.first_step_s = time.perf_counter() - t_step
+                summary.first_step_s = step_s
             if log and (step % cfg.log_every == 0 or step == cfg.steps - 1):
                 log.write(json.dumps({"step": step, "lr": lr, "loss": round(step_loss, 5),
                                       "loss_per_domain": {k: round(v, 5) for k, v in per_domain.items()},
@@ -502,9 +518,15 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
             log.close()
     summary.loss_per_domain = {n: (float(tail_sums[i] / tail_counts[i]) if tail_counts[i] else math.nan)
                                for n, i in index.items()}
+    if cfg.compile and summary.steps - start >= 2:
+        steady_step = (summary.train_seconds - summary.first_step_s) / (summary.steps - start - 1)
+        summary.compile_s = max(0.0, summary.first_step_s - steady_step)
+        if main_process:
+            print(f"autotune: torch.compile took {summary.compile_s:.1f} s (first step {summary.first_step_s:.1f} s, "
+                  f"then {steady_step:.3f} s a step)", file=sys.stderr)
     peak = peak_flops(device)
-    if peak and cfg.precision == "bf16" and summary.seconds > 0:
-        summary.mfu = summary.tokens_per_s * summary.flops_per_token / (peak * world)
+    if peak and cfg.precision == "bf16" and summary.train_seconds > 0:
+        summary.mfu = summary.steady_tokens_per_s * summary.flops_per_token / (peak * world)
     if device.type == "cuda":
         summary.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
     return summary
