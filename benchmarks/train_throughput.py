@@ -15,7 +15,10 @@ anchor); then our trainer (bf16 autocast + SDPA + compile + fused AdamW + fused 
 (``autotune.train.trainer.PEAK_BF16_FLOPS``) and against the bf16 matmul peak measured at the start
 (8192^3 matmuls; the anchors' MFU used a measured 779 TFLOP/s on an H200), compile time (first step minus a
 steady step), peak memory, and the ratio to the baseline. FLOPs per token: ``flops_per_token`` (6 x matmul
-weights + attention scores). ``--device cpu --shapes tiny`` runs the same code on a tiny shape, without
+weights, the tied output head included, + attention scores), and in the third MFU column the anchors' own
+count (6 x non-embedding weights + attention: it reproduces their 31% / 39% from their tok/s exactly; ours
+would call those 36% / 44%). The issue's acceptance (35% at 135M, 45% at 360M) is read in that third
+column, against the measured peak. ``--device cpu --shapes tiny`` runs the same code on a tiny shape, without
 compile, as a check that the script works on a machine without a GPU.
 """
 
@@ -128,6 +131,16 @@ def _gpu_model(shape, seq: int) -> LlamaForCausalLM:
                                         attn_implementation="sdpa"))
 
 
+def anchor_flops_per_token(shape, seq: int) -> float:
+    """FLOPs per token as the issue's anchors count them (their 31% / 39% only come out this way): 6 x the
+    non-embedding parameters + 12 x layers x width x context, i.e. without the tied output head's matmul,
+    which ``flops_per_token`` counts (it is computed: 6 x 28M of the 135M model's 1.24 GFLOP per token)."""
+    h, layers, heads, kv, inter = shape
+    head_dim = h // heads
+    per_layer = h * heads * head_dim + 2 * h * kv * head_dim + heads * head_dim * h + 3 * h * inter
+    return 6.0 * layers * per_layer + 12.0 * layers * h * seq
+
+
 def gpu_main(steps: int, micro_batches: list[int], batch_seqs: int, device: torch.device, shapes: dict,
              seq: int = 2048) -> None:
     import tempfile
@@ -142,16 +155,18 @@ def gpu_main(steps: int, micro_batches: list[int], batch_seqs: int, device: torc
     print(f"torch {torch.__version__}, {name_dev}, bf16 peak: datasheet "
           f"{sheet / 1e12 if sheet else float('nan'):.0f} TFLOP/s, measured {measured / 1e12 if measured else float('nan'):.0f}"
           f" TFLOP/s; seq {seq}, {batch_seqs} seqs/step, {steps} timed steps after 3")
-    print("| model | run | micro-batch | tok/s | MFU (datasheet) | MFU (measured peak) | compile s | peak mem GiB | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | run | micro-batch | tok/s | MFU (datasheet) | MFU (measured peak) | MFU (anchor FLOPs, measured peak) "
+          "| compile s | peak mem GiB | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
 
-    def row(name: str, run: str, micro: int, start: float, marks: list[float], fpt: float, peak_mem: float,
+    def row(name: str, run: str, micro: int, start: float, marks: list[float], fpt: tuple[float, float], peak_mem: float,
             base: float | None) -> float:
         """``start``: training starts (model built and on the device); ``marks``: the end of each step."""
         step_s = (marks[-1] - marks[2]) / steps  # after 3 warm-up steps
         tps = batch_seqs * seq / step_s
-        mfu = [f"{tps * fpt / p:.1%}" if p else "-" for p in (sheet, measured)]
-        print(f"| {name} | {run} | {micro} | {tps:,.0f} | {mfu[0]} | {mfu[1]} | {max(0.0, marks[0] - start - step_s):.1f} "
+        mfu = [f"{tps * f / p:.1%}" if p else "-" for f, p in ((fpt[0], sheet), (fpt[0], measured), (fpt[1], measured))]
+        print(f"| {name} | {run} | {micro} | {tps:,.0f} | {mfu[0]} | {mfu[1]} | {mfu[2]} | "
+              f"{max(0.0, marks[0] - start - step_s):.1f} "
               f"| {peak_mem / 2**30:.1f} | {tps / (base or tps):.2f}x |", flush=True)
         return tps
 
@@ -168,7 +183,7 @@ def gpu_main(steps: int, micro_batches: list[int], batch_seqs: int, device: torc
         return float(torch.cuda.max_memory_allocated(device)) if cuda else 0.0
 
     for name, shape in shapes.items():
-        fpt = flops_per_token(_gpu_model(shape, seq), seq)
+        fpt = (flops_per_token(_gpu_model(shape, seq), seq), anchor_flops_per_token(shape, seq))
         reset()
         marks: list[float] = []  # HF: the start of training (after the Trainer's set-up), then each step's end
         base = None
