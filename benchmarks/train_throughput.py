@@ -11,7 +11,8 @@ table prints tokens/s and the ratio (ours / HF).
 On a CUDA GPU: SmolLM2-like 135M and 360M Llama shapes at seq 2048. The baseline, in the same process, is
 the plain HF ``Trainer`` with bf16, SDPA, torch.compile and fused AdamW (the issue's "HF + compile"
 anchor); then our trainer (bf16 autocast + SDPA + compile + fused AdamW + fused chunked loss) at each
-``--micro-batch``. Columns: tokens/s, MFU against the card's datasheet dense bf16 peak
+``--micro-batch``, and at the first micro-batch once more with the fused loss's softmax gradient eager
+(what compiling it is worth). Columns: tokens/s, MFU against the card's datasheet dense bf16 peak
 (``autotune.train.trainer.PEAK_BF16_FLOPS``) and against the bf16 matmul peak measured at the start
 (8192^3 matmuls; the anchors' MFU used a measured 779 TFLOP/s on an H200), compile time (first step minus a
 steady step), peak memory, and the ratio to the baseline. FLOPs per token: ``flops_per_token`` (6 x matmul
@@ -195,10 +196,14 @@ def gpu_main(steps: int, micro_batches: list[int], batch_seqs: int, device: torc
                        marks[0], marks[1:], fpt, peak_mem(), None)
         except Exception as e:  # e.g. oom: the row says so, ours still run (their ratio column is then 1.00x)
             print(f"| {name} | HF Trainer | {micro_batches[0]} | {type(e).__name__}: {str(e)[:80]} | | | | | |", flush=True)
-        for micro in micro_batches:
+        # ours at each micro-batch (the fused loss's softmax gradient compiled too, the default with compile),
+        # then once with that part eager, to see what compiling it is worth
+        variants = [(micro, None) for micro in micro_batches] + ([(micro_batches[0], False)] if compile_ else [])
+        for micro, compile_loss in variants:
             reset()
             cfg = TrainConfig(seq_len=seq, seqs_per_step=batch_seqs, steps=steps + 3, seed=0, micro_batch_seqs=micro,
-                              precision="bf16", compile=compile_, schedule=ScheduleParams(kind="constant", peak_lr=1e-3))
+                              precision="bf16", compile=compile_, compile_loss=compile_loss,
+                              schedule=ScheduleParams(kind="constant", peak_lr=1e-3))
             marks = []
 
             def mark(_n: int, marks: list[float] = marks) -> None:
@@ -215,7 +220,8 @@ def gpu_main(steps: int, micro_batches: list[int], batch_seqs: int, device: torc
                 continue
             finally:
                 del model
-            row(name, "autotune" + (" + compile" if compile_ else ""), micro, start, marks, fpt, peak_mem(), base)
+            label = "autotune" + (" + compile" if compile_ else "") + (" (loss eager)" if compile_loss is False else "")
+            row(name, label, micro, start, marks, fpt, peak_mem(), base)
 
 
 def main() -> None:

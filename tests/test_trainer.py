@@ -241,8 +241,10 @@ def test_cpu_allocation_failure_is_an_oom_trial_with_the_micro_batch():
     assert "micro-batch of 64 x 512 tokens" in e.value.reason and "step 0" in e.value.reason
 
 
-@pytest.mark.parametrize("chunk", [7, 1024])
-def test_fused_loss_equals_the_plain_loss_and_its_gradients(chunk):
+@pytest.mark.parametrize("chunk,compiled", [(7, False), (1024, False), (7, True)])
+def test_fused_loss_equals_the_plain_loss_and_its_gradients(chunk, compiled):
+    """Eager, and with the softmax gradient through torch.compile (the GPU default; inductor on CPU here),
+    whose chunks of 7 tokens end in a shorter one (a second compiled shape)."""
     from autotune.train.loss import fused_loss_parts, linear_cross_entropy, token_losses
 
     x = torch.from_numpy(_domains()["b"][:4 * 33].astype(np.int64)).view(4, 33)
@@ -251,7 +253,8 @@ def test_fused_loss_equals_the_plain_loss_and_its_gradients(chunk):
     ref.mean().backward()
     backbone, weight = fused_loss_parts(fused)
     hidden = backbone(input_ids=x[:, :-1]).last_hidden_state
-    total, tok = linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), weight, x[:, 1:].reshape(-1), chunk=chunk)
+    total, tok = linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), weight, x[:, 1:].reshape(-1), chunk=chunk,
+                                      compiled=compiled)
     (total / tok.numel()).backward()
     torch.testing.assert_close(tok, ref.detach(), rtol=1e-5, atol=1e-5)
     for (name, p), q in zip(plain.named_parameters(), fused.parameters(), strict=True):

@@ -82,6 +82,7 @@ class TrainConfig:
     compile: bool = False
     fused_loss: bool = True  # output projection + cross-entropy in chunks (autotune/train/loss.py) where it applies
     loss_chunk: int = 1024  # tokens per chunk of the fused loss
+    compile_loss: bool | None = None  # the fused loss's softmax gradient through torch.compile (None: as compile)
     max_epochs: float | None = None  # warn when a domain's draws exceed this many passes over its tokens
     state_every_steps: int = 0  # save a resumable state every N steps (0: not by steps) ...
     state_every_s: float = 0.0  # ... or when this many seconds passed since the last save (0: not by time)
@@ -99,7 +100,7 @@ class TrainConfig:
         """What determines the sequence of batches and updates (not how they are computed or saved)."""
         d = asdict(self)
         for k in ("log_every", "micro_batch_seqs", "compile", "state_every_steps", "state_every_s", "max_epochs",
-                  "fused_loss", "loss_chunk", "sharding"):
+                  "fused_loss", "loss_chunk", "sharding", "compile_loss"):
             d.pop(k)
         return d
 
@@ -396,6 +397,7 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
     # wrapper (its hooks synchronise gradients / gather the root's weights)
     fused = fused_loss_parts(raw_model) if cfg.fused_loss and accelerator is None else None
     fwd = fused[0] if fused else model
+    compile_loss = cfg.compile if cfg.compile_loss is None else cfg.compile_loss
     if cfg.compile:
         fwd = torch.compile(fwd)
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
@@ -435,7 +437,8 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
                             if fused:
                                 hidden = fwd(input_ids=x[:, :-1]).last_hidden_state
                                 total, tok_loss = linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), fused[1],
-                                                                       x[:, 1:].reshape(-1), chunk=cfg.loss_chunk)
+                                                                       x[:, 1:].reshape(-1), chunk=cfg.loss_chunk,
+                                                                       compiled=compile_loss)
                                 tok_loss = tok_loss.view(x.size(0), -1)
                                 loss = total / (rows_local * cfg.seq_len)
                             else:
