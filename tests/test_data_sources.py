@@ -395,6 +395,7 @@ def test_study_on_user_data(tmp_path):
     again = prepare.pack_domain(PathSource(path=str(copy), text_field=["question", "answer"]),
                                 Path(prepared["tokenizer"]), where="domains.math")
     assert again.cached and str(again.folder) == prepared["domains"]["math"]
+    assert [f["file"] for f in again.manifest["files"]] == [str(copy)]  # its own files, not the first packer's
 
     # a damaged parquet shard: one line naming the file and the field, exit 2, nothing else runs
     (data / "code" / "part-1.parquet").write_bytes(b"PAR1 truncated")

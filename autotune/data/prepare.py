@@ -125,14 +125,17 @@ def tokenizer_hash(tokenizer_dir: Path) -> str:
 @dataclass(frozen=True)
 class PackedDomain:
     """A domain's packed tokens: ``train.bin`` / ``heldout.bin`` plus the manifest. ``cached``: found
-    in the cache rather than tokenized by this call."""
+    in the cache rather than tokenized by this call. ``origin``: this caller's ``source`` and ``files``
+    (paths, sizes, hashes) where they differ from the manifest's: the cache is shared by content, so its
+    manifest names the files of whichever study packed those bytes first."""
 
     folder: Path
     cached: bool = field(default=False, compare=False)
+    origin: dict | None = field(default=None, compare=False)
 
     @property
     def manifest(self) -> dict:
-        return read_json(self.folder / "manifest.json")
+        return {**read_json(self.folder / "manifest.json"), **(self.origin or {})}
 
     def tokens(self, split: str) -> np.ndarray:
         m = self.manifest
@@ -169,7 +172,8 @@ def pack_domain(source, tokenizer_dir: Path, *, where: str, on_progress: Callabl
     key = digest({"source": reader.key(), "tokenizer": tok_hash})
     final = home() / "tokens" / key
     if (final / "manifest.json").exists():
-        return PackedDomain(final, cached=True)
+        return PackedDomain(final, cached=True, origin={
+            "source": source if isinstance(source, str) else source.model_dump(mode="json"), "files": reader.files()})
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
