@@ -450,7 +450,8 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
                     if _is_oom(e):
                         raise TrialFailed("oom", f"out of memory at step {step} in a micro-batch of {x.size(0)} x "
                                                  f"{cfg.seq_len} tokens ({str(e).splitlines()[0][:160]}); lower "
-                                                 "proxy.micro_batch_seqs") from None
+                                                 "proxy.micro_batch_seqs and rerun: trials that ran out of "
+                                                 "memory run again") from None
                     raise
                 row_losses.append(tok_loss.detach().mean(dim=1))
                 del tok_loss, loss
