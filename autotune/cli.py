@@ -87,7 +87,8 @@ def search(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
 
     The study lives in runs/<name>/ (Optuna storage, one folder per run, ratios.csv, metrics.csv). Rerunning
     the same command resumes it: finished trials are kept, an interrupted one runs again. Ctrl-C stops
-    cleanly. The demo (search_spaces/demo.yaml) builds its data and a tiny base model on first use, offline.
+    cleanly. After trials ran out of memory (status oom), lower proxy.micro_batch_seqs (or raise
+    search.launcher.memory_limit, add processes, shard) and rerun: those trials run again. The demo (search_spaces/demo.yaml) builds its data and a tiny base model on first use, offline.
 
     Example: autotune search search_spaces/demo.yaml --set search.trials=4
     """

@@ -491,7 +491,9 @@ class LauncherSpec(_Frozen):
     kind: Literal["local", "accelerate", "slurm"] = "local"
     cluster: str | None = None
     num_processes: int = Field(1, ge=1)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description=(
+        "accelerate's autocast around DDP's forward (accelerate launch --mixed_precision); usually leave it "
+        "'no' and set proxy.precision, which every launcher and sharding honours"))
     sharding: Literal["ddp", "fsdp"] = "ddp"
     memory_limit: int | None = Field(None, gt=0, description="bytes per worker process, or 8GiB, 512MiB, 8e9")
 
@@ -506,6 +508,9 @@ class LauncherSpec(_Frozen):
             raise ValueError(f"unknown launcher fields {sorted(self.model_extra)} (only kind: slurm takes extra keys)")
         if self.memory_limit is not None and self.kind == "slurm":
             raise ValueError("memory_limit is for kind local and accelerate; give Slurm its own (e.g. mem_gb: 64)")
+        if self.sharding == "fsdp" and self.mixed_precision != "no":
+            raise ValueError(f"mixed_precision: {self.mixed_precision} is accelerate's DDP autocast; with sharding: fsdp "
+                             "set proxy.precision: bf16 instead")
         if self.sharding == "fsdp" and (self.kind != "accelerate" or self.num_processes < 2):
             raise ValueError(f"sharding: fsdp shards over several processes: it needs kind: accelerate and "
                              f"num_processes >= 2 (got kind: {self.kind}, num_processes: {self.num_processes})")

@@ -303,7 +303,7 @@ def main(job_path: str) -> int:
         result = RunResult(status="oom", reason="out of memory (MemoryError)")
     except Exception as e:  # a crash fails this trial, not the study; the log keeps the traceback
         traceback.print_exc()
-        oom = "out of memory" in str(e).lower()
+        oom = any(s in str(e).lower() for s in ("out of memory", "can't allocate memory"))  # CUDA / CPU allocator
         result = RunResult(status="oom" if oom else "failed", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
     write_json_atomic(result_path, result.to_json())
     # a failure on any one of several processes: that process wrote the result (the others may be waiting

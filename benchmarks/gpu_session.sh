@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One prepared run of every GPU check, for a session that is lent a GPU machine (device tool):
 #   run --command "bash benchmarks/gpu_session.sh" --timeout_s 590
-# The device image has torch, transformers and accelerate (no vllm, no internet): install the project
-# without dependencies, time 135M then 360M (HF Trainer + compile baseline; ours at micro-batches 8 and 16,
+# The device image has torch, transformers and accelerate (no vllm, no internet): use the project from
+# this checkout (no install), time 135M then 360M (HF Trainer + compile baseline; ours at micro-batches 8 and 16,
 # and at 8 with the loss's softmax gradient eager; seq 2048), then run the GPU tests. The acceptance is read
 # in the "MFU (anchor FLOPs, measured peak)" column (see benchmarks/train_throughput.py). Each part has its own timeout and writes to $OUT (or ./gpu-out) as it
 # goes, so a part that runs long still leaves the rows that finished.

@@ -8,6 +8,8 @@ table prints tokens/s and the ratio (ours / HF).
 
     python benchmarks/train_throughput.py --gpu [--steps 10] [--micro-batch 8 16] [--batch-seqs 32]
 
+(with --gpu, --steps defaults to 10 timed steps)
+
 On a CUDA GPU: SmolLM2-like 135M and 360M Llama shapes at seq 2048. The baseline, in the same process, is
 the plain HF ``Trainer`` with bf16, SDPA, torch.compile and fused AdamW (the issue's "HF + compile"
 anchor); then our trainer (bf16 autocast + SDPA + compile + fused AdamW + fused chunked loss) at each
@@ -135,7 +137,7 @@ def _gpu_model(shape, seq: int) -> LlamaForCausalLM:
 def anchor_flops_per_token(shape, seq: int) -> float:
     """FLOPs per token as the issue's anchors count them (their 31% / 39% only come out this way): 6 x the
     non-embedding parameters + 12 x layers x width x context, i.e. without the tied output head's matmul,
-    which ``flops_per_token`` counts (it is computed: 6 x 28M of the 135M model's 1.24 GFLOP per token)."""
+    which ``flops_per_token`` counts (it is computed: 6 x 28M of the 135M model's 1.23 GFLOP per token)."""
     h, layers, heads, kv, inter = shape
     head_dim = h // heads
     per_layer = h * heads * head_dim + 2 * h * kv * head_dim + heads * head_dim * h + 3 * h * inter

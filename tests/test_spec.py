@@ -75,6 +75,8 @@ MALFORMED = [
     ("memory-limit-not-a-size", "search.launcher", {"kind": "local", "memory_limit": "lots"},
      "search.launcher.memory_limit: 'lots' is not a size"),
     ("memory-limit-slurm", "search.launcher", {"kind": "slurm", "memory_limit": "8GiB"}, "give Slurm its own"),
+    ("fsdp-with-accelerate-autocast", "search.launcher",
+     {"kind": "accelerate", "num_processes": 2, "sharding": "fsdp", "mixed_precision": "bf16"}, "set proxy.precision: bf16"),
     ("fsdp-one-process", "search.launcher", {"kind": "accelerate", "num_processes": 1, "sharding": "fsdp"},
      "sharding: fsdp shards over several processes"),
 ]

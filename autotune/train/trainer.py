@@ -44,7 +44,7 @@ from autotune.train.loss import fused_loss_parts, linear_cross_entropy, token_lo
 from autotune.train.schedules import ScheduleParams, lr_at
 
 # Dense bf16 peak of the accelerators we know, in FLOP/s (vendor datasheets, without sparsity); MFU is
-# reported against it. AUTOTUNE_PEAK_TFLOPS overrides (e.g. a measured matmul peak: 779 on our H200).
+# reported against it. AUTOTUNE_PEAK_TFLOPS overrides (e.g. a measured matmul peak; the anchors measured 779 on an H200).
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
 
 Mixture = dict[str, float] | list[tuple[float, dict[str, float]]]
@@ -116,7 +116,7 @@ class TrainSummary:
     epochs_per_domain: dict[str, float] = field(default_factory=dict)  # tokens drawn / tokens available
     warnings: list[str] = field(default_factory=list)
     resumed_from: int = 0  # the step a saved state let this run start at
-    timed_tokens: int = 0  # tokens trained by this process in ``train_seconds`` (less than ``tokens`` after a resume)
+    timed_tokens: int = 0  # tokens trained (all processes) in ``train_seconds`` (less than ``tokens`` after a resume)
     train_seconds: float = 0.0  # in training steps only (``seconds`` also holds rung evaluations and saved states)
     first_step_s: float = 0.0  # includes torch.compile's compilation when compile is on
     compile_s: float | None = None  # with compile: the first step's time minus a steady step's
