@@ -39,3 +39,12 @@ class TrialFailed(Exception):
         self.status = status
         self.reason = reason
         super().__init__(f"{status}: {reason}")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """An allocation failure: Python's MemoryError, torch's OutOfMemoryError (CUDA), or a RuntimeError from
+    the CUDA or CPU allocator ("out of memory" / "can't allocate memory"). Checked without importing torch."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    msg = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)

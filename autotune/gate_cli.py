@@ -485,12 +485,3 @@ def gate_cmd(
     if code:
         raise typer.Exit(code)
 
-
-def main() -> None:  # pragma: no cover - `python -m autotune.gate_cli`
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(gate_cmd)
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

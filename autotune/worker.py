@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from autotune.errors import TrialFailed, UserError
+from autotune.errors import TrialFailed, UserError, is_out_of_memory
 from autotune.records import Proposal, RunResult, read_json, write_json_atomic
 from autotune.spec import SearchSpace
 
@@ -130,12 +130,8 @@ def run_trial(space: SearchSpace, job: dict[str, Any], out_dir: Path, progress: 
         proposal = Proposal.from_json(job["proposal"])
         proxy = space.proxy
         schedule = dict(proposal.schedule)
-        if schedule.get("start_lr") == "base":
-            schedule["start_lr"] = prepared.get("base_final_lr")
-            if schedule["start_lr"] is None:
-                raise UserError("the base checkpoint records no final learning rate (no trainer_state.json or "
-                                "pretrain_log.jsonl): give start_lr as a number", file=space.source_file,
-                                field="schedule.start_lr", value="base")
+        if schedule.get("start_lr") == "base":  # Study.prepare refused a base that records none
+            schedule["start_lr"] = prepared["base_final_lr"]
         seq_len = int(proposal.context.get("seq_len") or proxy.seq_len)  # long-context knobs (space.context)
         if proposal.context.get("rope_theta"):
             from autotune.train.model import set_rope_theta
@@ -157,7 +153,9 @@ def run_trial(space: SearchSpace, job: dict[str, Any], out_dir: Path, progress: 
         # CPU that receives them at each rung and at the end, and evaluates that copy
         fsdp = accelerator is not None and space.search.launcher.sharding == "fsdp"
         whole = copy.deepcopy(model) if fsdp and main_process else None
-        sharded, model = (model, whole) if fsdp else (model, model)
+        sharded = model
+        if fsdp:
+            model = whole  # what the main process evaluates and saves (None on the others)
         summary = train(sharded, {n: p.tokens("train") for n, p in packed.items()}, mixture, cfg,
                         log_path=out_dir / "train_log.jsonl" if main_process else None, progress=progress,
                         after_step=_rung_evaluator(space, suite, model, tokenizer, packed, out_dir, progress,
@@ -299,12 +297,10 @@ def main(job_path: str) -> int:
         result = RunResult(status=e.status, reason=e.reason)
     except UserError as e:
         result = RunResult(status="failed", reason=str(e), bad_input=True)
-    except MemoryError:
-        result = RunResult(status="oom", reason="out of memory (MemoryError)")
     except Exception as e:  # a crash fails this trial, not the study; the log keeps the traceback
         traceback.print_exc()
-        oom = any(s in str(e).lower() for s in ("out of memory", "can't allocate memory"))  # CUDA / CPU allocator
-        result = RunResult(status="oom" if oom else "failed", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+        result = RunResult(status="oom" if is_out_of_memory(e) else "failed",
+                           reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
     write_json_atomic(result_path, result.to_json())
     # a failure on any one of several processes: that process wrote the result (the others may be waiting
     # in a collective for it and would never write one); exiting non-zero makes torchrun stop the group

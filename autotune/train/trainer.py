@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from autotune.data.mixture import phased_step_counts
-from autotune.errors import TrialFailed
+from autotune.errors import TrialFailed, is_out_of_memory
 from autotune.records import digest
 from autotune.train.loss import fused_loss_parts, linear_cross_entropy, token_losses
 from autotune.train.schedules import ScheduleParams, lr_at
@@ -210,13 +210,6 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-
-
-def _is_oom(e: BaseException) -> bool:
-    if isinstance(e, MemoryError | torch.OutOfMemoryError):
-        return True
-    msg = str(e).lower()
-    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
 # ----------------------------------------------------------------------------------------------- state
@@ -447,7 +440,7 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
                                 loss = tok_loss.mean() * (x.size(0) / rows_local)
                         (accelerator.backward(loss) if accelerator and not fsdp else loss.backward())
                 except Exception as e:
-                    if _is_oom(e):
+                    if is_out_of_memory(e):
                         raise TrialFailed("oom", f"out of memory at step {step} in a micro-batch of {x.size(0)} x "
                                                  f"{cfg.seq_len} tokens ({str(e).splitlines()[0][:160]}); lower "
                                                  "proxy.micro_batch_seqs and rerun: trials that ran out of "
@@ -513,7 +506,7 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
                 after_step(step + 1)
                 model.train()
     except Exception as e:
-        if _is_oom(e):  # outside the forward/backward: the optimizer step or a rung evaluation
+        if is_out_of_memory(e):  # outside the forward/backward: the optimizer step or a rung evaluation
             raise TrialFailed("oom", f"out of memory at step {step} ({str(e).splitlines()[0][:160]})") from None
         raise
     finally:
