@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from autotune.config.space import Objective
 from autotune.evaluate.suite import Entry, Suite
-from autotune.spec import Objective
 
 
 @dataclass(frozen=True)

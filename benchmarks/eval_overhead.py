@@ -11,7 +11,7 @@ bits-per-byte entries left out: they have no lm-eval counterpart) with one limit
   needs: per-sample logs, continuous metrics) and once without;
 * autotune: ``run_suite(Checkpoint(dir), suite)`` without the cache (checks, template hashes, the same
   ``simple_evaluate`` call, continuous metrics, stderrs, per-sample logs written, a cache record written);
-* autotune cached: the same call again with the cache, and ``python -m autotune.eval_cli`` as a user runs it
+* autotune cached: the same call again with the cache, and ``python -m autotune.cli.eval`` as a user runs it
   (wall clock including the interpreter start).
 
 Repeats alternate the order; the table shows medians of wall clock and of CPU time (this process's threads and
@@ -96,7 +96,7 @@ def main() -> int:
 
     def cli_cached() -> tuple[float, float]:
         t = _clock()
-        subprocess.run([sys.executable, "-m", "autotune.eval_cli", str(ckpt), "--suite", str(suite_path), "--json"],
+        subprocess.run([sys.executable, "-m", "autotune.cli.eval", str(ckpt), "--suite", str(suite_path), "--json"],
                        check=True, capture_output=True, env={**os.environ, "AUTOTUNE_HOME": os.environ["AUTOTUNE_HOME"]})
         return _since(t)
 
@@ -118,7 +118,7 @@ def main() -> int:
             ("lm_eval.simple_evaluate, log_samples=False", "direct_nolog"),
             ("autotune run_suite, no cache", "ours"),
             ("autotune run_suite, cached", "cached"),
-            ("`python -m autotune.eval_cli ... --json`, cached (process wall)", "cli")]
+            ("`python -m autotune.cli.eval ... --json`, cached (process wall)", "cli")]
     print(f"checkpoint {ckpt} ({_params(ckpt)}), {len(task_names)} tasks x limit {args.limit}, batch {args.batch_size}, "
           f"{args.repeats} repeats, {args.threads} torch thread(s), {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}, lm-eval {lm_eval.__version__}")

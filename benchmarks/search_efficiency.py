@@ -40,9 +40,9 @@ import optuna
 import pandas as pd
 from optuna.distributions import FloatDistribution
 
-from autotune.controller import make_sampler
-from autotune.simplex import SimplexMap
-from autotune.spec import SearchSpace
+from autotune.config.space import SearchSpace
+from autotune.search.controller import make_sampler
+from autotune.search.simplex import SimplexMap
 
 REGMIX = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "anchors" / "regmix"
 SAMPLERS = ("random", "tpe", "gp", "cmaes", "qmc")

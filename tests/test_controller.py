@@ -7,9 +7,9 @@ import optuna
 import pytest
 from conftest import tiny_space, write_space
 
-from autotune.controller import Controller
+from autotune.config.space import SAMPLERS, load_space
 from autotune.objective import Score
-from autotune.spec import SAMPLERS, load_space
+from autotune.search.controller import Controller
 
 
 def _space(tmp_path, **search):
@@ -64,7 +64,7 @@ def test_pareto_objective_has_two_directions(tmp_path):
 
 def test_duplicate_proposal_is_answered_from_the_earlier_run(tmp_path, monkeypatch):
     """Two trials with the same proposal: the second reuses the first one's folder and launches nothing."""
-    from autotune.study import Study
+    from autotune.search.study import Study
 
     monkeypatch.chdir(tmp_path)
     space = load_space(write_space(tmp_path, tiny_space("dup")))

@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, tiny_space, tiny_suite, write_space
 
+from autotune.config.space import Domain, HFSource, PathSource, load_space
 from autotune.data import prepare
 from autotune.data.sources import open_source
 from autotune.errors import UserError
-from autotune.spec import Domain, HFSource, PathSource, load_space
 
 BENCH = REPO.parent / "shared" / "data" / "benchmarks"
 if not (BENCH / "gsm8k" / "train.jsonl").exists():

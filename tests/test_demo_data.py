@@ -164,12 +164,12 @@ def test_prose_items_from_heldout():
 @pytest.mark.skipif(sys.version_info[:2] != (3, 11),
                     reason="the committed code/prose items were drawn from Python 3.11's stdlib; other versions differ")
 def test_committed_eval_files_are_current(tmp_path):
-    """The committed task data is what ``python -m autotune.data.demo`` writes (on the Python that wrote it)."""
+    """The committed task data is what ``python -m autotune.demo.corpus`` writes (on the Python that wrote it)."""
     demo.write_eval_data(tmp_path, n=N)
     for fname in TASKS.values():
         fresh = (tmp_path / fname).read_text(encoding="utf-8")
         committed = (TASK_DIR / fname).read_text(encoding="utf-8")
-        assert fresh == committed, f"{fname} is stale: run `python -m autotune.data.demo`"
+        assert fresh == committed, f"{fname} is stale: run `python -m autotune.demo.corpus`"
         rows = _read_jsonl(TASK_DIR / fname)
         assert len(rows) == N
         assert all(list(r) == sorted(r) for r in rows)

@@ -105,13 +105,13 @@ def test_cache_key_covers_what_moves_scores(ckpt, tmp_path):
 
 
 def test_eval_command_table_json_and_cached_rerun(ckpt, tmp_path):
-    from autotune.eval_cli import eval_command, main  # noqa: F401  (main: the module runs as a command)
+    from autotune.cli.eval import eval_command, main  # noqa: F401  (main: the module runs as a command)
 
     _, path = write_suite(tmp_path, demo_suite(limit=10))
     import typer
 
     app = typer.Typer()
-    from autotune.eval_cli import eval_cmd
+    from autotune.cli.eval import eval_cmd
 
     app.command()(eval_cmd)
     runner = CliRunner()

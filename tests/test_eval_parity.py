@@ -86,7 +86,7 @@ def test_stock_tasks_equal_what_the_lm_eval_cli_prints(tmp_path):
         procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     # ours, meanwhile, as a user runs it (no cache: a fresh evaluation)
     ours_dir = tmp_path / "ours"
-    mine = subprocess.run([sys.executable, "-m", "autotune.eval_cli", str(ckpt), "--suite", str(SUITE), "--no-cache",
+    mine = subprocess.run([sys.executable, "-m", "autotune.cli.eval", str(ckpt), "--suite", str(SUITE), "--no-cache",
                            "--output", str(ours_dir)], capture_output=True, text=True, env=env, timeout=600)
     assert mine.returncode == 0, mine.stderr[-3000:]
     assert "gsm8k/exact_match" in mine.stdout  # the table

@@ -182,7 +182,7 @@ def test_interrupted_eval_leaves_no_server_behind(ckpt, tmp_path, sig):
     pid_file = tmp_path / "server.pid"
     _, path = server_suite(tmp_path, "--request-delay", "0.3", "--pid-file", str(pid_file), limit=20)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "autotune.eval_cli", str(ckpt), "--suite", str(path),
+    proc = subprocess.Popen([sys.executable, "-m", "autotune.cli.eval", str(ckpt), "--suite", str(path),
                              "--backend", "vllm-server", "--no-cache", "--output", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from autotune.extrapolate.optimize import bootstrap_interval, maximize
-from autotune.simplex import SimplexMap
+from autotune.search.simplex import SimplexMap
 
 SMAP = SimplexMap(domains=("math", "code", "web", "books"), lo=(0.05, 0.0, 0.1, 0.0), hi=(0.5, 0.4, 1.0, 0.3),
                   role=("target", "target", "general", "general"), floors={"general": 0.4})

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from autotune.config.space import SearchSpace
 from autotune.errors import UserError
 from autotune.extrapolate import (
     HARD_MAX_EPOCHS,
@@ -21,8 +22,7 @@ from autotune.extrapolate import (
     write_recipe,
 )
 from autotune.extrapolate.schedule import LossCurve, MultiPowerLaw, schedule_lrs
-from autotune.simplex import SimplexMap
-from autotune.spec import SearchSpace
+from autotune.search.simplex import SimplexMap
 
 SPACE = {
     "name": "synthetic",

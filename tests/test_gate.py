@@ -23,7 +23,7 @@ from eval_helpers import DEMO_TASKS, set_offline
 from typer.testing import CliRunner
 
 from autotune.errors import UserError
-from autotune.gate import (
+from autotune.gate.compare import (
     DocValues,
     GateConfig,
     NotGateable,
@@ -254,8 +254,8 @@ AFFECTED = {"bpb/code", "demo_prose_next_word/gold_logprob", "demo_code_next_lin
 def _build_models(root: Path) -> None:
     import torch
 
+    from autotune.config.space import DemoBase
     from autotune.data.prepare import pack_domain, train_demo_tokenizer
-    from autotune.spec import DemoBase
     from autotune.train.model import DEMO_PRETRAIN_MIX, demo_base, load_causal_lm
     from autotune.train.schedules import ScheduleParams
     from autotune.train.trainer import TrainConfig, train

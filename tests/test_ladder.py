@@ -19,6 +19,7 @@ from test_extrapolate_recipe import make_study
 from typer.testing import CliRunner
 
 from autotune.cli import app
+from autotune.config.space import Objective, SearchSpace, load_space
 from autotune.errors import UserError
 from autotune.extrapolate import build_recipe, load_recipe, write_recipe
 from autotune.extrapolate.ladder import (
@@ -30,9 +31,8 @@ from autotune.extrapolate.ladder import (
     rank_agreement,
 )
 from autotune.extrapolate.study_data import load_ladder
-from autotune.ladder import choose_trials
-from autotune.spec import Objective, SearchSpace, load_space
-from autotune.study import _space_identity
+from autotune.search.ladder import choose_trials
+from autotune.search.study import _space_identity
 
 TOKENS = [100_000, 200_000, 400_000, 800_000]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from autotune.data.mixture import step_counts
-from autotune.simplex import SimplexMap
+from autotune.search.simplex import SimplexMap
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -13,8 +13,8 @@ import optuna
 import pytest
 from conftest import tiny_space, write_space
 
-from autotune.spec import load_space
-from autotune.study import Study, study_dir
+from autotune.config.space import load_space
+from autotune.search.study import Study, study_dir
 
 pytestmark = pytest.mark.slow
 

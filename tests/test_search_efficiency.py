@@ -69,7 +69,7 @@ def test_a_short_run_is_a_prefix_of_a_long_one(landscape, sampler):
 
 
 def test_distributions_and_prior_are_the_controllers(tmp_path):
-    from autotune.controller import Controller
+    from autotune.search.controller import Controller
 
     space = se.benchmark_space(DOMAINS, [1.0] * 5, "tpe", 4)
     ctl = Controller(space, tmp_path)

@@ -11,8 +11,8 @@ from conftest import REPO, tiny_space, write_space
 from typer.testing import CliRunner
 
 from autotune.cli import app
+from autotune.config.space import load_space
 from autotune.errors import UserError
-from autotune.spec import load_space
 
 runner = CliRunner()
 
@@ -138,7 +138,7 @@ def test_every_shipped_space_and_suite_validates():
         result = runner.invoke(app, ["validate", str(p)])
         assert result.exit_code == 0, (p, result.output)
     from autotune.evaluate.suite import load_suite
-    from autotune.gate import load_gate_config
+    from autotune.gate.compare import load_gate_config
 
     gate_configs = sorted((REPO / "evals").glob("*.gate.yaml"))  # `autotune gate --config`, not suites
     assert gate_configs
@@ -185,10 +185,10 @@ def test_load_space_raises_user_error_with_parts(tmp_path):
 def test_a_study_started_before_new_space_fields_resumes_while_they_keep_their_defaults(tmp_path):
     """Fields added to the space format later (here: context, proxy.max_epochs) are no change at their
     defaults; set explicitly, or any old field changed, the study is refused as a different space."""
+    from autotune.config.space import load_space
     from autotune.errors import UserError
     from autotune.records import read_json, write_json_atomic
-    from autotune.spec import load_space
-    from autotune.study import StudyPaths, check_space
+    from autotune.search.study import StudyPaths, check_space
 
     space_file = write_space(tmp_path, tiny_space("old"))
     paths = StudyPaths(tmp_path / "runs" / "old")

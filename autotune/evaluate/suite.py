@@ -34,8 +34,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
+from autotune.config.space import PathSource, read_yaml
 from autotune.errors import UserError
-from autotune.spec import PathSource, read_yaml
 
 # lm-eval metrics where lower is better; everything else (acc, acc_norm, exact_match, ...) is higher-better.
 LOWER_IS_BETTER = frozenset({"bits_per_byte", "byte_perplexity", "word_perplexity", "perplexity", "bpb", "gold_bpb"})

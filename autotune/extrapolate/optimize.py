@@ -1,6 +1,6 @@
 """Optimise a predicted objective over the constrained simplex, and bootstrap the predictions' uncertainty.
 
-Every mixture considered comes from ``autotune.simplex.SimplexMap.to_weights`` (the controller's own map
+Every mixture considered comes from ``autotune.search.simplex.SimplexMap.to_weights`` (the controller's own map
 from the unit cube), so per-domain bounds and per-role floors hold by construction. The search: a
 scrambled Sobol design of the cube plus the runs' own mixtures, then a shrinking-radius random local
 search around the best feasible points.
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from autotune.simplex import SimplexMap
+from autotune.search.simplex import SimplexMap
 
 Predict = Callable[[np.ndarray], np.ndarray]  # shares (n x K) -> values (n,)
 

@@ -163,7 +163,7 @@ class Recipe(_Frozen):
 # ----------------------------------------------------------------------------------------------- load / write
 def load_recipe(path: str | Path) -> Recipe:
     """Read ``recipe.yaml`` back into a validated ``Recipe``; problems are a UserError naming the field."""
-    from autotune.spec import read_yaml
+    from autotune.config.space import read_yaml
 
     path = Path(path)
     data = read_yaml(path, "recipe")
@@ -241,7 +241,7 @@ def _check_inputs(study, tokens: float, available_tokens: dict[str, float] | Non
 def _capped_map(space, tokens: int, available: dict[str, float], cap_epochs: float | None):
     """The space's SimplexMap with each domain's max share lowered to ``cap_epochs`` of its available
     tokens; None when the caps leave no feasible mixture."""
-    from autotune.simplex import SimplexMap
+    from autotune.search.simplex import SimplexMap
 
     smap = SimplexMap.from_space(space)
     if cap_epochs is None or not available:
@@ -447,7 +447,7 @@ def _finite(x: float) -> float | None:
 
 
 def _grid(value, n: int) -> list[float]:
-    from autotune.spec import FloatRange
+    from autotune.config.space import FloatRange
 
     if isinstance(value, FloatRange):
         if value.log:
@@ -458,9 +458,9 @@ def _grid(value, n: int) -> list[float]:
 
 def _choose_schedule(study, trials, top, best_trial, peak_lr: float, total_steps: int,
                      warnings: list[str]) -> dict:
+    from autotune.config.space import FloatRange
     from autotune.extrapolate.schedule import LossCurve, choose_schedule, fit_multi_power_law
     from autotune.extrapolate.study_data import read_train_log
-    from autotune.spec import FloatRange
 
     spec = study.space.schedule
     kinds = spec.kind if isinstance(spec.kind, list) else [spec.kind]

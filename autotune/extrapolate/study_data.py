@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from autotune.config.space import SearchSpace
 from autotune.errors import UserError
-from autotune.spec import SearchSpace
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ def _hover(t: TrialRecord) -> str:
 
 
 def general_floor(data: StudyData) -> float | None:
-    from autotune.spec import Objective
+    from autotune.config.space import Objective
 
     try:
         return Objective.model_validate(data.identity.get("objective") or {}).general_floor

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
+from autotune.config.space import DemoBase
 from autotune.data.prepare import PackedDomain, building, home
 from autotune.errors import UserError
 from autotune.records import digest
-from autotune.spec import DemoBase
 from autotune.train.schedules import ScheduleParams
 from autotune.train.trainer import NullProgress, Progress, TrainConfig, train
 

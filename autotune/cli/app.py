@@ -38,9 +38,9 @@ def _fail(e: UserError) -> None:
 
 def _check_files(space) -> None:
     """Local data files exist, have a known format and are not empty (read nothing else)."""
+    from autotune.config.space import PathSource
     from autotune.data.prepare import home
     from autotune.data.sources import open_source
-    from autotune.spec import PathSource
 
     for name, dom in space.domains.items():
         if isinstance(dom.source, PathSource):
@@ -60,8 +60,8 @@ def validate(space_file: SpaceArg, set_: SetOpt = None) -> None:
 
     Example: autotune validate search_spaces/demo.yaml --set search.trials=4
     """
+    from autotune.config.space import dump_space, load_space
     from autotune.evaluate.suite import load_suite
-    from autotune.spec import dump_space, load_space
 
     try:
         space = load_space(space_file, set_)
@@ -92,9 +92,9 @@ def search(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
 
     Example: autotune search search_spaces/demo.yaml --set search.trials=4
     """
-    from autotune.spec import load_space
-    from autotune.study import Interrupted, Study, StudyFailed, study_dir
-    from autotune.ui import Bars, print_summary
+    from autotune.cli.ui import Bars, print_summary
+    from autotune.config.space import load_space
+    from autotune.search.study import Interrupted, Study, StudyFailed, study_dir
 
     try:
         space = load_space(space_file, set_)
@@ -172,10 +172,10 @@ def ladder(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
 
     Example: autotune ladder search_spaces/demo.yaml --set 'ladder={tokens: [1.5e5, 6.0e5], top_k: 3}'
     """
-    from autotune.ladder import ladder_report, print_ladder, run_ladder
-    from autotune.spec import load_space
-    from autotune.study import Interrupted, StudyFailed, study_dir
-    from autotune.ui import Bars
+    from autotune.cli.ui import Bars
+    from autotune.config.space import load_space
+    from autotune.search.ladder import ladder_report, print_ladder, run_ladder
+    from autotune.search.study import Interrupted, StudyFailed, study_dir
 
     try:
         if space_file.is_dir() and (space_file / "space.json").exists():
@@ -261,7 +261,7 @@ def extrapolate(study: Annotated[Path, typer.Argument(help="A finished study fol
                                  command=" ".join(sys.argv))
         recipe = load_recipe(path)
         if recipe.ladder is not None:
-            from autotune.ladder import print_ladder
+            from autotune.search.ladder import print_ladder
 
             print_ladder(console, recipe.ladder.model_dump(mode="json"))
         _print_recipe_warnings(recipe.warnings, ladder_shown=recipe.ladder is not None)
@@ -274,8 +274,8 @@ def _extrapolate_section(study: Path):
     """The ``extrapolate:`` section of the space file a study was started from (space.json's source_file)."""
     from pydantic import ValidationError
 
+    from autotune.config.space import Extrapolate, read_yaml, validation_error_to_user_error
     from autotune.records import read_json
-    from autotune.spec import Extrapolate, read_yaml, validation_error_to_user_error
 
     where = Path(study) / "space.json"
     if not where.is_file():
@@ -300,9 +300,9 @@ def status(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
 
     Example: autotune status search_spaces/demo.yaml
     """
-    from autotune.spec import load_space
-    from autotune.study import Study, study_dir
-    from autotune.ui import print_summary
+    from autotune.cli.ui import print_summary
+    from autotune.config.space import load_space
+    from autotune.search.study import Study, study_dir
 
     try:
         space = load_space(space_file, set_)
@@ -322,9 +322,9 @@ def export(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
 
     Example: autotune export search_spaces/demo.yaml --format parquet
     """
-    from autotune.export import export as export_tables
-    from autotune.spec import load_space
-    from autotune.study import Study, study_dir
+    from autotune.config.space import load_space
+    from autotune.search.export import export as export_tables
+    from autotune.search.study import Study, study_dir
 
     try:
         space = load_space(space_file, set_)
@@ -337,11 +337,11 @@ def export(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
         _fail(e)
 
 
-from autotune.eval_cli import eval_cmd  # noqa: E402  (its module imports no torch / lm_eval at load)
+from autotune.cli.eval import eval_cmd  # noqa: E402  (its module imports no torch / lm_eval at load)
 
 app.command("eval")(eval_cmd)
 
-from autotune.gate_cli import gate_cmd  # noqa: E402  (its module imports no torch / lm_eval at load)
+from autotune.cli.gate import gate_cmd  # noqa: E402  (its module imports no torch / lm_eval at load)
 
 app.command("gate")(gate_cmd)
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autotune.config.space import SearchSpace, dump_space
 from autotune.errors import UserError
 from autotune.evaluate.suite import Suite, load_suite
-from autotune.launch import TIMED_OUT, Launcher, LocalLauncher, folder_lock, folder_locked, kill_orphan
 from autotune.objective import score
 from autotune.records import Proposal, RunResult, digest, read_json, write_json_atomic
-from autotune.spec import SearchSpace, dump_space
+from autotune.search.launch import TIMED_OUT, Launcher, LocalLauncher, folder_lock, folder_locked, kill_orphan
 
 ProgressFactory = Callable[[str], Any]
 
@@ -60,7 +60,7 @@ class StudyPaths:
 def make_launcher(space: SearchSpace) -> Launcher:
     spec = space.search.launcher
     if spec.kind == "slurm":
-        from autotune.launch import SubmititLauncher
+        from autotune.search.launch import SubmititLauncher
 
         try:
             extra = {k: v for k, v in (spec.model_extra or {}).items()}
@@ -68,7 +68,7 @@ def make_launcher(space: SearchSpace) -> Launcher:
         except ImportError as e:
             raise UserError(str(e), file=space.source_file, field="search.launcher.kind", value="slurm") from None
     if spec.kind == "accelerate":
-        from autotune.launch import accelerate_prefix
+        from autotune.search.launch import accelerate_prefix
 
         return LocalLauncher(prefix=accelerate_prefix(spec.num_processes, spec.mixed_precision),
                              memory_limit=spec.memory_limit)
@@ -180,7 +180,7 @@ class Study:
         self.base: RunResult | None = None
 
     def controller(self):
-        from autotune.controller import Controller
+        from autotune.search.controller import Controller
 
         return Controller(self.space, self.paths.root, self.storage)
 
@@ -407,7 +407,7 @@ class Study:
 
     def write_tables(self, ctl) -> None:
         """``ratios.csv`` and ``metrics.csv`` (one row per finished trial, as OLMix reads them), ``summary.json``."""
-        from autotune.export import trial_frames
+        from autotune.search.export import trial_frames
 
         frames = trial_frames(self, ctl)
         frames["ratios"].to_csv(self.paths.root / "ratios.csv", index=False, float_format="%.6f")

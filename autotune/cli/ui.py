@@ -58,7 +58,7 @@ def _fmt(x: float | None, spec: str = "+.4f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def print_summary(console: Console, study) -> None:  # study: autotune.study.Study
+def print_summary(console: Console, study) -> None:  # study: autotune.search.study.Study
     ctl = study.controller()
     rows = study.rows(ctl)
     domains = list(study.space.domains)

@@ -13,7 +13,7 @@ test case per entry), ``gate.json``, and the evaluations' sample logs under ``ch
 
 Wiring into ``autotune/cli.py``::
 
-    from autotune.gate_cli import gate_cmd
+    from autotune.cli.gate import gate_cmd
     app.command("gate")(gate_cmd)
 """
 
@@ -93,7 +93,7 @@ class _Plan:
 
 
 def _gate(args: GateArgs, console: Console, err: Console) -> int:
-    from autotune.gate import check_comparable, compare
+    from autotune.gate.compare import check_comparable, compare
 
     plan = _check_inputs(args)
     with tempfile.TemporaryDirectory(prefix="autotune-gate-") as tmp:
@@ -127,7 +127,13 @@ def _check_inputs(args: GateArgs) -> _Plan:
     from pydantic import ValidationError
 
     from autotune.evaluate.suite import BACKENDS, load_suite
-    from autotune.gate import GateConfig, check_comparable, check_patterns, load_gate_config, read_baseline
+    from autotune.gate.compare import (
+        GateConfig,
+        check_comparable,
+        check_patterns,
+        load_gate_config,
+        read_baseline,
+    )
 
     if (args.baseline is None) == (args.write_baseline is None):
         raise UserError("give exactly one of --baseline (compare) or --write-baseline (record a baseline)",
@@ -164,7 +170,7 @@ def _check_inputs(args: GateArgs) -> _Plan:
 
     space = None
     if args.space is not None:
-        from autotune.spec import load_space
+        from autotune.config.space import load_space
 
         space = load_space(args.space)
     suite = load_suite(args.suite, list(space.domains) if space else None)
@@ -195,7 +201,7 @@ def _check_checkpoint(path: Path, field: str) -> None:
 
 def _cli_rule(text: str, i: int):
     """``--tolerance TOL`` (every entry) or ``--tolerance PATTERN=TOL``."""
-    from autotune.gate import Rule, Tolerance
+    from autotune.gate.compare import Rule, Tolerance
 
     pattern, sep, tol = text.rpartition("=")
     if not sep:
@@ -212,7 +218,7 @@ def _planned(args: GateArgs, suite) -> dict[str, Any]:
     from autotune.evaluate.backends import Checkpoint, make_backend
     from autotune.evaluate.suite import TaskEntry
     from autotune.evaluate.taskdefs import check_entry, lm_eval_version, template_hash
-    from autotune.gate import BASELINE_FORMAT
+    from autotune.gate.compare import BASELINE_FORMAT
 
     backend = make_backend(args.backend or suite.backend, suite)
     entries: dict[str, Any] = {}
@@ -232,7 +238,7 @@ def _planned(args: GateArgs, suite) -> dict[str, Any]:
 
 def _evaluate_snapshot(args: GateArgs, checkpoint: Path, out_dir: Path, plan: _Plan, err: Console) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the suite and return its snapshot (identity + per-document values)."""
-    from autotune.eval_cli import _evaluate
+    from autotune.cli.eval import _evaluate
     from autotune.evaluate.backends import ServerError
 
     suite = plan.suite
@@ -255,7 +261,7 @@ def collect(checkpoint: Path, suite, result, out_dir: Path) -> dict[str, Any]:
     from autotune.evaluate.cache import read_samples
     from autotune.evaluate.suite import BpbEntry
     from autotune.evaluate.taskdefs import check_entry
-    from autotune.gate import DocValues, NotGateable, bpb_doc_values, snapshot, task_doc_values
+    from autotune.gate.compare import DocValues, NotGateable, bpb_doc_values, snapshot, task_doc_values
 
     rows = {r["key"]: r for r in result.rows}
     task_by_entry = {k: t for t in result.meta["tasks"].values() for k in t["entries"]}

@@ -27,7 +27,7 @@ class SimplexMap:
     floors: dict[str, float]
 
     @classmethod
-    def from_space(cls, space) -> SimplexMap:  # space: autotune.spec.SearchSpace
+    def from_space(cls, space) -> SimplexMap:  # space: autotune.config.space.SearchSpace
         names = tuple(space.domains)
         return cls(domains=names,
                    lo=tuple(space.bounds(n).min for n in names),

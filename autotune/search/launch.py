@@ -1,4 +1,4 @@
-"""Launchers: how a job (``python -m autotune.worker JOB.json``) gets a process.
+"""Launchers: how a job (``python -m autotune.search.worker JOB.json``) gets a process.
 
 Life cycle: ``run(job_file, on_progress)`` starts the worker, feeds its progress lines to
 ``on_progress`` until it exits, and returns its exit code; the result is the ``result.json`` the worker
@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from autotune.worker import MEMORY_LIMIT_ENV, PROGRESS_PREFIX
+from autotune.search.worker import MEMORY_LIMIT_ENV, PROGRESS_PREFIX
 
 ProgressCallback = Callable[[dict], None]
 
@@ -53,7 +53,7 @@ class LocalLauncher:
         self.env = {MEMORY_LIMIT_ENV: str(memory_limit)} if memory_limit else {}
 
     def command(self, job_file: Path) -> list[str]:
-        return [self.python, *self.prefix, "-m", "autotune.worker", str(job_file)]
+        return [self.python, *self.prefix, "-m", "autotune.search.worker", str(job_file)]
 
     def run(self, job_file: Path, on_progress: ProgressCallback, timeout_s: float | None = None) -> int:
         env = {**os.environ, **_WORKER_ENV, **self.env}
@@ -91,7 +91,7 @@ class LocalLauncher:
 
 
 def accelerate_prefix(num_processes: int, mixed_precision: str = "no") -> list[str]:
-    """``python -m accelerate.commands.launch ...`` before ``-m autotune.worker``: torchrun underneath (its
+    """``python -m accelerate.commands.launch ...`` before ``-m autotune.search.worker``: torchrun underneath (its
     ``--cpu`` launcher needs MPI beyond one process); the worker picks CUDA/NCCL or CPU/gloo itself."""
     multi = ["--multi_gpu"] if num_processes > 1 else []
     return ["-m", "accelerate.commands.launch", *multi, "--num_processes", str(num_processes), "--num_machines", "1",
@@ -150,7 +150,7 @@ class SubmititLauncher:
 def _submitit_entry(job_file: str, env: dict[str, str]) -> int:
     """Runs on the compute node: the worker, with the environment a local worker gets."""
     os.environ.update(env)
-    from autotune.worker import main
+    from autotune.search.worker import main
 
     return main(job_file)
 
@@ -222,7 +222,7 @@ def kill_orphan(folder: Path) -> bool:
     except (ValueError, OSError):
         pid_file.unlink(missing_ok=True)
         return False
-    if b"autotune.worker" not in cmdline:  # the pid was reused by something else
+    if b"autotune.search.worker" not in cmdline:  # the pid was reused by something else
         pid_file.unlink(missing_ok=True)
         return False
     try:

@@ -197,7 +197,7 @@ class Domain(_Frozen):
             raise ValueError(f"a source string must be 'demo:<math|code|prose>'; use {{path: ...}} for files "
                              f"or {{hf: ...}} for HF datasets (got {v!r})")
         if isinstance(v, str):
-            from autotune.data.demo import DEMO_SOURCES
+            from autotune.demo.corpus import DEMO_SOURCES
 
             if v.removeprefix("demo:") not in DEMO_SOURCES:
                 raise ValueError(f"unknown demo source {v!r}; choose from {['demo:' + s for s in DEMO_SOURCES]}")

@@ -10,7 +10,7 @@ import pandas as pd
 from autotune.errors import UserError
 
 
-def trial_frames(study, ctl=None) -> dict[str, pd.DataFrame]:  # study: autotune.study.Study
+def trial_frames(study, ctl=None) -> dict[str, pd.DataFrame]:  # study: autotune.search.study.Study
     rows = study.rows(ctl or study.controller())
     domains = list(study.space.domains)
     keys = [e.key for e in study.suite.entries]

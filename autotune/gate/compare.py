@@ -144,7 +144,7 @@ def load_gate_config(path: Path | None) -> GateConfig:
     """The gate config file (defaults when ``path`` is None); errors name the file, the field and the value."""
     if path is None:
         return GateConfig()
-    from autotune.spec import read_yaml
+    from autotune.config.space import read_yaml
 
     data = read_yaml(Path(path), "gate config")
     try:

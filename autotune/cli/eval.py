@@ -7,11 +7,11 @@ names file, field and value), 130 interrupted (Ctrl-C; a started model server is
 
 Wiring into ``autotune/cli.py``::
 
-    from autotune.eval_cli import eval_cmd
+    from autotune.cli.eval import eval_cmd
     app.command("eval")(eval_cmd)
 
 ``eval_cmd`` declares the typer arguments and options; ``eval_command`` is the plain function behind it.
-``python -m autotune.eval_cli`` runs the command on its own (the tests use it as a subprocess).
+``python -m autotune.cli.eval`` runs the command on its own (the tests use it as a subprocess).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _evaluate(checkpoint: Path, suite_path: Path, backend: str | None, output: P
         raise UserError("not a Hugging Face checkpoint folder (no config.json)", field="CHECKPOINT", value=str(checkpoint))
     space = None
     if space_path is not None:
-        from autotune.spec import load_space
+        from autotune.config.space import load_space
 
         space = load_space(space_path)
     suite = load_suite(suite_path, list(space.domains) if space else None)
@@ -157,7 +157,7 @@ def eval_cmd(
         raise typer.Exit(code)
 
 
-def main() -> None:  # pragma: no cover - `python -m autotune.eval_cli`
+def main() -> None:  # pragma: no cover - `python -m autotune.cli.eval`
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(eval_cmd)
     app()

@@ -20,10 +20,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from autotune.config.space import SearchSpace
 from autotune.errors import UserError
 from autotune.records import write_json_atomic
-from autotune.spec import SearchSpace
-from autotune.study import ProgressFactory, Study, StudyPaths, check_space, study_dir
+from autotune.search.study import ProgressFactory, Study, StudyPaths, check_space, study_dir
 
 LADDER_DIR = "ladder"
 
@@ -66,7 +66,7 @@ def run_ladder(space: SearchSpace, *, storage: str | None = None, progress: Prog
 
     Raises UserError when the space has no ``ladder`` section, its study has not run, has changed, or has
     fewer than two complete trials to compare."""
-    from autotune.controller import Controller
+    from autotune.search.controller import Controller
 
     spec = space.ladder
     if spec is None:

@@ -34,7 +34,7 @@ output here is deterministic (no built-in ``hash()``, seeded RNGs only).
 
 The evaluation items (``*_eval_items``) are built only from held-out documents;
 ``write_eval_data`` writes them as the JSONL files used by the lm-eval task
-YAMLs in ``evals/tasks/demo/``.  Run ``python -m autotune.data.demo`` to
+YAMLs in ``evals/tasks/demo/``.  Run ``python -m autotune.demo.corpus`` to
 regenerate them.
 """
 

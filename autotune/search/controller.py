@@ -24,11 +24,11 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
+from autotune.config.space import FloatRange, SearchSpace
 from autotune.errors import UserError
 from autotune.objective import Score, directions
 from autotune.records import Proposal, digest
-from autotune.simplex import SimplexMap
-from autotune.spec import FloatRange, SearchSpace
+from autotune.search.simplex import SimplexMap
 
 _SCHEDULE_FIELDS = ("kind", "peak_lr", "warmup_fraction", "decay_fraction", "final_lr_ratio", "decay_shape", "start_lr")
 

@@ -1,4 +1,4 @@
-"""The process a launcher starts: ``python -m autotune.worker JOB.json``.
+"""The process a launcher starts: ``python -m autotune.search.worker JOB.json``.
 
 Two kinds of job, both ending in a ``result.json`` written atomically next to the job file:
 
@@ -21,15 +21,15 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from autotune.config.space import SearchSpace
 from autotune.errors import TrialFailed, UserError, is_out_of_memory
 from autotune.records import Proposal, RunResult, read_json, write_json_atomic
-from autotune.spec import SearchSpace
 
 PROGRESS_PREFIX = "@@progress "
 
 
 class PipeProgress:
-    """Progress as JSON lines on a private copy of stdout, read by the controller (``autotune.launch``).
+    """Progress as JSON lines on a private copy of stdout, read by the controller (``autotune.search.launch``).
 
     Everything else a library prints to stdout goes to the log (stderr), so the pipe carries only
     progress; if the controller is gone (killed), progress goes quiet and the work goes on.
@@ -71,8 +71,8 @@ def _threads(space: SearchSpace) -> int:
 
 # ----------------------------------------------------------------------------------------------- prepare
 def prepare(space: SearchSpace, progress: PipeProgress) -> dict[str, Any]:
+    from autotune.config.space import DemoBase
     from autotune.data.prepare import pack_domain, tokenizer_hash, train_demo_tokenizer
-    from autotune.spec import DemoBase
     from autotune.train.model import DEMO_PRETRAIN_MIX, base_final_lr, checkpoint_hash, demo_base
 
     demo = isinstance(space.base_model, DemoBase)
