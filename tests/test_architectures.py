@@ -79,7 +79,7 @@ def test_a_study_mid_trains_a_local_qwen2_checkpoint(tmp_path):
     from conftest import tiny_space, write_space
     from test_search_e2e import autotune
 
-    from autotune.data.prepare import train_demo_tokenizer
+    from autotune.demo.base import train_demo_tokenizer
 
     tok_dir = train_demo_tokenizer(512, ["demo:code", "demo:math", "demo:prose"])
     base = tmp_path / "models" / "qwen2-tiny"

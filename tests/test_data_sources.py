@@ -26,6 +26,7 @@ from autotune.config.space import Domain, HFSource, PathSource, load_space
 from autotune.data import prepare
 from autotune.data.sources import open_source
 from autotune.errors import UserError
+from autotune.hashing import tokenizer_hash
 
 BENCH = REPO.parent / "shared" / "data" / "benchmarks"
 if not (BENCH / "gsm8k" / "train.jsonl").exists():
@@ -124,7 +125,7 @@ def test_every_format_packs_the_same_documents(tmp_path, home, tok_dir):
     assert 0 < m["splits"]["heldout"]["documents"] < 40  # heldout_fraction 0.05 of 300
     assert m["files"] == [{"file": str(d / "math.jsonl"), "format": "jsonl", "bytes": (d / "math.jsonl").stat().st_size,
                            "sha256": hashlib.sha256((d / "math.jsonl").read_bytes()).hexdigest()}]
-    assert m["tokenizer_hash"] == prepare.tokenizer_hash(tok_dir) and m["eos_token_id"] == 0
+    assert m["tokenizer_hash"] == tokenizer_hash(tok_dir) and m["eos_token_id"] == 0
     for name, p in packed.items():
         for split in ("train", "heldout"):
             assert (p.folder / f"{split}.bin").read_bytes() == (reference.folder / f"{split}.bin").read_bytes(), name

@@ -255,8 +255,9 @@ def _build_models(root: Path) -> None:
     import torch
 
     from autotune.config.space import DemoBase
-    from autotune.data.prepare import pack_domain, train_demo_tokenizer
-    from autotune.train.model import DEMO_PRETRAIN_MIX, demo_base, load_causal_lm
+    from autotune.data.prepare import pack_domain
+    from autotune.demo.base import DEMO_PRETRAIN_MIX, demo_base, train_demo_tokenizer
+    from autotune.train.model import load_causal_lm
     from autotune.train.schedules import ScheduleParams
     from autotune.train.trainer import TrainConfig, train
 

@@ -39,8 +39,8 @@ def _fail(e: UserError) -> None:
 def _check_files(space) -> None:
     """Local data files exist, have a known format and are not empty (read nothing else)."""
     from autotune.config.space import PathSource
-    from autotune.data.prepare import home
     from autotune.data.sources import open_source
+    from autotune.paths import home
 
     for name, dom in space.domains.items():
         if isinstance(dom.source, PathSource):

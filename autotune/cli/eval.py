@@ -89,8 +89,9 @@ def _heldout(suite, checkpoint: Path, space) -> dict[str, Any]:
     """Held-out tokens for the suite's bits-per-byte entries, tokenized with the checkpoint's tokenizer (cached)."""
     if not suite.bpb_entries:
         return {}
-    from autotune.data.prepare import pack_domain, tokenizer_hash
+    from autotune.data.prepare import pack_domain
     from autotune.evaluate.harness import HeldoutTokens
+    from autotune.hashing import tokenizer_hash
 
     out = {}
     for entry in suite.bpb_entries:

@@ -21,15 +21,11 @@ import hashlib
 import itertools
 import multiprocessing
 import os
-import shutil
-import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +33,11 @@ import numpy as np
 
 from autotune.data.sources import DATA_VERSION, DocumentSource, open_source
 from autotune.errors import UserError
+from autotune.hashing import tokenizer_hash
+from autotune.paths import building, home
 from autotune.records import digest, read_json, write_json_atomic
 
-__all__ = ["DATA_VERSION", "EOS", "PackedDomain", "home", "pack_domain", "source_documents", "source_key",
-           "tokenizer_hash", "train_demo_tokenizer"]
+__all__ = ["DATA_VERSION", "EOS", "PackedDomain", "pack_domain", "source_documents", "source_key"]
 
 EOS = "<|endoftext|>"
 # Text per tokenization task: large enough that a task's overhead (pickling, a batch call) is small, small
@@ -54,30 +51,6 @@ PARALLEL_MIN_BYTES = 64 << 20
 _IN_FLIGHT_PER_WORKER = 2
 
 
-def home() -> Path:
-    env = os.environ.get("AUTOTUNE_HOME")
-    if env:
-        return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "autotune"
-
-
-@contextmanager
-def building(final: Path) -> Iterator[Path]:
-    """Yield a temp folder beside ``final``; rename it to ``final`` when the block finishes."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
-    try:
-        yield tmp
-        if final.exists():  # another process finished first: theirs is identical
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 # ----------------------------------------------------------------------------------------------- sources
 def source_documents(source, split: str, *, where: str) -> list[str]:
     """Documents of a domain source (``demo:<name>``, ``PathSource`` or ``HFSource``) for ``split``."""
@@ -88,37 +61,6 @@ def source_documents(source, split: str, *, where: str) -> list[str]:
 def source_key(source, *, where: str = "source") -> dict:
     """What identifies a source's documents and split (files by size and sha256; see ``sources.py``)."""
     return open_source(source, where=where, cache=home()).key()
-
-
-# ----------------------------------------------------------------------------------------------- tokenizer
-def train_demo_tokenizer(vocab_size: int, sources: list[str]) -> Path:
-    """A byte-level BPE trained on the demo sources' train splits; cached, deterministic."""
-    key = digest({"vocab": vocab_size, "sources": sorted(sources), "python": sys.version_info[:2], "v": DATA_VERSION})
-    final = home() / "tokenizers" / f"demo-{key}"
-    if (final / "tokenizer.json").exists():
-        return final
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    docs = [d for s in sorted(sources) for d in source_documents(s, "train", where=s)]
-    tok.train_from_iterator(docs, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS,
-                                   unk_token=None, model_max_length=1_000_000)
-    with building(final) as tmp:
-        fast.save_pretrained(tmp)
-    return final
-
-
-def tokenizer_hash(tokenizer_dir: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(tokenizer_dir.glob("*.json")):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------- packing

@@ -5,7 +5,7 @@ task run is cached under the hash of all of them: backend (and its dtype / devic
 hash, batch size, few-shot count, template hash (task YAML chain, function modules, data files), lm-eval
 version, limit and seeds. Each entry is a JSON record plus lm-eval's per-sample log (jsonl) under
 ``$AUTOTUNE_HOME/eval-cache/<key[:2]>/``; the JSON is written last, atomically, so a present record is
-complete. Looking up a checkpoint's hash is memoised by its files' sizes and mtimes: a cached
+complete. A checkpoint's hash (``autotune.hashing``) is memoised by its files' sizes and mtimes: a cached
 re-evaluation reads a few small files and imports neither torch nor lm_eval.
 
 ``NullCache`` is the same interface that remembers nothing (``--no-cache``).
@@ -13,18 +13,16 @@ re-evaluation reads a few small files and imports neither torch nor lm_eval.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from autotune.paths import home
 from autotune.records import digest, read_json, write_json_atomic
 
 # Bump when what a record holds, or how a score is computed from lm-eval's output, changes.
 CACHE_FORMAT = 1
-# Files that make up a checkpoint: weights, config, tokenizer.
-_CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".tiktoken")
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -47,8 +45,6 @@ class ResultCache:
 
     @classmethod
     def default(cls) -> ResultCache:
-        from autotune.data.prepare import home
-
         return cls(home() / "eval-cache")
 
     def _path(self, key: str) -> Path:
@@ -98,42 +94,3 @@ class NullCache:
 def read_samples(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-# ----------------------------------------------------------------------------------------------- model hashes
-def checkpoint_hash(path: Path, memo_dir: Path | None = None) -> str:
-    """Hash of a checkpoint folder's weights, config and tokenizer files.
-
-    Hashing a 14 GB checkpoint takes a minute, so the result is memoised under ``memo_dir`` by the files'
-    names, sizes and modification times (what an unchanged checkpoint keeps).
-    """
-    path = Path(path).resolve()
-    files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix in _CHECKPOINT_SUFFIXES
-                   and f.name != "pretrain_summary.json")
-    stamp = digest([str(path), *[(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]], n=24)
-    memo = (memo_dir / f"{stamp}.txt") if memo_dir is not None else None
-    if memo is not None and memo.exists():
-        return memo.read_text().strip()
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-    out = h.hexdigest()[:16]
-    if memo is not None:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        memo.write_text(out)
-    return out
-
-
-def state_dict_hash(model) -> str:
-    """Hash of a model in memory: its parameters' and buffers' names, dtypes, shapes and bytes."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]

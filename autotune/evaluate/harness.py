@@ -34,10 +34,11 @@ from typing import Any
 
 from autotune.errors import UserError
 from autotune.evaluate.backends import Checkpoint, InMemoryModel, ModelRef, make_backend
-from autotune.evaluate.cache import Cache, NullCache, ResultCache, cache_key, checkpoint_hash
+from autotune.evaluate.cache import Cache, NullCache, ResultCache, cache_key
 from autotune.evaluate.continuous import chance_corrected, derived_metrics, sample_stderr
 from autotune.evaluate.suite import CONTINUOUS_METRICS, BpbEntry, Suite, TaskEntry
 from autotune.evaluate.taskdefs import TaskDef, check_entry, lm_eval_version, template_hash
+from autotune.hashing import checkpoint_hash, state_dict_hash
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -163,15 +164,11 @@ def _plan(suite: Suite, options: EvalOptions) -> list[_TaskRun]:
 
 
 def _model_hash(target: ModelRef) -> str:
-    from autotune.data.prepare import home
-
     if isinstance(target, Checkpoint):
         if not (Path(target.path) / "config.json").exists():
             raise UserError("not a Hugging Face checkpoint folder (no config.json)", field="checkpoint",
                             value=str(target.path))
-        return checkpoint_hash(target.path, memo_dir=home() / "model-hashes")
-    from autotune.evaluate.cache import state_dict_hash
-
+        return checkpoint_hash(target.path)
     return state_dict_hash(target.model)
 
 

@@ -32,7 +32,7 @@ def data_files(data: TaskData, suite: Suite, *, where: str) -> dict[str, str]:
     files = {split: suite.data_file(p) for split, p in data.files.items()}
     if data.fields is None and data.format in ("auto", "jsonl") and all(p.suffix == ".jsonl" for p in files.values()):
         return {s: str(p) for s, p in files.items()}
-    from autotune.data.prepare import building, home
+    from autotune.paths import building, home
 
     key = hashlib.sha256(data.model_dump_json().encode())
     for split, p in sorted(files.items()):

@@ -106,7 +106,7 @@ def stock_index() -> dict[str, dict[str, str | None]]:
     tasks_dir = stock_tasks_dir()
     if tasks_dir is None:
         return {}
-    from autotune.data.prepare import home
+    from autotune.paths import home
     from autotune.records import write_json_atomic
 
     key = hashlib.sha256(f"{lm_eval_version()}|{tasks_dir}".encode()).hexdigest()[:16]

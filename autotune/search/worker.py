@@ -21,8 +21,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from autotune.config.space import SearchSpace
+from autotune.config.space import DemoBase, SearchSpace
 from autotune.errors import TrialFailed, UserError, is_out_of_memory
+from autotune.hashing import checkpoint_hash, tokenizer_hash
 from autotune.records import Proposal, RunResult, read_json, write_json_atomic
 
 PROGRESS_PREFIX = "@@progress "
@@ -71,34 +72,25 @@ def _threads(space: SearchSpace) -> int:
 
 # ----------------------------------------------------------------------------------------------- prepare
 def prepare(space: SearchSpace, progress: PipeProgress) -> dict[str, Any]:
-    from autotune.config.space import DemoBase
-    from autotune.data.prepare import pack_domain, tokenizer_hash, train_demo_tokenizer
-    from autotune.train.model import DEMO_PRETRAIN_MIX, base_final_lr, checkpoint_hash, demo_base
+    """Tokenizer and base checkpoint folders (the demo's are built here on first use), the domains packed."""
+    from autotune.data.prepare import pack_domain
+    from autotune.train.model import base_final_lr
 
-    demo = isinstance(space.base_model, DemoBase)
     sources = {n: d.source for n, d in space.domains.items()}
-    if demo:
-        demo_sources = sorted({"demo:" + s for s in DEMO_PRETRAIN_MIX} | {s for s in sources.values() if isinstance(s, str)})
-        progress.start("tokenizer", 1)
-        tok_dir = train_demo_tokenizer(space.base_model.vocab_size, demo_sources)
-        progress.advance()
+    if isinstance(space.base_model, DemoBase):
+        from autotune.demo.base import prepare_demo
+
+        tok_dir, base = prepare_demo(space.base_model, [s for s in sources.values() if isinstance(s, str)], progress)
     else:
-        tok_dir = space.resolve(space.base_model)
+        tok_dir = base = space.resolve(space.base_model)
         if not (tok_dir / "config.json").exists():
             raise UserError("not a Hugging Face checkpoint folder (no config.json)", file=space.source_file,
                             field="base_model", value=str(space.base_model))
-    progress.start("tokenize", len(sources) + (len(DEMO_PRETRAIN_MIX) if demo else 0))
+    progress.start("tokenize", len(sources))
     packed = {}
     for name, src in sources.items():
         packed[name] = pack_domain(src, tok_dir, where=f"domains.{name}")
         progress.advance()
-    if demo:
-        pre = {k: pack_domain("demo:" + k, tok_dir, where=f"demo:{k}") for k in DEMO_PRETRAIN_MIX}
-        for _ in pre:
-            progress.advance()
-        base = demo_base(space.base_model, tok_dir, pre, progress)
-    else:
-        base = tok_dir
     return {"status": "ok", "tokenizer": str(tok_dir), "tokenizer_hash": tokenizer_hash(tok_dir),
             "base": str(base), "base_hash": checkpoint_hash(base), "base_final_lr": base_final_lr(base),
             "domains": {n: str(p.folder) for n, p in packed.items()},

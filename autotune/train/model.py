@@ -1,9 +1,5 @@
-"""Base checkpoints: load a local HF causal LM, or build (and cache) the demo's pre-trained tiny Llama.
-
-The demo base is the "pre-training" stage the demo mid-trains from: a tiny Llama trained from scratch on
-the prose + code domains (never on math), so that math is a new target ability and prose a general one.
-Deterministic given its config and seed; saved with ``save_pretrained`` so ``AutoModelForCausalLM`` loads it.
-"""
+"""Base checkpoints: load a local HF causal LM (fp32, CPU), read what its pre-training ended at, change its
+RoPE base. The demo's base model is built in ``autotune/demo/base.py``; here every base is a folder."""
 
 from __future__ import annotations
 
@@ -12,53 +8,7 @@ from pathlib import Path
 
 import torch
 
-from autotune.config.space import DemoBase
-from autotune.data.prepare import PackedDomain, building, home
 from autotune.errors import UserError
-from autotune.records import digest
-from autotune.train.schedules import ScheduleParams
-from autotune.train.trainer import NullProgress, Progress, TrainConfig, train
-
-# The demo's pre-training mixture: prose and code, no math.
-DEMO_PRETRAIN_MIX = {"prose": 0.6, "code": 0.4}
-
-
-def demo_llama_config(cfg: DemoBase, vocab_size: int, eos_id: int):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                       num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                       num_key_value_heads=cfg.num_heads, max_position_embeddings=cfg.seq_len,
-                       tie_word_embeddings=True, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id,
-                       attn_implementation="sdpa")
-
-
-def demo_base(cfg: DemoBase, tokenizer_dir: Path, packed: dict[str, PackedDomain],
-              progress: Progress | None = None) -> Path:
-    """The demo's pre-trained base checkpoint (model + tokenizer), trained on first use, then cached."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    manifests = {k: packed[k].manifest["splits"]["train"]["source_hash"] for k in DEMO_PRETRAIN_MIX}
-    key = digest({"cfg": cfg.model_dump(), "data": manifests, "torch": torch.__version__.split("+")[0]})
-    final = home() / "models" / f"demo-base-{key}"
-    if (final / "config.json").exists():
-        return final
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(cfg.seed)
-    model = LlamaForCausalLM(demo_llama_config(cfg, len(tokenizer), tokenizer.eos_token_id))
-    seqs = max(1, cfg.batch_tokens // cfg.seq_len)
-    tc = TrainConfig(seq_len=cfg.seq_len, seqs_per_step=seqs, steps=max(1, cfg.pretrain_tokens // (seqs * cfg.seq_len)),
-                     seed=cfg.seed, schedule=ScheduleParams(kind="cosine", peak_lr=cfg.peak_lr, warmup_fraction=0.05,
-                                                            final_lr_ratio=0.1))
-    domains = {k: packed[k].tokens("train") for k in DEMO_PRETRAIN_MIX}
-    with building(final) as tmp:
-        summary = train(model, domains, DEMO_PRETRAIN_MIX, tc, log_path=tmp / "pretrain_log.jsonl",
-                        progress=progress or NullProgress())
-        model.config.use_cache = True
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "pretrain_summary.json").write_text(json.dumps(summary.to_json(), indent=1))
-    return final
 
 
 def load_causal_lm(path: Path):
@@ -75,20 +25,6 @@ def load_causal_lm(path: Path):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
-
-
-def checkpoint_hash(path: Path) -> str:
-    """Hash of a checkpoint's weights and config (what a trial's result depends on)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted(path.glob("*")):
-        if f.suffix in (".json", ".safetensors") and f.name != "pretrain_summary.json":
-            h.update(f.name.encode())
-            with open(f, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def base_final_lr(path: Path) -> float | None:
