@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,13 +99,54 @@ def redact(url: str) -> str:
     return url
 
 
-def sampler_seed(space: SearchSpace, n_existing: int, worker: str) -> int:
-    """search.seed mixed with the study's trial count and this worker's identity: a resumed study does not
-    replay its first session's draws, and concurrent workers never draw the same points."""
-    return int(digest([space.search.seed, n_existing, worker], 8), 16)
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler's seed for trial ``number`` of a study seeded ``search.seed``. Trial numbers are unique
+    within a study (the storage hands them out), so concurrent workers never draw with the same seed, a
+    resumed study draws with new ones, and a fresh study with the same space and seed draws the same
+    proposals, on any host and in any process."""
+    return int(digest([seed, number], 8), 16)
+
+
+class PerTrialSeed(optuna.samplers.BaseSampler):
+    """A sampler made anew for each trial, seeded by ``trial_seed(seed, trial.number)``; it delegates the
+    sampler interface (``before_trial`` -> ``infer_relative_search_space`` / ``sample_relative`` /
+    ``sample_independent`` -> ``after_trial``) to that trial's sampler. Everything a sampler learns from
+    the study it reads from the storage, so a fresh instance per trial proposes what one long-lived
+    instance would, minus the dependence on which process asks."""
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._make, self._seed = make, seed
+        self._inner = make(trial_seed(seed, -1))
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._inner = self._make(trial_seed(self._seed, trial.number))
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
 
 
 def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+    """The space's sampler, seeded per trial from ``seed`` (QMC: one scrambled sequence for the whole study,
+    its points indexed by trial count, so it takes ``seed`` itself)."""
+    if space.search.sampler == "qmc":
+        return _sampler(space, seed)
+    return PerTrialSeed(lambda s: _sampler(space, s), seed)
+
+
+def _sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
     s = space.search.sampler
     if s == "tpe":
         # multivariate: mixture coordinates interact; n_startup kept small since proxy runs are costly
@@ -167,7 +209,7 @@ class Controller:
             spec = storage_spec(space, study_dir, storage)
             raise UserError(f"cannot open the study: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
                             file=space.source_file, field="search.storage", value=redact(spec)) from None
-        self.study.sampler = make_sampler(space, sampler_seed(space, len(self.study.trials), f"{self.host}:{self.pid}"))
+        self.study.sampler = make_sampler(space, space.search.seed)
 
     # ------------------------------------------------------------------ distributions
     def distributions(self) -> dict[str, Any]:
