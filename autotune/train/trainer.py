@@ -42,6 +42,14 @@ from autotune.errors import TrialFailed, is_out_of_memory
 from autotune.records import digest
 from autotune.train.loss import fused_loss_parts, linear_cross_entropy, token_losses
 from autotune.train.schedules import ScheduleParams, lr_at
+from autotune.train.state import (
+    TrainState,
+    fsdp_shard,
+    full_states,
+    gather_weights_into,
+    load_optimizer_state,
+    truncate_log,
+)
 
 # Dense bf16 peak of the accelerators we know, in FLOP/s (vendor datasheets, without sparsity); MFU is
 # reported against it. AUTOTUNE_PEAK_TFLOPS overrides (e.g. a measured matmul peak; the anchors measured 779 on an H200).
@@ -212,94 +220,6 @@ def peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-# ----------------------------------------------------------------------------------------------- state
-class TrainState:
-    """A resumable state in ``folder/state.pt``: weights, optimizer, step, and the summary so far.
-
-    Written to a temp file and renamed, so a kill leaves the previous state whole. A state made by a
-    different run (other config, mixture or data) is ignored, never loaded.
-    """
-
-    def __init__(self, folder: Path | None, key: str) -> None:
-        folder = Path(folder) if folder is not None else None
-        self.folder, self.key = folder, key
-        self.path = folder / "state.pt" if folder else None
-
-    def load(self) -> dict | None:
-        if self.path is None or not self.path.exists():
-            return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception as e:  # a state we cannot read is not worth failing the run for
-            print(f"autotune: ignoring unreadable train state {self.path}: {e}", file=sys.stderr)
-            return None
-        if state.get("key") != self.key:
-            print(f"autotune: ignoring train state {self.path}: made by a different run", file=sys.stderr)
-            return None
-        return state
-
-    def save(self, state: dict) -> None:
-        assert self.folder is not None
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".state.pt.{os.getpid()}"
-        torch.save({**state, "key": self.key}, tmp)
-        os.replace(tmp, self.path)
-
-
-def _truncate_log(path: Path, steps_done: int) -> None:
-    """Keep the log lines of steps already in the resumed state; later ones will be written again."""
-    path = Path(path)
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < steps_done]
-    path.write_text("".join(line + "\n" for line in keep))
-
-
-# ----------------------------------------------------------------------------------------------- FSDP
-def _fsdp_shard(model: torch.nn.Module, device: torch.device, world: int) -> None:
-    """FSDP2 in place: each decoder layer (HF's ``_no_split_modules`` classes) is one all-gather unit, the
-    root (embeddings, final norm, output head) another. Parameters move to ``device`` shard by shard.
-    Weights are all-gathered in fp32 and bf16 comes from the same autocast as without sharding (not FSDP's
-    bf16 parameters, which would also make norms and the residual stream bf16): sharding changes where the
-    numbers live, not the run's arithmetic."""
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-    except ImportError:
-        raise TrialFailed("failed", f"sharding fsdp needs FSDP2 (torch >= 2.6; this is {torch.__version__})") from None
-
-    mesh = init_device_mesh(device.type, (world,))
-    unit_names = set(getattr(model, "_no_split_modules", None) or ())
-    units = [m for m in model.modules() if type(m).__name__ in unit_names and m is not model]
-    if not units:
-        raise TrialFailed("failed", f"fsdp: {type(model).__name__} names no decoder layer class "
-                                    "(_no_split_modules) to shard by; use sharding ddp")
-    for unit in units:
-        fully_shard(unit, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-
-
-def _full_states(model: torch.nn.Module, opt: torch.optim.Optimizer | None) -> tuple[dict, dict | None]:
-    """Whole (unsharded) model and optimizer states on CPU, on the main process ({} elsewhere). Every
-    process must call it: the shards are gathered."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return (get_model_state_dict(model, options=options),
-            get_optimizer_state_dict(model, opt, options=options) if opt is not None else None)
-
-
-def _gather_into(model: torch.nn.Module, target: torch.nn.Module | None) -> None:
-    """The sharded ``model``'s whole weights into ``target`` (main process; None elsewhere). Collective."""
-    weights, _ = _full_states(model, None)
-    if target is not None:
-        target.load_state_dict(weights)
-
-
 # ----------------------------------------------------------------------------------------------- train
 def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixture, cfg: TrainConfig,
           *, log_path: Path | None = None, progress: Progress | None = None,
@@ -325,205 +245,273 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
     in ``gather_steps`` (every process passes the same ``gather_steps``: gathering is collective), before
     ``after_step`` runs: evaluate that copy, not ``model``. Saved states hold whole weights either way.
     """
-    progress = progress or NullProgress()
-    phases = as_phases(mixture)
-    names_all = list(dict.fromkeys(n for _, r in phases for n in r))
-    plan = phased_step_counts(phases, cfg.seqs_per_step, cfg.steps)
-    summary = TrainSummary(tokens_per_domain=dict.fromkeys(names_all, 0))
-    planned, epochs = plan_epochs(domains, plan, cfg.seq_len)
-    summary.epochs_per_domain = epochs
-    if cfg.max_epochs is not None:
-        for n, e in epochs.items():
-            if e > cfg.max_epochs:
-                msg = (f"domain {n!r} repeats {e:.2f} epochs ({planned[n]:,} tokens drawn from {len(domains[n]):,} "
-                       f"available), above max_epochs {cfg.max_epochs:g}: repeated data inflates its proxy gains")
-                summary.warnings.append(msg)
-                print(f"autotune: warning: {msg}", file=sys.stderr)
-
-    torch.manual_seed(cfg.seed)
-    model.train()
-    if hasattr(model, "config"):
-        model.config.use_cache = False
-    raw_model = model
-    world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
-    main_process = rank == 0
-    if cfg.seqs_per_step % world:
-        raise TrialFailed("failed", f"{cfg.seqs_per_step} sequences per step do not split over {world} processes")
-    device = accelerator.device if accelerator else next(model.parameters()).device
-    fsdp = accelerator is not None and cfg.sharding == "fsdp"
-    if fsdp and main_process and gather_into is None:
-        raise ValueError("sharding fsdp: the main process must pass gather_into (an unsharded copy of the model)")
-    summary.flops_per_token = flops_per_token(raw_model, cfg.seq_len)
-    state = TrainState(state_dir, digest({"cfg": cfg.run_identity(), "phases": phases, "world": world,
-                                          "sharding": "fsdp" if fsdp else "replicated",
-                                          "data": {n: len(a) for n, a in domains.items()}}))
-    tail = max(1, cfg.steps // 10)
-    tail_sums = np.zeros(len(names_all))
-    tail_counts = np.zeros(len(names_all))
-    start = 0
-    saved = state.load()
-    if saved is not None:
-        model.load_state_dict(saved["model"])  # whole weights, before any sharding
-    if fsdp:
-        _fsdp_shard(model, device, world)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.schedule.peak_lr, betas=cfg.betas,
-                            **({"fused": True} if device.type == "cuda" else {}))
-    if saved is not None:
-        if fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(model, opt, saved["optimizer"], options=StateDictOptions(full_state_dict=True))
-        else:
-            opt.load_state_dict(saved["optimizer"])
-        start = saved["step"]
-        for k in ("tokens", "final_loss", "tokens_per_domain"):
-            setattr(summary, k, saved["summary"][k])
-        tail_sums, tail_counts = np.asarray(saved["tail_sums"]), np.asarray(saved["tail_counts"])
-        del saved  # whole weights and optimizer state on every process: not kept for the run
-        summary.resumed_from = start
-        if log_path is not None:
-            _truncate_log(log_path, start)
-        print(f"autotune: resuming from the train state at step {start} of {cfg.steps}", file=sys.stderr)
-    if accelerator and not fsdp:
-        model, opt = accelerator.prepare(model, opt)
-    # the fused loss needs the backbone's hidden states; under DDP / FSDP the forward must go through the
-    # wrapper (its hooks synchronise gradients / gather the root's weights)
-    fused = fused_loss_parts(raw_model) if cfg.fused_loss and accelerator is None else None
-    fwd = fused[0] if fused else model
-    compile_loss = cfg.compile if cfg.compile_loss is None else cfg.compile_loss
-    if cfg.compile:
-        fwd = torch.compile(fwd)
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
-                else contextlib.nullcontext())
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    index = {n: i for i, n in enumerate(names_all)}
-    log = open(log_path, "a" if start else "w") if log_path else None  # noqa: SIM115  (closed in finally)
-    progress.start("train", cfg.steps)
-    if start:
-        progress.advance(start)
-    t0 = last_save = time.perf_counter()
-    rows_local = cfg.seqs_per_step // world
-    micro = min(cfg.micro_batch_seqs or rows_local, rows_local)
-    step = start
+    run = _Run(model, domains, mixture, cfg, log_path=log_path, progress=progress, accelerator=accelerator,
+               state_dir=state_dir, gather_into=gather_into)
+    run.setup()
+    step = run.start
     try:
-        for step in range(start, cfg.steps):
+        for step in range(run.start, cfg.steps):
             t_step = time.perf_counter()
-            counts = plan[step]
-            lr = lr_at(step, cfg.steps, cfg.schedule)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            batch, names = batch_for_step(domains, counts, cfg.seq_len, cfg.seed, step)
-            x_all = torch.from_numpy(batch[rank::world])
-            opt.zero_grad(set_to_none=True)
-            row_losses = []
-            for i in range(0, rows_local, micro):
-                x = x_all[i:i + micro].to(device, non_blocking=True)
-                last = i + micro >= rows_local
-                # DDP all-reduces on the step's last micro-batch only; FSDP reduce-scatters every micro-batch,
-                # which keeps only sharded gradients between them (skipping it would hold whole ones)
-                sync = (contextlib.nullcontext() if (last or not accelerator or fsdp)
-                        else accelerator.no_sync(model))
-                try:
-                    with sync:
-                        with autocast:
-                            if fused:
-                                hidden = fwd(input_ids=x[:, :-1]).last_hidden_state
-                                total, tok_loss = linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), fused[1],
-                                                                       x[:, 1:].reshape(-1), chunk=cfg.loss_chunk,
-                                                                       compiled=compile_loss)
-                                tok_loss = tok_loss.view(x.size(0), -1)
-                                loss = total / (rows_local * cfg.seq_len)
-                            else:
-                                logits = fwd(input_ids=x[:, :-1]).logits
-                                tok_loss = token_losses(logits, x[:, 1:]).view(x.size(0), -1)
-                                loss = tok_loss.mean() * (x.size(0) / rows_local)
-                        (accelerator.backward(loss) if accelerator and not fsdp else loss.backward())
-                except Exception as e:
-                    if is_out_of_memory(e):
-                        raise TrialFailed("oom", f"out of memory at step {step} in a micro-batch of {x.size(0)} x "
-                                                 f"{cfg.seq_len} tokens ({str(e).splitlines()[0][:160]}); lower "
-                                                 "proxy.micro_batch_seqs and rerun: trials that ran out of "
-                                                 "memory run again") from None
-                    raise
-                row_losses.append(tok_loss.detach().mean(dim=1))
-                del tok_loss, loss
-            row_loss = torch.cat(row_losses)
-            if accelerator:  # every process sees all rows' losses, in rank order
-                row_loss = accelerator.gather(row_loss)
-                names = [n for r in range(world) for n in names[r::world]]
-            losses = row_loss.float().cpu().numpy()
-            step_loss = float(losses.mean())
-            if not math.isfinite(step_loss):
-                raise TrialFailed("diverged", f"loss is {step_loss} at step {step} (lr {lr:.3g})")
-            if cfg.grad_clip > 0:  # (on sharded parameters the norm is the whole model's)
-                clip = accelerator.clip_grad_norm_ if accelerator and not fsdp else torch.nn.utils.clip_grad_norm_
-                clip(model.parameters(), cfg.grad_clip)
-            opt.step()
-            idx = np.fromiter((index[n] for n in names), dtype=np.int64, count=len(names))
-            n_rows = np.bincount(idx, minlength=len(names_all))
-            sums = np.bincount(idx, weights=losses, minlength=len(names_all))
-            per_domain = {n: float(sums[i] / n_rows[i]) for n, i in index.items() if n_rows[i]}
-            for n, i in index.items():
-                summary.tokens_per_domain[n] += int(n_rows[i]) * cfg.seq_len
-            if step >= cfg.steps - tail:
-                tail_sums += np.where(n_rows > 0, sums / np.maximum(n_rows, 1), 0.0)
-                tail_counts += n_rows > 0
-            summary.steps = step + 1
-            summary.tokens += len(names) * cfg.seq_len
-            summary.timed_tokens += len(names) * cfg.seq_len
-            summary.final_loss = step_loss
-            step_s = time.perf_counter() - t_step  # (the loss's .cpu() above waited for the GPU)
-            summary.train_seconds += step_s
-            if step == start:
-                summary.first_step_s = step_s
-            if log and (step % cfg.log_every == 0 or step == cfg.steps - 1):
-                log.write(json.dumps({"step": step, "lr": lr, "loss": round(step_loss, 5),
-                                      "loss_per_domain": {k: round(v, 5) for k, v in per_domain.items()},
-                                      "tokens": summary.tokens}) + "\n")
-            progress.advance()
-            due = state_dir is not None and step + 1 < cfg.steps and bool(
-                (cfg.state_every_steps and (step + 1) % cfg.state_every_steps == 0)
-                or (cfg.state_every_s and time.perf_counter() - last_save >= cfg.state_every_s))
-            if accelerator and state_dir is not None and cfg.state_every_s:
-                # the processes' clocks differ: all save when the main process's says so (saving is collective)
-                due = bool(accelerator.gather(torch.tensor([float(due)], device=device))[0])
-            if due:
-                model_state, opt_state = _full_states(model, opt) if fsdp else (raw_model.state_dict(), opt.state_dict())
-                if main_process:
-                    if log:
-                        log.flush()
-                    state.save({"step": step + 1, "model": model_state, "optimizer": opt_state,
-                                "summary": {"tokens": summary.tokens, "final_loss": summary.final_loss,
-                                            "tokens_per_domain": dict(summary.tokens_per_domain)},
-                                "tail_sums": tail_sums.tolist(), "tail_counts": tail_counts.tolist()})
-                if accelerator:
-                    accelerator.wait_for_everyone()
-                last_save = time.perf_counter()
-            if fsdp and (step + 1 in gather_steps or step + 1 == cfg.steps):
-                _gather_into(model, gather_into)
+            lr, names, losses, step_loss = run.step(step)
+            run.record(step, t_step, lr, names, losses, step_loss)
+            if run.save_due(step):
+                run.save(step)
+            if run.fsdp and (step + 1 in gather_steps or step + 1 == cfg.steps):
+                gather_weights_into(run.model, gather_into)
             if after_step is not None:
                 after_step(step + 1)
-                model.train()
+                run.model.train()
     except Exception as e:
         if is_out_of_memory(e):  # outside the forward/backward: the optimizer step or a rung evaluation
             raise TrialFailed("oom", f"out of memory at step {step} ({str(e).splitlines()[0][:160]})") from None
         raise
     finally:
-        summary.seconds = time.perf_counter() - t0
-        if log:
-            log.close()
-    summary.loss_per_domain = {n: (float(tail_sums[i] / tail_counts[i]) if tail_counts[i] else math.nan)
-                               for n, i in index.items()}
-    if cfg.compile and summary.steps - start >= 2:
-        steady_step = (summary.train_seconds - summary.first_step_s) / (summary.steps - start - 1)
-        summary.compile_s = max(0.0, summary.first_step_s - steady_step)
-        if main_process:
-            print(f"autotune: torch.compile took {summary.compile_s:.1f} s (first step {summary.first_step_s:.1f} s, "
-                  f"then {steady_step:.3f} s a step)", file=sys.stderr)
-    peak = peak_flops(device)
-    if peak and cfg.precision == "bf16" and summary.train_seconds > 0:
-        summary.mfu = summary.steady_tokens_per_s * summary.flops_per_token / (peak * world)
-    if device.type == "cuda":
-        summary.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
-    return summary
+        run.close()
+    return run.finish()
+
+
+class _Run:
+    """One call of ``train``: what it set up (model, optimizer, forward, log) and what it carries from
+    step to step (the summary so far, the per-domain loss sums of the tail, the time of the last save)."""
+
+    def __init__(self, model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixture,
+                 cfg: TrainConfig, *, log_path: Path | None, progress: Progress | None, accelerator,
+                 state_dir: Path | None, gather_into: torch.nn.Module | None) -> None:
+        self.model = self.raw_model = model  # ``model``: wrapped by ``accelerate`` under DDP
+        self.domains, self.cfg, self.accelerator = domains, cfg, accelerator
+        self.log_path, self.state_dir, self.gather_into = log_path, state_dir, gather_into
+        self.progress = progress or NullProgress()
+        self.phases = as_phases(mixture)
+        self.names_all = list(dict.fromkeys(n for _, r in self.phases for n in r))
+        self.index = {n: i for i, n in enumerate(self.names_all)}
+        self.plan = phased_step_counts(self.phases, cfg.seqs_per_step, cfg.steps)
+        self.summary = TrainSummary(tokens_per_domain=dict.fromkeys(self.names_all, 0))
+        planned, epochs = plan_epochs(domains, self.plan, cfg.seq_len)
+        self.summary.epochs_per_domain = epochs
+        if cfg.max_epochs is not None:
+            for n, e in epochs.items():
+                if e > cfg.max_epochs:
+                    msg = (f"domain {n!r} repeats {e:.2f} epochs ({planned[n]:,} tokens drawn from "
+                           f"{len(domains[n]):,} available), above max_epochs {cfg.max_epochs:g}: repeated data "
+                           "inflates its proxy gains")
+                    self.summary.warnings.append(msg)
+                    print(f"autotune: warning: {msg}", file=sys.stderr)
+
+    # ------------------------------------------------------------------------------------------- set-up
+    def setup(self) -> None:
+        """Model, optimizer and accelerator, resumed from a matching train state if there is one; then the
+        forward, the log and the clocks."""
+        cfg, model, accelerator = self.cfg, self.raw_model, self.accelerator
+        torch.manual_seed(cfg.seed)
+        model.train()
+        if hasattr(model, "config"):
+            model.config.use_cache = False
+        self.world, self.rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
+        self.main_process = self.rank == 0
+        if cfg.seqs_per_step % self.world:
+            raise TrialFailed("failed", f"{cfg.seqs_per_step} sequences per step do not split over {self.world} processes")
+        self.device = accelerator.device if accelerator else next(model.parameters()).device
+        self.fsdp = accelerator is not None and cfg.sharding == "fsdp"
+        if self.fsdp and self.main_process and self.gather_into is None:
+            raise ValueError("sharding fsdp: the main process must pass gather_into (an unsharded copy of the model)")
+        self.summary.flops_per_token = flops_per_token(model, cfg.seq_len)
+        self.state = TrainState(self.state_dir, digest({"cfg": cfg.run_identity(), "phases": self.phases,
+                                                        "world": self.world,
+                                                        "sharding": "fsdp" if self.fsdp else "replicated",
+                                                        "data": {n: len(a) for n, a in self.domains.items()}}))
+        self.tail = max(1, cfg.steps // 10)
+        self.tail_sums = np.zeros(len(self.names_all))
+        self.tail_counts = np.zeros(len(self.names_all))
+        self.start = 0
+        saved = self.state.load()
+        if saved is not None:
+            model.load_state_dict(saved["model"])  # whole weights, before any sharding
+        if self.fsdp:
+            fsdp_shard(model, self.device, self.world)
+        self.opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.schedule.peak_lr,
+                                     betas=cfg.betas, **({"fused": True} if self.device.type == "cuda" else {}))
+        if saved is not None:
+            self._resume(saved)
+            del saved  # whole weights and optimizer state on every process: not kept for the run
+        if accelerator and not self.fsdp:
+            self.model, self.opt = accelerator.prepare(model, self.opt)
+        self._setup_forward()
+        self.log = open(self.log_path, "a" if self.start else "w") if self.log_path else None  # noqa: SIM115  (closed in close)
+        self.progress.start("train", cfg.steps)
+        if self.start:
+            self.progress.advance(self.start)
+        self.t0 = self.last_save = time.perf_counter()
+        self.rows_local = cfg.seqs_per_step // self.world
+        self.micro = min(cfg.micro_batch_seqs or self.rows_local, self.rows_local)
+
+    def _resume(self, saved: dict) -> None:
+        """The optimizer, step, summary and tail sums of a saved state (its weights are already loaded)."""
+        load_optimizer_state(self.raw_model, self.opt, saved["optimizer"], sharded=self.fsdp)
+        self.start = saved["step"]
+        for k in ("tokens", "final_loss", "tokens_per_domain"):
+            setattr(self.summary, k, saved["summary"][k])
+        self.tail_sums, self.tail_counts = np.asarray(saved["tail_sums"]), np.asarray(saved["tail_counts"])
+        self.summary.resumed_from = self.start
+        if self.log_path is not None:
+            truncate_log(self.log_path, self.start)
+        print(f"autotune: resuming from the train state at step {self.start} of {self.cfg.steps}", file=sys.stderr)
+
+    def _setup_forward(self) -> None:
+        """The forward to call (fused loss, torch.compile), the autocast, and CUDA's peak-memory counter."""
+        cfg = self.cfg
+        # the fused loss needs the backbone's hidden states; under DDP / FSDP the forward must go through the
+        # wrapper (its hooks synchronise gradients / gather the root's weights)
+        self.fused = fused_loss_parts(self.raw_model) if cfg.fused_loss and self.accelerator is None else None
+        self.fwd = self.fused[0] if self.fused else self.model
+        self.compile_loss = cfg.compile if cfg.compile_loss is None else cfg.compile_loss
+        if cfg.compile:
+            self.fwd = torch.compile(self.fwd)
+        self.autocast = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+                         if cfg.precision == "bf16" else contextlib.nullcontext())
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    # --------------------------------------------------------------------------------------------- step
+    def step(self, step: int) -> tuple[float, list[str], np.ndarray, float]:
+        """One optimisation step: the step's batch through forward/backward in micro-batches, then one AdamW
+        update at the schedule's LR. Returns the LR, each row's domain and loss (all processes' rows, in
+        rank order) and the step's mean loss."""
+        cfg, accelerator, opt, world = self.cfg, self.accelerator, self.opt, self.world
+        lr = lr_at(step, cfg.steps, cfg.schedule)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch, names = batch_for_step(self.domains, self.plan[step], cfg.seq_len, cfg.seed, step)
+        x_all = torch.from_numpy(batch[self.rank::world])
+        opt.zero_grad(set_to_none=True)
+        row_losses = []
+        for i in range(0, self.rows_local, self.micro):
+            x = x_all[i:i + self.micro].to(self.device, non_blocking=True)
+            row_losses.append(self._forward_backward(step, x, last=i + self.micro >= self.rows_local)
+                              .detach().mean(dim=1))
+        row_loss = torch.cat(row_losses)
+        if accelerator:  # every process sees all rows' losses, in rank order
+            row_loss = accelerator.gather(row_loss)
+            names = [n for r in range(world) for n in names[r::world]]
+        losses = row_loss.float().cpu().numpy()
+        step_loss = float(losses.mean())
+        if not math.isfinite(step_loss):
+            raise TrialFailed("diverged", f"loss is {step_loss} at step {step} (lr {lr:.3g})")
+        if cfg.grad_clip > 0:  # (on sharded parameters the norm is the whole model's)
+            clip = (accelerator.clip_grad_norm_ if accelerator and not self.fsdp
+                    else torch.nn.utils.clip_grad_norm_)
+            clip(self.model.parameters(), cfg.grad_clip)
+        opt.step()
+        return lr, names, losses, step_loss
+
+    def _forward_backward(self, step: int, x: torch.Tensor, last: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch ``x``; returns its token losses, ``[rows, seq_len]``."""
+        cfg, accelerator, rows_local = self.cfg, self.accelerator, self.rows_local
+        # DDP all-reduces on the step's last micro-batch only; FSDP reduce-scatters every micro-batch,
+        # which keeps only sharded gradients between them (skipping it would hold whole ones)
+        sync = (contextlib.nullcontext() if (last or not accelerator or self.fsdp)
+                else accelerator.no_sync(self.model))
+        try:
+            with sync:
+                with self.autocast:
+                    if self.fused:
+                        hidden = self.fwd(input_ids=x[:, :-1]).last_hidden_state
+                        total, tok_loss = linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), self.fused[1],
+                                                               x[:, 1:].reshape(-1), chunk=cfg.loss_chunk,
+                                                               compiled=self.compile_loss)
+                        tok_loss = tok_loss.view(x.size(0), -1)
+                        loss = total / (rows_local * cfg.seq_len)
+                    else:
+                        logits = self.fwd(input_ids=x[:, :-1]).logits
+                        tok_loss = token_losses(logits, x[:, 1:]).view(x.size(0), -1)
+                        loss = tok_loss.mean() * (x.size(0) / rows_local)
+                (accelerator.backward(loss) if accelerator and not self.fsdp else loss.backward())
+        except Exception as e:
+            if is_out_of_memory(e):
+                raise TrialFailed("oom", f"out of memory at step {step} in a micro-batch of {x.size(0)} x "
+                                         f"{cfg.seq_len} tokens ({str(e).splitlines()[0][:160]}); lower "
+                                         "proxy.micro_batch_seqs and rerun: trials that ran out of "
+                                         "memory run again") from None
+            raise
+        return tok_loss
+
+    # ----------------------------------------------------------------------------------------- recording
+    def record(self, step: int, t_step: float, lr: float, names: list[str], losses: np.ndarray,
+               step_loss: float) -> None:
+        """A step's losses and tokens into the summary and the tail sums, its log line, and progress."""
+        cfg, summary, index = self.cfg, self.summary, self.index
+        idx = np.fromiter((index[n] for n in names), dtype=np.int64, count=len(names))
+        n_rows = np.bincount(idx, minlength=len(self.names_all))
+        sums = np.bincount(idx, weights=losses, minlength=len(self.names_all))
+        per_domain = {n: float(sums[i] / n_rows[i]) for n, i in index.items() if n_rows[i]}
+        for n, i in index.items():
+            summary.tokens_per_domain[n] += int(n_rows[i]) * cfg.seq_len
+        if step >= cfg.steps - self.tail:
+            self.tail_sums += np.where(n_rows > 0, sums / np.maximum(n_rows, 1), 0.0)
+            self.tail_counts += n_rows > 0
+        summary.steps = step + 1
+        summary.tokens += len(names) * cfg.seq_len
+        summary.timed_tokens += len(names) * cfg.seq_len
+        summary.final_loss = step_loss
+        step_s = time.perf_counter() - t_step  # (the loss's .cpu() in step waited for the GPU)
+        summary.train_seconds += step_s
+        if step == self.start:
+            summary.first_step_s = step_s
+        if self.log and (step % cfg.log_every == 0 or step == cfg.steps - 1):
+            self.log.write(json.dumps({"step": step, "lr": lr, "loss": round(step_loss, 5),
+                                       "loss_per_domain": {k: round(v, 5) for k, v in per_domain.items()},
+                                       "tokens": summary.tokens}) + "\n")
+        self.progress.advance()
+
+    # -------------------------------------------------------------------------------------------- saving
+    def save_due(self, step: int) -> bool:
+        """Whether a train state is saved after ``step``; the same answer on every process."""
+        cfg, accelerator = self.cfg, self.accelerator
+        due = self.state_dir is not None and step + 1 < cfg.steps and bool(
+            (cfg.state_every_steps and (step + 1) % cfg.state_every_steps == 0)
+            or (cfg.state_every_s and time.perf_counter() - self.last_save >= cfg.state_every_s))
+        if accelerator and self.state_dir is not None and cfg.state_every_s:
+            # the processes' clocks differ: all save when the main process's says so (saving is collective)
+            due = bool(accelerator.gather(torch.tensor([float(due)], device=self.device))[0])
+        return due
+
+    def save(self, step: int) -> None:
+        """The train state after ``step`` (whole weights and optimizer; the main process writes it).
+        Every process calls it."""
+        summary = self.summary
+        model_state, opt_state = (full_states(self.model, self.opt) if self.fsdp
+                                  else (self.raw_model.state_dict(), self.opt.state_dict()))
+        if self.main_process:
+            if self.log:
+                self.log.flush()
+            self.state.save({"step": step + 1, "model": model_state, "optimizer": opt_state,
+                             "summary": {"tokens": summary.tokens, "final_loss": summary.final_loss,
+                                         "tokens_per_domain": dict(summary.tokens_per_domain)},
+                             "tail_sums": self.tail_sums.tolist(), "tail_counts": self.tail_counts.tolist()})
+        if self.accelerator:
+            self.accelerator.wait_for_everyone()
+        self.last_save = time.perf_counter()
+
+    # ----------------------------------------------------------------------------------------- finishing
+    def close(self) -> None:
+        """The run's wall time, and the log closed (whether or not the loop finished)."""
+        self.summary.seconds = time.perf_counter() - self.t0
+        if self.log:
+            self.log.close()
+
+    def finish(self) -> TrainSummary:
+        """The summary: tail losses per domain, compilation time, MFU and peak memory."""
+        cfg, summary, start = self.cfg, self.summary, self.start
+        summary.loss_per_domain = {n: (float(self.tail_sums[i] / self.tail_counts[i]) if self.tail_counts[i]
+                                       else math.nan) for n, i in self.index.items()}
+        if cfg.compile and summary.steps - start >= 2:
+            steady_step = (summary.train_seconds - summary.first_step_s) / (summary.steps - start - 1)
+            summary.compile_s = max(0.0, summary.first_step_s - steady_step)
+            if self.main_process:
+                print(f"autotune: torch.compile took {summary.compile_s:.1f} s (first step "
+                      f"{summary.first_step_s:.1f} s, then {steady_step:.3f} s a step)", file=sys.stderr)
+        peak = peak_flops(self.device)
+        if peak and cfg.precision == "bf16" and summary.train_seconds > 0:
+            summary.mfu = summary.steady_tokens_per_s * summary.flops_per_token / (peak * self.world)
+        if self.device.type == "cuda":
+            summary.peak_memory_bytes = int(torch.cuda.max_memory_allocated(self.device))
+        return summary
