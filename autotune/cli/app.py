@@ -1,7 +1,9 @@
 """The ``autotune`` command line (typer).
 
 Imports stay light at module level: ``autotune --help`` and ``autotune validate`` never import torch,
-transformers, lm_eval or optuna. Bad input prints one line naming file, field and value, and exits 2.
+transformers, lm_eval or optuna. Every command maps its errors to exit codes through ``autotune.cli.errors``
+(``@cli_errors``): bad input prints one line naming file, field and value and exits 2. The study commands
+take a study folder or its search-space file alike (``autotune.cli.resolve``).
 """
 
 from __future__ import annotations
@@ -11,34 +13,30 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from autotune.cli.errors import EXIT_CODES, cli_errors, console, err
+from autotune.cli.resolve import resolve_study
 from autotune.errors import UserError
 
 app = typer.Typer(
     name="autotune",
     help="Evaluation-driven mid-training auto-tuner: search data mixtures and LR schedules with proxy runs "
          "scored by lm-evaluation-harness.\n\nStart with: autotune search search_spaces/demo.yaml",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-# off a terminal (CI logs, pipes) rich would wrap tables at 80 columns
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+    epilog=EXIT_CODES, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 SpaceArg = Annotated[Path, typer.Argument(help="Search-space YAML, e.g. search_spaces/demo.yaml.", show_default=False)]
+StudyArg = Annotated[Path, typer.Argument(
+    help="A study folder (e.g. runs/demo) or the search-space YAML it ran from (e.g. search_spaces/demo.yaml).",
+    show_default=False)]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a field: --set proxy.tokens=2e5 (repeatable).")]
 StorageOpt = Annotated[str | None, typer.Option(
     help="Optuna storage, overriding search.storage: sqlite (runs/<name>/study.db), postgresql://user@host/db "
          "(start `autotune search` on several machines against one URL to share a study), or journal:PATH.")]
 
 
-def _fail(e: UserError) -> None:
-    err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-    raise typer.Exit(e.exit_code)
-
-
 def _check_files(space) -> None:
     """Local data files exist, have a known format and are not empty (read nothing else)."""
-    from autotune.config.space import PathSource
+    from autotune.config.sources import PathSource
     from autotune.data.sources import open_source
     from autotune.paths import home
 
@@ -53,6 +51,7 @@ def _check_files(space) -> None:
 
 
 @app.command()
+@cli_errors()
 def validate(space_file: SpaceArg, set_: SetOpt = None) -> None:
     """Check a search space and its evaluation suite, then print the resolved space. Imports no torch.
 
@@ -63,12 +62,9 @@ def validate(space_file: SpaceArg, set_: SetOpt = None) -> None:
     from autotune.config.space import dump_space, load_space
     from autotune.evaluate.suite import load_suite
 
-    try:
-        space = load_space(space_file, set_)
-        suite = load_suite(space.suite_path, list(space.domains))
-        _check_files(space)
-    except UserError as e:
-        _fail(e)
+    space = load_space(space_file, set_)
+    suite = load_suite(space.suite_path, list(space.domains))
+    _check_files(space)
     console.print(dump_space(space), highlight=False, markup=False, end="")
     console.print(f"# suite {space.suite_path}: {len(suite.target)} target and {len(suite.general)} general entries; "
                   f"{space.proxy.steps} steps of {space.proxy.seqs_per_step} x {space.proxy.seq_len} tokens per trial",
@@ -77,6 +73,7 @@ def validate(space_file: SpaceArg, set_: SetOpt = None) -> None:
 
 
 @app.command()
+@cli_errors(interrupted="the running trial, if any, was stopped; run the same command again to resume.")
 def search(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None,
            allow_code_execution: Annotated[bool, typer.Option(
                help="Allow suite tasks that execute model-generated code (HumanEval, MBPP).")] = False,
@@ -90,32 +87,23 @@ def search(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
     cleanly. After trials ran out of memory (status oom), lower proxy.micro_batch_seqs (or raise
     search.launcher.memory_limit, add processes, shard) and rerun: those trials run again. The demo (search_spaces/demo.yaml) builds its data and a tiny base model on first use, offline.
 
+    Exit codes: 0 done, 1 the study cannot go on (its data or base model could not be prepared), 2 bad input,
+    130 interrupted.
+
     Example: autotune search search_spaces/demo.yaml --set search.trials=4
     """
     from autotune.cli.ui import Bars, print_summary
     from autotune.config.space import load_space
-    from autotune.search.study import Interrupted, Study, StudyFailed, study_dir
+    from autotune.search.study import Study, study_dir
 
-    try:
-        space = load_space(space_file, set_)
-        bars = Bars(console, enabled=not quiet)
-        study = Study(space, storage=storage, progress=bars.task, allow_code_execution=allow_code_execution,
-                      log=lambda m: console.print(m, highlight=False, markup=False))
-        console.print(f"study [bold]{space.name}[/] in {study_dir(space)}  ({trials or space.search.trials} trials, "
-                      f"{space.proxy.tokens:,} tokens each)", highlight=False)
-        with bars:
-            study.search(trials)
-    except UserError as e:
-        _fail(e)
-    except StudyFailed as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    except Interrupted:
-        err.print("[yellow]interrupted[/]: the running trial was stopped; run the same command again to resume.")
-        raise typer.Exit(130) from None
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]; run the same command again to resume.")
-        raise typer.Exit(130) from None
+    space = load_space(space_file, set_)
+    bars = Bars(console, enabled=not quiet)
+    study = Study(space, storage=storage, progress=bars.task, allow_code_execution=allow_code_execution,
+                  log=lambda m: console.print(m, highlight=False, markup=False))
+    console.print(f"study [bold]{space.name}[/] in {study_dir(space)}  ({trials or space.search.trials} trials, "
+                  f"{space.proxy.tokens:,} tokens each)", highlight=False)
+    with bars:
+        study.search(trials)
     print_summary(console, study)
     if space.extrapolate is not None:
         _recipe_from_space(study.paths.root, space)
@@ -155,7 +143,8 @@ def _print_recipe_warnings(warnings: list[str], ladder_shown: bool = False) -> N
 
 
 @app.command()
-def ladder(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None,
+@cli_errors(interrupted="run the same command again to resume the ladder.")
+def ladder(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None,
            allow_code_execution: Annotated[bool, typer.Option(
                help="Allow suite tasks that execute model-generated code (HumanEval, MBPP).")] = False,
            quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False) -> None:
@@ -168,58 +157,44 @@ def ladder(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
     otherwise `autotune extrapolate runs/<name> --tokens N` picks the ladder up.
 
     Exit codes: 0 done (rungs that disagree are loud warnings, not a failure), 1 a run could not start,
-    2 bad input.
+    2 bad input, 130 interrupted.
 
     Example: autotune ladder search_spaces/demo.yaml --set 'ladder={tokens: [1.5e5, 6.0e5], top_k: 3}'
     """
     from autotune.cli.ui import Bars
-    from autotune.config.space import load_space
     from autotune.search.ladder import ladder_report, print_ladder, run_ladder
-    from autotune.search.study import Interrupted, StudyFailed, study_dir
 
-    try:
-        if space_file.is_dir() and (space_file / "space.json").exists():
-            raise UserError("this is a study folder; give the search-space YAML the study ran from "
-                            "(e.g. search_spaces/demo.yaml)", file=space_file)
-        space = load_space(space_file, set_)
-        bars = Bars(console, enabled=not quiet)
-        with bars:
-            run_ladder(space, storage=storage, progress=bars.task, allow_code_execution=allow_code_execution,
-                       log=lambda m: console.print(m, highlight=False, markup=False))
-        section = ladder_report(space)
-    except UserError as e:
-        _fail(e)
-    except StudyFailed as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    except (Interrupted, KeyboardInterrupt):
-        err.print("[yellow]interrupted[/]: run the same command again to resume the ladder.")
-        raise typer.Exit(130) from None
+    space, root = resolve_study(study, set_, require_study=False)  # run_ladder checks that the study ran
+    bars = Bars(console, enabled=not quiet)
+    with bars:
+        run_ladder(space, storage=storage, progress=bars.task, allow_code_execution=allow_code_execution,
+                   log=lambda m: console.print(m, highlight=False, markup=False))
+    section = ladder_report(space)
     print_ladder(console, section)
-    console.print(f"ladder: {study_dir(space) / 'ladder' / 'ladder.json'}", highlight=False)
+    console.print(f"ladder: {root / 'ladder' / 'ladder.json'}", highlight=False)
     if space.extrapolate is not None:
-        _recipe_from_space(study_dir(space), space, ladder_shown=True)
+        _recipe_from_space(root, space, ladder_shown=True)
 
 
 @app.command()
-def report(study: Annotated[Path, typer.Argument(help="A study folder, e.g. runs/demo.", show_default=False)],
-           out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for index.html (default: reports/<study name>).")] = None) -> None:
+@cli_errors()
+def report(study: StudyArg,
+           out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for index.html (default: reports/<study name>).")] = None) -> int:
     """Write a study's HTML report: one self-contained file that opens offline. Reruns nothing.
 
-    Exit codes: 0 written, 2 not a study folder.
+    Exit codes: 0 written, 2 not a study folder (nor the space file of one).
 
     Example: autotune report runs/demo
     """
     from autotune.report import report_command
 
-    try:
-        raise typer.Exit(report_command(study, out))
-    except UserError as e:
-        _fail(e)
+    _, root = resolve_study(study, need_space=False)
+    return report_command(root, out)
 
 
 @app.command()
-def extrapolate(study: Annotated[Path, typer.Argument(help="A finished study folder, e.g. runs/demo.", show_default=False)],
+@cli_errors()
+def extrapolate(study: StudyArg,
                 tokens: Annotated[float | None, typer.Option(help="Token budget of the full mid-training run, e.g. 2e10 "
                                                                   "(default: the space's extrapolate.tokens).")] = None,
                 available: Annotated[list[str] | None, typer.Option(
@@ -236,45 +211,51 @@ def extrapolate(study: Annotated[Path, typer.Argument(help="A finished study fol
     Without --tokens, the full run comes from the `extrapolate:` section of the study's space file (options
     given here override its fields).
 
+    Exit codes: 0 written, 2 bad input (not a study folder, a missing --tokens, too many epochs of a domain).
+
     Example: autotune extrapolate runs/demo --tokens 2e10 --available math=5e8 --available code=3e9
     """
     from autotune.extrapolate import extrapolate_study, load_recipe
 
-    try:
-        section = _extrapolate_section(study) if tokens is None else None
-        avail: dict[str, float] = {}
-        for item in available or []:
-            name, sep, value = item.partition("=")
-            try:
-                avail[name] = float(value)
-            except ValueError:
-                raise UserError("must read DOMAIN=TOKENS, e.g. math=5e8", field="--available", value=item) from None
-            if not sep or not name:
-                raise UserError("must read DOMAIN=TOKENS, e.g. math=5e8", field="--available", value=item)
-        if section is not None:  # the space's extrapolate: section; options given here win
-            tokens = section.tokens
-            avail = avail or dict(section.available_tokens)
-            max_epochs = section.max_epochs if max_epochs is None else max_epochs
-            batch_tokens = section.batch_tokens if batch_tokens is None else batch_tokens
-        max_epochs = 4.0 if max_epochs is None else max_epochs
-        path = extrapolate_study(study, tokens, avail or None, max_epochs, force, batch_tokens=batch_tokens,
-                                 command=" ".join(sys.argv))
-        recipe = load_recipe(path)
-        if recipe.ladder is not None:
-            from autotune.search.ladder import print_ladder
+    space, root = resolve_study(study, need_space=False)
+    section = None
+    if tokens is None:  # the space given, or the one the study was started from
+        section = space.extrapolate if space is not None else _extrapolate_section(root)
+        if section is None:
+            raise UserError("give the full run's token budget: --tokens N, or an `extrapolate:` section in the "
+                            "study's space file", field="--tokens", value=str(study))
+    avail: dict[str, float] = {}
+    for item in available or []:
+        name, sep, value = item.partition("=")
+        try:
+            avail[name] = float(value)
+        except ValueError:
+            raise UserError("must read DOMAIN=TOKENS, e.g. math=5e8", field="--available", value=item) from None
+        if not sep or not name:
+            raise UserError("must read DOMAIN=TOKENS, e.g. math=5e8", field="--available", value=item)
+    if section is not None:  # the space's extrapolate: section; options given here win
+        tokens = section.tokens
+        avail = avail or dict(section.available_tokens)
+        max_epochs = section.max_epochs if max_epochs is None else max_epochs
+        batch_tokens = section.batch_tokens if batch_tokens is None else batch_tokens
+    max_epochs = 4.0 if max_epochs is None else max_epochs
+    path = extrapolate_study(root, tokens, avail or None, max_epochs, force, batch_tokens=batch_tokens,
+                             command=" ".join(sys.argv))
+    recipe = load_recipe(path)
+    if recipe.ladder is not None:
+        from autotune.search.ladder import print_ladder
 
-            print_ladder(console, recipe.ladder.model_dump(mode="json"))
-        _print_recipe_warnings(recipe.warnings, ladder_shown=recipe.ladder is not None)
-        console.print(f"recipe: {path}", highlight=False)
-    except UserError as e:
-        _fail(e)
+        print_ladder(console, recipe.ladder.model_dump(mode="json"))
+    _print_recipe_warnings(recipe.warnings, ladder_shown=recipe.ladder is not None)
+    console.print(f"recipe: {path}", highlight=False)
 
 
 def _extrapolate_section(study: Path):
     """The ``extrapolate:`` section of the space file a study was started from (space.json's source_file)."""
     from pydantic import ValidationError
 
-    from autotune.config.space import Extrapolate, read_yaml, validation_error_to_user_error
+    from autotune.config.load import read_yaml, validation_error_to_user_error
+    from autotune.config.space import Extrapolate
     from autotune.records import read_json
 
     where = Path(study) / "space.json"
@@ -295,46 +276,38 @@ def _extrapolate_section(study: Path):
 
 
 @app.command()
-def status(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None) -> None:
+@cli_errors()
+def status(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None) -> None:
     """Show a study's trials: state, mixture, schedule, scores, feasibility and failure reasons.
 
-    Example: autotune status search_spaces/demo.yaml
+    Exit codes: 0 shown, 2 bad input (neither a study folder nor a space file, or no study has run for it).
+
+    Example: autotune status search_spaces/demo.yaml  (or: autotune status runs/demo)
     """
     from autotune.cli.ui import print_summary
-    from autotune.config.space import load_space
-    from autotune.search.study import Study, study_dir
+    from autotune.search.study import Study
 
-    try:
-        space = load_space(space_file, set_)
-        if not (study_dir(space) / "space.json").exists():
-            raise UserError("no study has run for this space yet", file=space_file, field="name", value=space.name)
-        study = Study(space, storage=storage)
-        print_summary(console, study)
-    except UserError as e:
-        _fail(e)
+    space, _ = resolve_study(study, set_)
+    print_summary(console, Study(space, storage=storage))
 
 
 @app.command()
-def export(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None,
+@cli_errors()
+def export(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None,
            out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the tables (default: runs/<name>/export).")] = None,
            fmt: Annotated[str, typer.Option("--format", "-f", help="csv or parquet.")] = "csv") -> None:
     """Export a study's trials: trials (state, params, values, duration, reason), ratios and metrics (as OLMix reads).
 
-    Example: autotune export search_spaces/demo.yaml --format parquet
-    """
-    from autotune.config.space import load_space
-    from autotune.search.export import export as export_tables
-    from autotune.search.study import Study, study_dir
+    Exit codes: 0 written, 2 bad input (neither a study folder nor a space file, or no study has run for it).
 
-    try:
-        space = load_space(space_file, set_)
-        if not (study_dir(space) / "space.json").exists():
-            raise UserError("no study has run for this space yet", file=space_file, field="name", value=space.name)
-        study = Study(space, storage=storage)
-        for path in export_tables(study, out or study_dir(space) / "export", fmt):
-            console.print(str(path), highlight=False)
-    except UserError as e:
-        _fail(e)
+    Example: autotune export search_spaces/demo.yaml --format parquet  (or: autotune export runs/demo)
+    """
+    from autotune.search.export import export as export_tables
+    from autotune.search.study import Study
+
+    space, root = resolve_study(study, set_)
+    for path in export_tables(Study(space, storage=storage), out or root / "export", fmt):
+        console.print(str(path), highlight=False)
 
 
 from autotune.cli.eval import eval_cmd  # noqa: E402  (its module imports no torch / lm_eval at load)

@@ -1,17 +1,14 @@
 """``autotune eval CHECKPOINT --suite FILE``: score one checkpoint on a suite, print a table or JSON.
 
-The gate builds on it. Scores are cached (``$AUTOTUNE_HOME/eval-cache``) by everything they depend on,
-so evaluating an unchanged checkpoint again takes well under a second and loads no model. Exit codes:
-0 done, 1 the evaluation failed (a model server that would not start, a crash), 2 bad input (the message
-names file, field and value), 130 interrupted (Ctrl-C; a started model server is stopped first).
+The evaluation is ``autotune.evaluate.checkpoint.evaluate_checkpoint`` (the gate runs the same). Scores are
+cached (``$AUTOTUNE_HOME/eval-cache``) by everything they depend on, so evaluating an unchanged checkpoint
+again takes well under a second and loads no model. Exit codes (``autotune.cli.errors``): 0 done, 2 bad
+input (the message names file, field and value), 3 the evaluation failed (a model server that would not
+start, a crash), 130 interrupted (Ctrl-C; a started model server is stopped first).
 
-Wiring into ``autotune/cli.py``::
-
-    from autotune.cli.eval import eval_cmd
-    app.command("eval")(eval_cmd)
-
-``eval_cmd`` declares the typer arguments and options; ``eval_command`` is the plain function behind it.
-``python -m autotune.cli.eval`` runs the command on its own (the tests use it as a subprocess).
+``eval_cmd`` is the typer command (``autotune.cli.app`` registers it); ``eval_command`` is the plain function
+behind it, returning the exit code. ``python -m autotune.cli.eval`` runs the command on its own (the tests
+use it as a subprocess).
 """
 
 from __future__ import annotations
@@ -24,7 +21,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from autotune.errors import UserError
+from autotune.cli.errors import cli_errors, guarded
+
+_INTERRUPTED = ("finished tasks stay cached, unfinished ones were dropped; a model server, if one was started, "
+                "was stopped.")
 
 
 def eval_command(checkpoint: Path, suite: Path, backend: str | None = None, output: Path | None = None,
@@ -32,24 +32,18 @@ def eval_command(checkpoint: Path, suite: Path, backend: str | None = None, outp
                  no_cache: bool = False, console: Console | None = None, err_console: Console | None = None) -> int:
     """Evaluate ``checkpoint`` on ``suite``; print a table (or JSON); write ``output/eval.json`` + samples.
 
-    Returns the exit code (0, 1, 2 or 130; see the module docstring).
+    Returns the exit code (0, 2, 3 or 130; see the module docstring).
     """
-    console = console or Console(width=None if sys.stdout.isatty() else 160)
-    err = err_console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-    from autotune.evaluate.backends import ServerError
+    return guarded(lambda: _run(checkpoint, suite, backend, output, allow_code_execution, space, json_out, no_cache,
+                                console), interrupted=_INTERRUPTED, err_console=err_console)
 
-    try:
-        result = _evaluate(checkpoint, suite, backend, output, allow_code_execution, space, no_cache)
-    except UserError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        return e.exit_code
-    except ServerError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        return 1
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: finished tasks stay cached, unfinished ones were dropped; a model server, "
-                  "if one was started, was stopped.")
-        return 130
+
+def _run(checkpoint: Path, suite: Path, backend: str | None, output: Path | None, allow_code_execution: bool,
+         space: Path | None, json_out: bool, no_cache: bool, console: Console | None = None) -> None:
+    from autotune.cli import errors
+    from autotune.evaluate.checkpoint import evaluate_checkpoint
+
+    result = evaluate_checkpoint(checkpoint, suite, backend, output, allow_code_execution, space, no_cache)
     doc = {"checkpoint": str(Path(checkpoint).resolve()), "suite": str(Path(suite).resolve()), **result.to_json()}
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
@@ -59,56 +53,7 @@ def eval_command(checkpoint: Path, suite: Path, backend: str | None = None, outp
     if json_out:
         sys.stdout.write(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
     else:
-        print_table(console, doc)
-    return 0
-
-
-def _evaluate(checkpoint: Path, suite_path: Path, backend: str | None, output: Path | None,
-              allow_code_execution: bool, space_path: Path | None, no_cache: bool):
-    from autotune.evaluate.backends import Checkpoint
-    from autotune.evaluate.harness import EvalOptions, run_suite
-    from autotune.evaluate.suite import BACKENDS, load_suite
-
-    if backend is not None and backend not in BACKENDS:
-        raise UserError(f"unknown backend (choose {', '.join(BACKENDS)})", field="--backend", value=backend)
-    checkpoint = Path(checkpoint)
-    if not (checkpoint / "config.json").is_file():
-        raise UserError("not a Hugging Face checkpoint folder (no config.json)", field="CHECKPOINT", value=str(checkpoint))
-    space = None
-    if space_path is not None:
-        from autotune.config.space import load_space
-
-        space = load_space(space_path)
-    suite = load_suite(suite_path, list(space.domains) if space else None)
-    heldout = _heldout(suite, checkpoint, space)
-    options = EvalOptions(backend=backend, use_cache=not no_cache, allow_code_execution=allow_code_execution)
-    return run_suite(Checkpoint(checkpoint), suite, heldout=heldout, out_dir=output, options=options)
-
-
-def _heldout(suite, checkpoint: Path, space) -> dict[str, Any]:
-    """Held-out tokens for the suite's bits-per-byte entries, tokenized with the checkpoint's tokenizer (cached)."""
-    if not suite.bpb_entries:
-        return {}
-    from autotune.data.prepare import pack_domain
-    from autotune.evaluate.harness import HeldoutTokens
-    from autotune.hashing import tokenizer_hash
-
-    out = {}
-    for entry in suite.bpb_entries:
-        source = entry.source
-        if source is None and space is not None and entry.bpb in space.domains:
-            source = space.domains[entry.bpb].source
-            if not isinstance(source, str):  # relative paths are relative to the space file
-                source = source.resolved(space.root)
-        if source is None:
-            raise UserError("a bits-per-byte entry needs held-out text: give --space SPACE.yaml (its domain's source) "
-                            "or a source in the suite entry", file=suite.source_file,
-                            field=f"{suite.where(entry)}.bpb", value=entry.bpb)
-        packed = pack_domain(source, checkpoint, where=f"bpb.{entry.bpb}")
-        seq_len = space.proxy.seq_len if space is not None else 1024
-        fingerprint = f"{packed.manifest['splits']['heldout']['source_hash']}:{tokenizer_hash(checkpoint)}"
-        out[entry.bpb] = HeldoutTokens(packed.tokens("heldout"), seq_len, fingerprint)
-    return out
+        print_table(console or errors.console, doc)
 
 
 def _fmt(x: Any, spec: str = ".4f") -> str:
@@ -133,6 +78,7 @@ def print_table(console: Console, doc: dict[str, Any]) -> None:
                   "v: lower is better", highlight=False, style="dim")
 
 
+@cli_errors(interrupted=_INTERRUPTED)
 def eval_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="Hugging Face checkpoint folder (config.json, weights, tokenizer).",
                                                show_default=False)],
@@ -149,13 +95,12 @@ def eval_cmd(
     """Score a checkpoint on an evaluation suite (lm-eval tasks, held-out bits-per-byte): a table, or JSON.
 
     Results are cached by backend, model hash, batch size, few-shot count, template, lm-eval version and limit:
-    evaluating an unchanged checkpoint again takes under a second.
+    evaluating an unchanged checkpoint again takes under a second. Exit codes: 0 done, 2 bad input, 3 the
+    evaluation failed, 130 interrupted.
 
     Example: autotune eval runs/demo/trials/<hash>/checkpoint --suite evals/demo.yaml --space search_spaces/demo.yaml
     """
-    code = eval_command(checkpoint, suite, backend, output, allow_code_execution, space, json_out, no_cache)
-    if code:
-        raise typer.Exit(code)
+    _run(checkpoint, suite, backend, output, allow_code_execution, space, json_out, no_cache)
 
 
 def main() -> None:  # pragma: no cover - `python -m autotune.cli.eval`
