@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from autotune.config.space import Objective
-from autotune.evaluate.suite import Entry, Suite
+from autotune.config.suite import Entry, Suite
 
 
 @dataclass(frozen=True)

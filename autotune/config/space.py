@@ -5,8 +5,10 @@ Every searchable field is either fixed (a plain value) or searched:
 * a float range ``{low: 1e-4, high: 3e-3, log: true}``,
 * a choice ``[wsd, cosine, linear]``.
 
-Errors name the file, the field (dotted path) and the bad value; ``load_space`` raises ``UserError``.
-This module imports neither torch nor optuna: ``autotune validate`` runs on it alone.
+The sections that are not searched live next door: data sources and domains in ``config.sources``, the
+base model, proxy budget, launcher and search loop in ``config.run``. Errors name the file, the field
+(dotted path) and the bad value; ``load_space`` raises ``UserError``. This module imports neither torch nor
+optuna: ``autotune validate`` runs on it alone.
 """
 
 from __future__ import annotations
@@ -16,34 +18,24 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from autotune.config.base import Frozen, whole_tokens
+from autotune.config.load import ErrorStyle, apply_overrides, read_yaml, validation_error_to_user_error
+from autotune.config.run import SAMPLERS, DemoBase, LauncherSpec, Proxy, Search  # noqa: F401 (re-exported)
+from autotune.config.sources import HF_FILE_BUILDERS, Domain, HFSource, PathSource  # noqa: F401 (re-exported)
 from autotune.errors import UserError
 
 ROLES = ("target", "general")
 SCHEDULE_KINDS = ("wsd", "cosine", "linear", "constant")
-SAMPLERS = ("tpe", "random", "qmc", "cmaes", "gp")
 # Tolerance for sums of shares: YAML floats like 0.1 + 0.2 are not exact.
 _EPS = 1e-9
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class FloatRange(_Frozen):
+class FloatRange(Frozen):
     """A searched float: uniform on [low, high], or log-uniform when ``log`` is true."""
 
     low: float
@@ -69,143 +61,8 @@ def _in_unit(name: str, value: SearchFloat, *, high_open: bool = False) -> None:
         raise ValueError(f"{name} must lie in [0, 1{')' if high_open else ']'} (got {value})")
 
 
-# ----------------------------------------------------------------------------------------------- domains
-# Builders of HF `datasets` that read local files: with ``hf: json`` etc., ``data_files`` are local paths.
-HF_FILE_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas")
-
-
-def _text_fields(v: str | list[str]) -> str | list[str]:
-    if isinstance(v, list) and (not v or len(set(v)) != len(v)):
-        raise ValueError(f"text_field: a field name or a list of distinct field names (got {v})")
-    if any(not f for f in ([v] if isinstance(v, str) else v)):
-        raise ValueError("text_field: an empty field name")
-    return v
-
-
-class _TextOptions(_Frozen):
-    """What both file and HF sources take: the text field(s), how to join them, the held-out share."""
-
-    text_field: str | list[str] = "text"
-    join: str | None = Field(None, description="between the fields of a text_field list (default: a newline)")
-    heldout_fraction: float = Field(0.05, gt=0, lt=0.5)
-
-    @field_validator("text_field")
-    @classmethod
-    def _fields(cls, v: str | list[str]) -> str | list[str]:
-        return _text_fields(v)
-
-
-class PathSource(_TextOptions):
-    """Local files. ``path`` is a file, a folder (every file under it but names starting with ``.`` or
-    ``_``, such as ``_SUCCESS``) or a glob (``data/**/*.jsonl``), relative to the space file; files are read
-    in sorted path order. The format comes from the extension
-    (a ``.gz`` suffix is decompressed), or from ``format`` for every file:
-
-    * ``jsonl`` (``.jsonl``, ``.ndjson``): one JSON object a line, the text under ``text_field``;
-    * ``json`` (``.json``): an array of such objects (or JSON lines);
-    * ``parquet`` (``.parquet``, ``.pq``): the ``text_field`` column(s), read in row batches;
-    * ``text`` (``.txt``, ``.md``, ``.text``): documents separated by two or more blank lines;
-    * ``file``: each file is one document (any extension; e.g. ``{path: src/**/*.py, format: file}``).
-
-    ``text_field`` may list several fields (``[question, answer]``), joined with ``join`` (default: a
-    newline). A document goes
-    to the held-out split when the hash of its text falls in the first ``heldout_fraction``.
-    """
-
-    path: str
-    format: Literal["auto", "jsonl", "json", "parquet", "text", "file"] = "auto"
-
-    def resolved(self, root: Path) -> PathSource:
-        """This source with ``path`` made absolute against ``root`` (the space file's folder)."""
-        p = Path(self.path).expanduser()
-        return self.model_copy(update={"path": str(p if p.is_absolute() else root / p)})
-
-
-class HFSource(_TextOptions):
-    """A Hugging Face ``datasets`` dataset (needs the ``datasets`` package):
-
-    * ``{hf: openai/gsm8k, name: main, split: train, text_field: question}``: ``load_dataset`` of a hub
-      dataset from the HF cache (study workers run offline: load it once beforehand, e.g.
-      ``python -c "import datasets; datasets.load_dataset('openai/gsm8k', 'main')"``); ``revision`` pins a commit;
-    * ``{hf: data/gsm8k_repo, split: train}``: a local folder ``load_dataset`` reads (a dataset repo's
-      data files, with or without its README config); ``data_files`` are relative to that folder;
-    * ``{hf: json, data_files: [data/a.jsonl, data/b.jsonl]}``: a file builder (json, csv, parquet, text,
-      arrow, pandas) over local files, relative to the space file;
-    * ``{from_disk: data/saved, split: train}``: ``load_from_disk`` of a folder written by ``save_to_disk``
-      (a ``DatasetDict``: ``split`` picks one; a ``Dataset``: ``split`` is not used).
-
-    ``split`` takes ``load_dataset`` slices (``train[:10%]``). ``text_field``, ``join`` and
-    ``heldout_fraction`` as for ``{path: ...}``.
-    """
-
-    hf: str | None = None
-    from_disk: str | None = None
-    name: str | None = None
-    split: str = "train"
-    data_files: str | list[str] | None = None
-    revision: str | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> HFSource:
-        if (self.hf is None) == (self.from_disk is None):
-            raise ValueError("give exactly one of 'hf' (load_dataset) or 'from_disk' (load_from_disk)")
-        if self.from_disk is not None and (self.name or self.data_files or self.revision):
-            raise ValueError("name, data_files and revision go with 'hf', not with 'from_disk'")
-        if self.hf in HF_FILE_BUILDERS and not self.data_files:
-            raise ValueError(f"hf: {self.hf} reads local files: give data_files")
-        return self
-
-    def resolved(self, root: Path) -> HFSource:
-        """This source with local paths made absolute against ``root``; a hub name is left as it is."""
-        def local(p: str) -> str:
-            q = Path(p).expanduser()
-            return str(q if q.is_absolute() else root / q)
-
-        if self.from_disk is not None:
-            return self.model_copy(update={"from_disk": local(self.from_disk)})
-        if self.hf in HF_FILE_BUILDERS:
-            files = [self.data_files] if isinstance(self.data_files, str) else list(self.data_files or [])
-            resolved = [local(f) for f in files]
-            return self.model_copy(update={"data_files": resolved[0] if isinstance(self.data_files, str) else resolved})
-        if Path(local(self.hf)).is_dir():  # a local dataset folder; else a hub name
-            return self.model_copy(update={"hf": local(self.hf)})
-        return self
-
-
-def _source_kind(v: Any) -> str:
-    if isinstance(v, dict):
-        return "HFSource" if "hf" in v or "from_disk" in v else "PathSource"
-    return type(v).__name__ if isinstance(v, PathSource | HFSource) else "str"
-
-
-# YAML: ``demo:<name>``, ``{path: ...}`` or ``{hf: ...}`` / ``{from_disk: ...}``; the keys pick the kind,
-# so a typo is reported against the kind the user meant.
-DomainSource = Annotated[Annotated[str, Tag("str")] | Annotated[PathSource, Tag("PathSource")]
-                         | Annotated[HFSource, Tag("HFSource")], Discriminator(_source_kind)]
-
-
-class Domain(_Frozen):
-    """A data domain: where its text comes from, and whether it is a target or a general (replay) ability."""
-
-    source: DomainSource
-    role: Literal["target", "general"]
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, v: str | PathSource | HFSource) -> str | PathSource | HFSource:
-        if isinstance(v, str) and not v.startswith("demo:"):
-            raise ValueError(f"a source string must be 'demo:<math|code|prose>'; use {{path: ...}} for files "
-                             f"or {{hf: ...}} for HF datasets (got {v!r})")
-        if isinstance(v, str):
-            from autotune.demo.corpus import DEMO_SOURCES
-
-            if v.removeprefix("demo:") not in DEMO_SOURCES:
-                raise ValueError(f"unknown demo source {v!r}; choose from {['demo:' + s for s in DEMO_SOURCES]}")
-        return v
-
-
 # ----------------------------------------------------------------------------------------------- mixture
-class Bounds(_Frozen):
+class Bounds(Frozen):
     min: float = Field(0.0, ge=0, le=1)
     max: float = Field(1.0, ge=0, le=1)
 
@@ -216,7 +73,7 @@ class Bounds(_Frozen):
         return self
 
 
-class Phase(_Frozen):
+class Phase(Frozen):
     """A fixed mixture for the steps before ``until`` (a fraction of the run, after the previous phase)."""
 
     until: float = Field(gt=0, lt=1)
@@ -230,7 +87,7 @@ class Phase(_Frozen):
         return v
 
 
-class Mixture(_Frozen):
+class Mixture(Frozen):
     """Shares of the proxy's training tokens per domain: a point on the simplex within bounds.
 
     YAML: one key per domain with ``{min, max}``; ``floors: {general: 0.2}`` puts a floor under the sum of
@@ -267,7 +124,7 @@ class Mixture(_Frozen):
 
 
 # ----------------------------------------------------------------------------------------------- schedule
-class Schedule(_Frozen):
+class Schedule(Frozen):
     """The proxy run's learning-rate schedule; each field fixed or searched.
 
     ``wsd``: warmup, stable at ``peak_lr``, then a linear decay over the last ``decay_fraction`` of the
@@ -304,7 +161,7 @@ class Schedule(_Frozen):
 
 
 # ----------------------------------------------------------------------------------------------- context
-class Context(_Frozen):
+class Context(Frozen):
     """Long-context extension knobs, searched like the schedule (a list is a choice, {low, high} a range).
 
     ``seq_len``: training sequence length of the proxy (``proxy.batch_tokens`` stays fixed, so every
@@ -330,111 +187,11 @@ class Context(_Frozen):
         return self
 
 
-# ----------------------------------------------------------------------------------------------- the rest
-class DemoBase(_Frozen):
-    """The demo's base model: a tiny Llama that autotune pre-trains on prose + code on first use (cached)."""
-
-    hidden_size: int = Field(128, ge=8)
-    num_layers: int = Field(4, ge=1)
-    num_heads: int = Field(4, ge=1)
-    intermediate_size: int = Field(384, ge=8)
-    vocab_size: int = Field(2048, ge=300, le=65535)
-    pretrain_tokens: int = Field(1_000_000, ge=1000)
-    seq_len: int = Field(256, ge=16)
-    batch_tokens: int = Field(4096, ge=16)
-    peak_lr: float = Field(3e-3, gt=0)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _check(self) -> DemoBase:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        return self
-
-
-def _whole_tokens(v: Any) -> Any:
-    """YAML reads 1e5 as a string and 1.0e5 as a float; token counts are whole numbers."""
-    if isinstance(v, str):
-        try:
-            v = float(v)
-        except ValueError:
-            return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
-
-
-_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def _parse_bytes(v: Any) -> Any:
-    """``8GiB``, ``512 MiB``, ``8e9``, ``8GB`` -> bytes (int); anything else is left for the field to refuse."""
-    if isinstance(v, str):
-        m = re.fullmatch(r"\s*([0-9.]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", v)
-        if not m or m.group(2).lower() not in _BYTE_UNITS:
-            raise ValueError(f"{v!r} is not a size: write bytes or a number with KiB, MiB, GiB, TiB, KB, MB, GB, TB")
-        return int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()])
-    return _whole_tokens(v)
-
-
-class Proxy(_Frozen):
-    """The proxy run's budget: ``tokens`` trained per trial, in steps of ``batch_tokens``."""
-
-    tokens: int = Field(ge=1)
-    seq_len: int = Field(256, ge=8)
-    batch_tokens: int = Field(4096, ge=8)
-    seed: int = 0
-    replicates: int = Field(1, ge=1, description="runs of the prior mixture with seeds seed, seed+1, ...: the noise floor")
-    threads: int | None = Field(None, ge=1, description="torch threads in the worker (default: all cores)")
-    micro_batch_seqs: int | None = Field(None, ge=1, description=(
-        "sequences per forward/backward on each process; a step of batch_tokens accumulates gradients over "
-        "micro-batches (default: the whole step at once). Lower it when a trial ends with status oom"))
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast on GPU (auto), fp32 on CPU")
-    compile: Literal["auto"] | bool = Field("auto", description="torch.compile the model: on GPU by default, off on CPU")
-    max_epochs: float = Field(4.0, gt=0, description=(
-        "warn when a proxy run draws a domain more than this many times over (repeated data inflates gains)"))
-    save_state_every_s: float = Field(300.0, ge=0, description=(
-        "save a resumable training state this often (seconds; 0: never): a crashed or interrupted trial "
-        "resumes mid-run, drawing the same batches"))
-    rungs: list[float] | None = Field(None, description="fractions of tokens with a cheap held-out bits-per-byte "
-                                      "evaluation reported to Optuna (multi-fidelity), e.g. [0.25, 0.5, 1.0]")
-
-    @field_validator("tokens", "batch_tokens", mode="before")
-    @classmethod
-    def _int_from_float(cls, v: Any) -> Any:
-        return _whole_tokens(v)
-
-    @model_validator(mode="after")
-    def _check(self) -> Proxy:
-        if self.rungs is not None:
-            r = self.rungs
-            if not r or any(not 0 < x <= 1 for x in r) or any(a >= b for a, b in zip(r, r[1:], strict=False)) or r[-1] != 1.0:
-                raise ValueError(f"rungs must increase within (0, 1] and end at 1.0 (got {r})")
-        if self.batch_tokens < self.seq_len:
-            raise ValueError(f"batch_tokens {self.batch_tokens} is below seq_len {self.seq_len}")
-        if self.tokens < self.batch_tokens:
-            raise ValueError(f"tokens {self.tokens} is below one batch ({self.batch_tokens} batch_tokens)")
-        return self
-
-    @property
-    def seqs_per_step(self) -> int:
-        return self.batch_tokens // self.seq_len
-
-    @property
-    def steps(self) -> int:
-        return self.tokens // (self.seqs_per_step * self.seq_len)
-
-    @property
-    def rung_steps(self) -> list[int]:
-        """Steps after which a rung is evaluated (the last rung is the full run's own evaluation)."""
-        return sorted({max(1, round(f * self.steps)) for f in (self.rungs or [])[:-1]} - {self.steps})
-
-
+# ----------------------------------------------------------------------------------------------- objective
 _CONSTRAINT = re.compile(r"^\s*general\s*>=\s*(base\s*(?P<sign>[-+])\s*)?(?P<num>[0-9.eE+-]+)\s*$|^\s*general\s*>=\s*base\s*$")
 
 
-class Objective(_Frozen):
+class Objective(Frozen):
     """What the study optimises over the suite's group scores (each relative to the base model).
 
     Either ``maximize: target`` with ``subject_to: "general >= base - 0.01"`` (a general-retention
@@ -477,67 +234,8 @@ class Objective(_Frozen):
         return -num if m.group("sign") == "-" else num
 
 
-class LauncherSpec(_Frozen):
-    """Where trials run: ``local`` (a subprocess here), ``accelerate`` (``accelerate launch`` with
-    ``num_processes`` data-parallel processes per trial) or ``slurm`` (a Slurm job per trial through submitit;
-    ``cluster: local`` runs submitit's local executor; other keys go to submitit's ``update_parameters``).
-    ``sharding`` (accelerate): ``ddp`` keeps a whole model per process; ``fsdp`` shards weights, gradients and
-    optimizer state over the processes (FSDP2), for models whose training state does not fit one device.
-    Both train the same batches, so it is not part of a run's identity. ``memory_limit`` (local, accelerate)
-    caps each worker process's CPU memory (heap and private mappings, ``RLIMIT_DATA``), e.g. ``8GiB``: a
-    trial that needs more fails as ``oom`` instead of taking the machine (and the other trials) down."""
-
-    model_config = ConfigDict(frozen=True, extra="allow")
-    kind: Literal["local", "accelerate", "slurm"] = "local"
-    cluster: str | None = None
-    num_processes: int = Field(1, ge=1)
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description=(
-        "accelerate's autocast around DDP's forward (accelerate launch --mixed_precision); usually leave it "
-        "'no' and set proxy.precision, which every launcher and sharding honours"))
-    sharding: Literal["ddp", "fsdp"] = "ddp"
-    memory_limit: int | None = Field(None, gt=0, description="bytes per worker process, or 8GiB, 512MiB, 8e9")
-
-    @field_validator("memory_limit", mode="before")
-    @classmethod
-    def _bytes(cls, v: Any) -> Any:
-        return _parse_bytes(v)
-
-    @model_validator(mode="after")
-    def _check(self) -> LauncherSpec:
-        if self.kind != "slurm" and self.model_extra:
-            raise ValueError(f"unknown launcher fields {sorted(self.model_extra)} (only kind: slurm takes extra keys)")
-        if self.memory_limit is not None and self.kind == "slurm":
-            raise ValueError("memory_limit is for kind local and accelerate; give Slurm its own (e.g. mem_gb: 64)")
-        if self.sharding == "fsdp" and self.mixed_precision != "no":
-            raise ValueError(f"mixed_precision: {self.mixed_precision} is accelerate's DDP autocast; with sharding: fsdp "
-                             "set proxy.precision: bf16 instead")
-        if self.sharding == "fsdp" and (self.kind != "accelerate" or self.num_processes < 2):
-            raise ValueError(f"sharding: fsdp shards over several processes: it needs kind: accelerate and "
-                             f"num_processes >= 2 (got kind: {self.kind}, num_processes: {self.num_processes})")
-        return self
-
-
-class Search(_Frozen):
-    sampler: Literal["tpe", "random", "qmc", "cmaes", "gp"] = "tpe"
-    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
-    launcher: LauncherSpec = Field(default_factory=LauncherSpec)
-    trials: int = Field(16, ge=1)
-    storage: str = Field("sqlite", description="sqlite (runs/<study>/study.db), an RDB URL, or journal:PATH")
-    seed: int = 0
-    runs_dir: str = "runs"
-    trial_timeout_s: float | None = Field(None, gt=0, description="stop a trial's worker after this long: a failed trial 'timeout'")
-    heartbeat_s: int = Field(10, ge=1, description="a running trial's heartbeat interval (RDB storages)")
-    grace_s: int = Field(60, ge=2, description="a trial silent this long is lost: failed and retried once")
-
-    @model_validator(mode="after")
-    def _check(self) -> Search:
-        if self.grace_s <= self.heartbeat_s:
-            raise ValueError(f"grace_s {self.grace_s} must exceed heartbeat_s {self.heartbeat_s}")
-        return self
-
-
 # ----------------------------------------------------------------------------------------------- scale
-class Ladder(_Frozen):
+class Ladder(Frozen):
     """Scale transfer (``autotune ladder SPACE``): the prior mixture and the ``top_k`` best other trials of
     the study are re-run as complete proxy runs (a whole schedule each, not a mid-run rung) at each budget in
     ``tokens``; the search's own ``proxy.tokens`` is one more rung, for free. ``autotune extrapolate`` then
@@ -551,7 +249,7 @@ class Ladder(_Frozen):
     @field_validator("tokens", mode="before")
     @classmethod
     def _whole(cls, v: Any) -> Any:
-        return [_whole_tokens(x) for x in v] if isinstance(v, list) else v
+        return [whole_tokens(x) for x in v] if isinstance(v, list) else v
 
     @field_validator("tokens")
     @classmethod
@@ -561,7 +259,7 @@ class Ladder(_Frozen):
         return t
 
 
-class Extrapolate(_Frozen):
+class Extrapolate(Frozen):
     """The full-scale run ``autotune search`` (and ``autotune ladder``) write ``runs/<study>/recipe.yaml``
     for when they finish, as ``autotune extrapolate runs/<study> --tokens ... --available DOMAIN=N`` does."""
 
@@ -579,7 +277,7 @@ class Extrapolate(_Frozen):
         return v
 
 
-class SearchSpace(_Frozen):
+class SearchSpace(Frozen):
     """A whole search space, as run. ``source_file`` is where it was read from (paths resolve against it)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -717,113 +415,23 @@ class SearchSpace(_Frozen):
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def _field_path(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif item in ("bounds",) and parts and parts[-1] == "mixture":
-            continue  # the YAML has no 'bounds' level
-        elif item in ("str", "float", "int", "list[...]", "function-after[_check(), FloatRange]"):
-            continue
-        elif isinstance(item, str) and (item.startswith(("function-", "literal[", "list[")) or item in ("PathSource", "HFSource", "DemoBase", "FloatRange")):
-            continue
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts) or "(top level)"
-
-
-def _lookup(data: Any, loc: tuple[Any, ...]) -> Any:
-    cur = data
-    for item in loc:
-        if isinstance(cur, dict) and item in cur:
-            cur = cur[item]
-        elif isinstance(cur, list) and isinstance(item, int) and item < len(cur):
-            cur = cur[item]
-        elif item == "bounds":
-            continue
-        else:
-            return None
-    return cur
-
-
-def validation_error_to_user_error(err: ValidationError, file: Path, data: Any) -> UserError:
-    """The first pydantic error, as one line naming the file, the field and the value."""
-    # Unions (float | FloatRange, str | PathSource) report one error per branch: prefer our own checks,
-    # then unknown / missing fields, over "not a number" from the branch the user did not mean.
-    rank = {"value_error": 0, "extra_forbidden": 1, "missing": 1, "literal_error": 1}
-    errors = err.errors()
-    first = min(errors, key=lambda e: rank.get(e["type"], 2))
-    loc = tuple(first["loc"])
-    msg = first["msg"].removeprefix("Value error, ")
-    field = _field_path(loc)
-    if first["type"] == "extra_forbidden":
-        return UserError("unknown field (a typo?)", file=file, field=field)
-    if first["type"] == "missing":
-        return UserError("required field is missing", file=file, field=field)
-    if not loc:  # a check across fields: its message names them
-        return UserError(msg, file=file)
-    value = first.get("input", _lookup(data, loc))
-    if isinstance(value, dict) and len(repr(value)) > 120:
-        return UserError(msg, file=file, field=field)
-    return UserError(msg, file=file, field=field, value=value)
-
-
-def read_yaml(path: Path, what: str) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file, a parse error or a non-mapping is a UserError naming the file."""
-    if not path.exists():
-        raise UserError(f"{what} file not found", file=path)
-    if path.is_dir():
-        raise UserError(f"{what} is a folder, not a YAML file", file=path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise UserError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=path) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"invalid YAML{where}: {problem}", file=path) from None
-    if not isinstance(data, dict):
-        raise UserError(f"a {what} must be a YAML mapping", file=path, value=type(data).__name__ if data is not None else None)
-    return data
-
-
 # Named presets a field may hold instead of a mapping (``base_model: demo:tiny-base``).
 _PRESETS: dict[Any, dict[str, Any]] = {"demo:tiny-base": {}}
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str], file: Path) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a loaded mapping."""
-    for item in overrides:
-        if "=" not in item:
-            raise UserError("an override must read key.sub=value", field="--set", value=item)
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        cur = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            nxt = cur.get(part)
-            if nxt is None or (isinstance(nxt, str) and nxt in _PRESETS):  # a preset name expands to its mapping, to set a field inside
-                nxt = cur[part] = dict(_PRESETS.get(nxt, {}))
-            if not isinstance(nxt, dict):
-                raise UserError(f"cannot set a field inside a {type(nxt).__name__}", file=file, field=key, value=nxt)
-            cur = nxt
-        cur[parts[-1]] = value
-    return data
+# Union-branch tags in pydantic's error locations (``float | FloatRange``, ``str | PathSource | HFSource``,
+# ``str | DemoBase``): not levels of the YAML.
+_BRANCH_TAGS = frozenset({"str", "float", "int", "PathSource", "HFSource", "DemoBase", "FloatRange"})
+ERRORS = ErrorStyle(branch_tags=_BRANCH_TAGS, top_level="(top level)",
+                    skip_level=lambda loc, i: i == 1 and loc[0] == "mixture" and loc[1] == "bounds")  # no 'bounds' level in the YAML
 
 
 def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSpace:
     """Load and validate a search space; raises UserError naming file, field and value."""
     path = Path(path)
-    data = apply_overrides(read_yaml(path, "search space"), overrides or [], path)
+    data = apply_overrides(read_yaml(path, "search space"), overrides or [], path, presets=_PRESETS)
     try:
         space = SearchSpace.model_validate({**data, "source_file": str(path)})
     except ValidationError as e:
-        raise validation_error_to_user_error(e, path, data) from None
+        raise validation_error_to_user_error(e, path, data, ERRORS) from None
     if not space.suite_path.exists():
         raise UserError("suite file not found", file=path, field="evals", value=str(space.suite_path))
     return space
@@ -832,4 +440,3 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSp
 def dump_space(space: SearchSpace) -> str:
     """The resolved space as YAML (defaults filled in), as ``validate`` prints it."""
     return yaml.safe_dump(space.model_dump(mode="json", exclude_none=True), sort_keys=False)
-

@@ -75,7 +75,7 @@ def open_source(source, *, where: str, cache: Path) -> DocumentSource:
     """The reader of a domain source (``demo:<name>``, ``PathSource`` or ``HFSource``); ``where`` is the
     spec path of the domain (``domains.math``) for errors; ``cache`` holds file hashes (and temporary
     ``datasets`` caches)."""
-    from autotune.config.space import HFSource, PathSource
+    from autotune.config.sources import HFSource, PathSource
 
     if isinstance(source, str):
         return DemoSource(source)
@@ -361,7 +361,7 @@ class HFDatasetSource:
     """
 
     def __init__(self, spec, *, where: str, cache: Path) -> None:
-        from autotune.config.space import HF_FILE_BUILDERS
+        from autotune.config.sources import HF_FILE_BUILDERS
 
         self.spec = spec
         self.where = where
@@ -406,7 +406,7 @@ class HFDatasetSource:
         return ".".join(datasets.__version__.split(".")[:2])
 
     def key(self) -> dict[str, Any]:
-        from autotune.config.space import HF_FILE_BUILDERS
+        from autotune.config.sources import HF_FILE_BUILDERS
 
         s = self.spec
         common = {"text_field": self.fields, "join": self.join, "heldout": s.heldout_fraction, "version": DATA_VERSION}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from autotune.config.space import DemoBase
+from autotune.config.run import DemoBase
 from autotune.data.prepare import EOS, PackedDomain, pack_domain, source_documents
 from autotune.data.sources import DATA_VERSION
 from autotune.paths import building, home

@@ -17,13 +17,16 @@ server life cycle is tested here against a stand-in process that speaks vLLM's H
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,8 +36,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Protocol
 
+from autotune.config.suite import HfOptions, Suite, VllmOptions
 from autotune.errors import UserError
-from autotune.evaluate.suite import HfOptions, Suite, VllmOptions
 
 VLLM_INSTALL = "pip install 'autotune[vllm]'  (GPU machines; vLLM brings its own CUDA build of torch)"
 API_INSTALL = "pip install 'lm-eval[api]'"
@@ -98,7 +101,7 @@ def _gpu_present() -> bool:
     return os.path.exists("/dev/nvidiactl")
 
 
-def _free_accelerator_memory() -> None:
+def free_accelerator_memory() -> None:
     """Return a dropped model's GPU memory now (a full garbage collection costs ~0.5 s: only with CUDA)."""
     if "torch" in sys.modules:
         import torch
@@ -141,7 +144,7 @@ class HFBackend:
             yield lm
         finally:
             del lm
-            _free_accelerator_memory()
+            free_accelerator_memory()
 
 
 # ----------------------------------------------------------------------------------------------- vllm
@@ -193,7 +196,7 @@ class VLLMBackend:
 
                 destroy_model_parallel()
                 destroy_distributed_environment()
-            _free_accelerator_memory()
+            free_accelerator_memory()
 
 
 # ----------------------------------------------------------------------------------------------- vllm-server
@@ -207,8 +210,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: the kernel sends SIGTERM to the server if the process that started it dies (even by SIGKILL)."""
     if sys.platform.startswith("linux"):
-        import ctypes
-
         with contextlib.suppress(Exception):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -303,8 +304,6 @@ class ServerProcess:
         os.kill(os.getpid(), signal.SIGTERM)  # then die as this process was asked to
 
     def __enter__(self) -> ServerProcess:
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             self._old_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
@@ -396,6 +395,4 @@ class VLLMServerBackend:
 
 
 def _which(cmd: str) -> str | None:
-    import shutil
-
     return shutil.which(cmd)

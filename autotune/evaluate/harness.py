@@ -32,12 +32,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autotune.config.suite import BpbEntry, Suite, TaskEntry
 from autotune.errors import UserError
-from autotune.evaluate.backends import Checkpoint, InMemoryModel, ModelRef, make_backend
+from autotune.evaluate.backends import (
+    Checkpoint,
+    InMemoryModel,
+    ModelRef,
+    free_accelerator_memory,
+    make_backend,
+)
 from autotune.evaluate.cache import Cache, NullCache, ResultCache, cache_key
 from autotune.evaluate.continuous import chance_corrected, derived_metrics, sample_stderr
-from autotune.evaluate.suite import CONTINUOUS_METRICS, BpbEntry, Suite, TaskEntry
-from autotune.evaluate.taskdefs import TaskDef, check_entry, lm_eval_version, template_hash
+from autotune.evaluate.metrics import CONTINUOUS_METRICS
+from autotune.evaluate.taskdata import data_files
+from autotune.evaluate.taskdefs import (
+    TaskDef,
+    _load_error,
+    check_entry,
+    lm_eval_config,
+    lm_eval_version,
+    template_hash,
+)
 from autotune.hashing import checkpoint_hash, state_dict_hash
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -213,9 +228,7 @@ def _run_bpb(target: ModelRef, suite: Suite, todo: list[dict], cache: Cache, pro
     finally:
         if loaded:
             del model
-            from autotune.evaluate.backends import _free_accelerator_memory
-
-            _free_accelerator_memory()
+            free_accelerator_memory()
 
 
 def _load_hf(path: Path, suite: Suite):
@@ -246,9 +259,6 @@ def _run_tasks(target: ModelRef, suite: Suite, backend, todo: list[_TaskRun], ca
                options: EvalOptions, progress) -> None:
     import lm_eval
 
-    from autotune.evaluate.taskdata import data_files
-    from autotune.evaluate.taskdefs import lm_eval_config
-
     if options.allow_code_execution:
         os.environ["HF_ALLOW_CODE_EVAL"] = "1"
     calls = _calls(todo)
@@ -256,10 +266,8 @@ def _run_tasks(target: ModelRef, suite: Suite, backend, todo: list[_TaskRun], ca
              for r in todo}
     s = suite.seed
     if backend.name != "hf" and isinstance(target, InMemoryModel):
-        from autotune.evaluate.backends import _free_accelerator_memory
-
         target.model.to("cpu")  # the accelerator's memory goes to vLLM, which loads the saved copy
-        _free_accelerator_memory()
+        free_accelerator_memory()
     with backend.open(target, log_dir=out_dir) as lm:
         for call in calls:
             tm, objs = _build_tasks(call, specs, suite)
@@ -302,8 +310,6 @@ def _build_tasks(call: list[_TaskRun], specs: dict[int, Any], suite: Suite):
         except UserError:
             raise
         except Exception as e:
-            from autotune.evaluate.taskdefs import _load_error
-
             raise _load_error(run.tdef, e) from e
         if run.entry.task in built.get("groups", {}):
             objs.append(built["groups"][run.entry.task])

@@ -19,9 +19,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from autotune.config.suite import FieldMap, Suite, TaskData
 from autotune.errors import UserError
-from autotune.evaluate.suite import FieldMap, Suite, TaskData
 from autotune.evaluate.taskdefs import file_sha
+from autotune.paths import building, home
 
 _STEP = re.compile(r"\.?([^.\[\]]+)|\[(\*|-?\d+)\]")
 _MISSING = object()
@@ -32,8 +33,6 @@ def data_files(data: TaskData, suite: Suite, *, where: str) -> dict[str, str]:
     files = {split: suite.data_file(p) for split, p in data.files.items()}
     if data.fields is None and data.format in ("auto", "jsonl") and all(p.suffix == ".jsonl" for p in files.values()):
         return {s: str(p) for s, p in files.items()}
-    from autotune.paths import building, home
-
     key = hashlib.sha256(data.model_dump_json().encode())
     for split, p in sorted(files.items()):
         key.update(f"{split}|{file_sha(p)}".encode())

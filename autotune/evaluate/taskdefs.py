@@ -24,8 +24,11 @@ from typing import Any
 
 import yaml
 
+from autotune.config.suite import Suite, TaskEntry
 from autotune.errors import UserError
-from autotune.evaluate.suite import CONTINUOUS_METRICS, Suite, TaskEntry
+from autotune.evaluate.metrics import CONTINUOUS_METRICS
+from autotune.paths import home
+from autotune.records import write_json_atomic
 
 
 class FunctionRef(str):
@@ -106,9 +109,6 @@ def stock_index() -> dict[str, dict[str, str | None]]:
     tasks_dir = stock_tasks_dir()
     if tasks_dir is None:
         return {}
-    from autotune.paths import home
-    from autotune.records import write_json_atomic
-
     key = hashlib.sha256(f"{lm_eval_version()}|{tasks_dir}".encode()).hexdigest()[:16]
     cached = home() / "lm-eval-index" / f"{key}.json"
     if cached.exists():

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from autotune.config.base import Frozen as _Frozen
 
 # One alpha shared by the mixtures of a metric, each with its own E and A. Chinchilla (Hoffmann et al. 2022,
 # approach 3) fits one data exponent for all its runs, L = E + A/N^a + B/D^b; Data Mixing Laws (Ye et al.
@@ -157,10 +159,6 @@ def _swapped_inside_noise(a: np.ndarray, b: np.ndarray, std: float) -> tuple[int
 
 
 # ----------------------------------------------------------------------------------------------- records
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
 class RankPair(_Frozen):
     """Rank agreement of two rungs (``b`` may be the laws' prediction at the full run's tokens)."""
 
@@ -366,11 +364,6 @@ def decision_metrics(objective) -> list[str]:
 
 def higher_is_better(metric: str) -> bool:
     """Orientation of a metric key of a study: group scores and task scores up, bits-per-byte and perplexities down."""
-    from autotune.evaluate.suite import LOWER_IS_BETTER
+    from autotune.evaluate.metrics import key_higher_is_better
 
-    if metric in ("target", "general"):
-        return True
-    if metric.startswith("bpb/"):
-        return False
-    name = metric.split("/", 1)[-1].split(":", 1)[0]
-    return name not in LOWER_IS_BETTER
+    return key_higher_is_better(metric)

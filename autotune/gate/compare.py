@@ -23,6 +23,7 @@ The test, per entry (an lm-eval task's metric, or held-out bits-per-byte on a do
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -31,17 +32,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from autotune.config.gate import GateConfig, Rule, Tolerance, load_gate_config  # noqa: F401 (re-exported)
+from autotune.config.suite import GROUPS  # noqa: F401 (re-exported)
 from autotune.errors import UserError
+from autotune.evaluate.continuous import _continuation, _gold_indices, _logsumexp
+from autotune.evaluate.metrics import CONTINUOUS_METRICS, LIKELIHOOD_METRICS
 
 BASELINE_FORMAT = "autotune-gate-baseline/1"
-GROUPS = ("target", "general", "report")
 
-# Metrics on a log-likelihood scale: their tolerance is relative (a 1% worse bits-per-byte means the same
-# at 0.8 and at 3.0 bits); bounded scores (acc, exact_match, gold_prob, chance-corrected) get points.
-LIKELIHOOD_METRICS = frozenset({"bpb", "gold_bpb", "gold_logprob", "perplexity", "word_perplexity",
-                                "byte_perplexity", "bits_per_byte"})
 # Defaults when no rule matches. One accuracy point and 1% of a likelihood metric: the demo's replicate
 # proxies (same mixture, seeds 0 and 1) differ by about 0.01 in target score, and a CI gate should not
 # fire on seed noise; a drop of a point is what a mid-training regression worth a look starts at.
@@ -55,109 +54,9 @@ class NotGateable(Exception):
 
 
 # ----------------------------------------------------------------------------------------------- tolerance
-@dataclass(frozen=True)
-class Tolerance:
-    """How much worse than the baseline an entry may get: ``value`` in the metric's unit, or a fraction of
-    the baseline's value when ``relative``."""
-
-    value: float
-    relative: bool = False
-
-    @classmethod
-    def parse(cls, raw: Any, *, file: str | Path | None = None, field: str | None = None) -> Tolerance:
-        """``0.02`` (absolute) or ``"2%"`` (relative); negative or unreadable values are a UserError."""
-        text = str(raw).strip()
-        relative = text.endswith("%")
-        try:
-            value = float(text[:-1] if relative else text)
-        except ValueError:
-            raise UserError("a tolerance is a number (absolute, in the metric's unit) or a percentage of the "
-                            "baseline's value, e.g. 0.02 or 2%", file=file, field=field, value=raw) from None
-        if not math.isfinite(value) or value < 0 or (relative and value > 100):
-            raise UserError("a tolerance must be >= 0 (and a percentage <= 100%)", file=file, field=field, value=raw)
-        return cls(value / 100 if relative else value, relative)
-
-    def threshold(self, baseline_value: float) -> float:
-        """The drop allowed, in the metric's unit."""
-        return self.value * abs(baseline_value) if self.relative else self.value
-
-    def __str__(self) -> str:
-        return f"{self.value * 100:g}%" if self.relative else f"{self.value:g}"
-
-
-@dataclass(frozen=True)
-class Rule:
-    """``pattern`` (shell-style, on entry keys) -> ``tolerance``; ``file`` / ``field`` say where it was set."""
-
-    pattern: str
-    tolerance: Tolerance
-    field: str
-    file: str | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.file}: {self.field}" if self.file else self.field
-
-
 def default_tolerance(metric: str) -> Tolerance:
     kind = "likelihood" if metric in LIKELIHOOD_METRICS else "bounded"
     return Tolerance.parse(DEFAULT_TOLERANCE[kind])
-
-
-# ----------------------------------------------------------------------------------------------- config
-class GateConfig(BaseModel):
-    """The gate's settings (``--config gate.yaml``; every field has a default, CLI options override).
-
-    ``tolerance`` maps entry-key patterns (shell-style: ``bpb/*``, ``*/gold_logprob``) to tolerances; the
-    first matching pattern wins, CLI ``--tolerance`` rules before the file's, then ``DEFAULT_TOLERANCE``.
-    ``skip`` patterns leave entries out; ``groups`` names the suite groups gated.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    confidence: float = Field(0.95, gt=0.5, lt=1.0,
-                              description="one-sided confidence that the drop exceeds the tolerance")
-    resamples: int = Field(2000, ge=100, le=100_000, description="paired bootstrap resamples")
-    seed: int = Field(0, description="seed of the bootstrap's resampling (the gate is deterministic)")
-    tolerance: dict[str, float | str] = Field(default_factory=dict)
-    skip: list[str] = Field(default_factory=list)
-    groups: list[Literal["target", "general", "report"]] = Field(default_factory=lambda: list(GROUPS), min_length=1)
-    source_file: str | None = Field(None, exclude=True)
-
-    @field_validator("tolerance")
-    @classmethod
-    def _tolerances(cls, v: dict[str, float | str]) -> dict[str, float | str]:
-        for pattern, tol in v.items():
-            Tolerance.parse(tol, field=f"tolerance.{pattern}")
-        return v
-
-    def rules(self) -> list[Rule]:
-        """The file's tolerance rules, in its order."""
-        return [Rule(p, Tolerance.parse(t), f"tolerance.{p}", self.source_file) for p, t in self.tolerance.items()]
-
-    def skip_rules(self) -> list[tuple[str, str, str | None]]:
-        """(pattern, field, file) of the file's skip patterns."""
-        return [(p, f"skip[{i}]", self.source_file) for i, p in enumerate(self.skip)]
-
-
-def load_gate_config(path: Path | None) -> GateConfig:
-    """The gate config file (defaults when ``path`` is None); errors name the file, the field and the value."""
-    if path is None:
-        return GateConfig()
-    from autotune.config.space import read_yaml
-
-    data = read_yaml(Path(path), "gate config")
-    try:
-        return GateConfig.model_validate({**data, "source_file": str(path)})
-    except UserError as e:  # raised inside a validator: add the file
-        raise UserError(e.problem, file=path, field=e.field, value=e.value) from None
-    except ValidationError as e:
-        first = e.errors()[0]
-        field = ".".join(str(x) for x in first["loc"]) or None
-        if first["type"] == "extra_forbidden":
-            raise UserError("unknown field (a typo?)", file=path, field=field) from None
-        raise UserError(first["msg"].removeprefix("Value error, "), file=path, field=field,
-                        value=first.get("input")) from None
 
 
 def tolerance_for(key: str, metric: str, rules: Sequence[Rule]) -> tuple[Tolerance, str]:
@@ -241,8 +140,6 @@ def task_doc_values(metric: str, filter_: str, normalize: str, output_type: str 
                     samples: list[dict[str, Any]], raw_value: float) -> DocValues:
     """Per-document values of a task entry from lm-eval's per-sample log; checked to reproduce ``raw_value``
     (the score before chance correction). Raises ``NotGateable`` with a reason."""
-    from autotune.evaluate.suite import CONTINUOUS_METRICS
-
     want = "none" if metric in CONTINUOUS_METRICS else filter_
     rows = [s for s in samples if s.get("filter", "none") == want]
     if not rows:
@@ -288,8 +185,6 @@ def task_doc_values(metric: str, filter_: str, normalize: str, output_type: str 
 def _continuous(metric: str, output_type: str | None, rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     """Per-document parts of gold_logprob / gold_prob (means) and gold_bpb (bits over bytes); the same
     reading of lm-eval's samples as ``autotune.evaluate.continuous.derived_metrics``."""
-    from autotune.evaluate.continuous import _continuation, _gold_indices, _logsumexp
-
     num, den = [], []
     for s in rows:
         lls = [float(r[0]) if isinstance(r, list | tuple) else float(r) for r in s["filtered_resps"]]
@@ -464,8 +359,6 @@ _REDO = "not comparable; write a new baseline (autotune gate BASELINE_CHECKPOINT
 
 def read_baseline(path: Path) -> dict[str, Any]:
     """A baseline file written by ``--write-baseline``; a UserError naming the file when it is not one."""
-    import json
-
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:

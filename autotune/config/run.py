@@ -1,0 +1,147 @@
+"""How a study's trials run: the demo base model, the proxy run's budget, the launcher and the search loop."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from autotune.config.base import Frozen, parse_bytes, whole_tokens
+from autotune.config.identity import HOW, RUN, RUN_UNLESS_DEFAULT, STUDY
+
+SAMPLERS = ("tpe", "random", "qmc", "cmaes", "gp")
+
+
+class DemoBase(Frozen):
+    """The demo's base model: a tiny Llama that autotune pre-trains on prose + code on first use (cached)."""
+
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(384, ge=8)
+    vocab_size: int = Field(2048, ge=300, le=65535)
+    pretrain_tokens: int = Field(1_000_000, ge=1000)
+    seq_len: int = Field(256, ge=16)
+    batch_tokens: int = Field(4096, ge=16)
+    peak_lr: float = Field(3e-3, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> DemoBase:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+
+class Proxy(Frozen):
+    """The proxy run's budget: ``tokens`` trained per trial, in steps of ``batch_tokens``. Each field says
+    whether it keys a run, the study, or only how runs are computed (``autotune/config/identity.py``)."""
+
+    tokens: Annotated[int, RUN] = Field(ge=1)
+    seq_len: Annotated[int, RUN] = Field(256, ge=8)
+    batch_tokens: Annotated[int, RUN] = Field(4096, ge=8)
+    seed: Annotated[int, STUDY] = 0  # each proposal carries its own seed
+    replicates: Annotated[int, STUDY] = Field(1, ge=1, description="runs of the prior mixture with seeds seed, seed+1, ...: the noise floor")
+    threads: Annotated[int | None, HOW] = Field(None, ge=1, description="torch threads in the worker (default: all cores)")
+    micro_batch_seqs: Annotated[int | None, HOW] = Field(None, ge=1, description=(
+        "sequences per forward/backward on each process; a step of batch_tokens accumulates gradients over "
+        "micro-batches (default: the whole step at once). Lower it when a trial ends with status oom"))
+    precision: Annotated[Literal["auto", "fp32", "bf16"], RUN_UNLESS_DEFAULT] = Field("auto", description="bf16 autocast on GPU (auto), fp32 on CPU")
+    compile: Annotated[Literal["auto"] | bool, HOW] = Field("auto", description="torch.compile the model: on GPU by default, off on CPU")
+    max_epochs: Annotated[float, STUDY] = Field(4.0, gt=0, description=(
+        "warn when a proxy run draws a domain more than this many times over (repeated data inflates gains)"))
+    save_state_every_s: Annotated[float, HOW] = Field(300.0, ge=0, description=(
+        "save a resumable training state this often (seconds; 0: never): a crashed or interrupted trial "
+        "resumes mid-run, drawing the same batches"))
+    rungs: Annotated[list[float] | None, STUDY] = Field(None, description="fractions of tokens with a cheap held-out bits-per-byte "
+                                      "evaluation reported to Optuna (multi-fidelity), e.g. [0.25, 0.5, 1.0]")
+
+    @field_validator("tokens", "batch_tokens", mode="before")
+    @classmethod
+    def _int_from_float(cls, v: Any) -> Any:
+        return whole_tokens(v)
+
+    @model_validator(mode="after")
+    def _check(self) -> Proxy:
+        if self.rungs is not None:
+            r = self.rungs
+            if not r or any(not 0 < x <= 1 for x in r) or any(a >= b for a, b in zip(r, r[1:], strict=False)) or r[-1] != 1.0:
+                raise ValueError(f"rungs must increase within (0, 1] and end at 1.0 (got {r})")
+        if self.batch_tokens < self.seq_len:
+            raise ValueError(f"batch_tokens {self.batch_tokens} is below seq_len {self.seq_len}")
+        if self.tokens < self.batch_tokens:
+            raise ValueError(f"tokens {self.tokens} is below one batch ({self.batch_tokens} batch_tokens)")
+        return self
+
+    @property
+    def seqs_per_step(self) -> int:
+        return self.batch_tokens // self.seq_len
+
+    @property
+    def steps(self) -> int:
+        return self.tokens // (self.seqs_per_step * self.seq_len)
+
+    @property
+    def rung_steps(self) -> list[int]:
+        """Steps after which a rung is evaluated (the last rung is the full run's own evaluation)."""
+        return sorted({max(1, round(f * self.steps)) for f in (self.rungs or [])[:-1]} - {self.steps})
+
+
+class LauncherSpec(Frozen):
+    """Where trials run: ``local`` (a subprocess here), ``accelerate`` (``accelerate launch`` with
+    ``num_processes`` data-parallel processes per trial) or ``slurm`` (a Slurm job per trial through submitit;
+    ``cluster: local`` runs submitit's local executor; other keys go to submitit's ``update_parameters``).
+    ``sharding`` (accelerate): ``ddp`` keeps a whole model per process; ``fsdp`` shards weights, gradients and
+    optimizer state over the processes (FSDP2), for models whose training state does not fit one device.
+    Both train the same batches, so it is not part of a run's identity. ``memory_limit`` (local, accelerate)
+    caps each worker process's CPU memory (heap and private mappings, ``RLIMIT_DATA``), e.g. ``8GiB``: a
+    trial that needs more fails as ``oom`` instead of taking the machine (and the other trials) down."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    kind: Annotated[Literal["local", "accelerate", "slurm"], HOW] = "local"
+    cluster: Annotated[str | None, HOW] = None
+    num_processes: Annotated[int, HOW] = Field(1, ge=1)
+    mixed_precision: Annotated[Literal["no", "bf16", "fp16"], STUDY] = Field("no", description=(
+        "accelerate's autocast around DDP's forward (accelerate launch --mixed_precision); usually leave it "
+        "'no' and set proxy.precision, which every launcher and sharding honours"))
+    sharding: Annotated[Literal["ddp", "fsdp"], HOW] = "ddp"
+    memory_limit: Annotated[int | None, HOW] = Field(None, gt=0, description="bytes per worker process, or 8GiB, 512MiB, 8e9")
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _bytes(cls, v: Any) -> Any:
+        return parse_bytes(v)
+
+    @model_validator(mode="after")
+    def _check(self) -> LauncherSpec:
+        if self.kind != "slurm" and self.model_extra:
+            raise ValueError(f"unknown launcher fields {sorted(self.model_extra)} (only kind: slurm takes extra keys)")
+        if self.memory_limit is not None and self.kind == "slurm":
+            raise ValueError("memory_limit is for kind local and accelerate; give Slurm its own (e.g. mem_gb: 64)")
+        if self.sharding == "fsdp" and self.mixed_precision != "no":
+            raise ValueError(f"mixed_precision: {self.mixed_precision} is accelerate's DDP autocast; with sharding: fsdp "
+                             "set proxy.precision: bf16 instead")
+        if self.sharding == "fsdp" and (self.kind != "accelerate" or self.num_processes < 2):
+            raise ValueError(f"sharding: fsdp shards over several processes: it needs kind: accelerate and "
+                             f"num_processes >= 2 (got kind: {self.kind}, num_processes: {self.num_processes})")
+        return self
+
+
+class Search(Frozen):
+    sampler: Literal["tpe", "random", "qmc", "cmaes", "gp"] = "tpe"
+    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
+    launcher: LauncherSpec = Field(default_factory=LauncherSpec)
+    trials: int = Field(16, ge=1)
+    storage: str = Field("sqlite", description="sqlite (runs/<study>/study.db), an RDB URL, or journal:PATH")
+    seed: int = 0
+    runs_dir: str = "runs"
+    trial_timeout_s: float | None = Field(None, gt=0, description="stop a trial's worker after this long: a failed trial 'timeout'")
+    heartbeat_s: int = Field(10, ge=1, description="a running trial's heartbeat interval (RDB storages)")
+    grace_s: int = Field(60, ge=2, description="a trial silent this long is lost: failed and retried once")
+
+    @model_validator(mode="after")
+    def _check(self) -> Search:
+        if self.grace_s <= self.heartbeat_s:
+            raise ValueError(f"grace_s {self.grace_s} must exceed heartbeat_s {self.heartbeat_s}")
+        return self
