@@ -1,4 +1,13 @@
-"""Frozen, JSON-round-trippable records passed between stages."""
+"""Frozen, JSON-round-trippable records passed between stages, and the only reader and writer of their files.
+
+* ``Proposal``: what one trial trains (controller -> study -> worker);
+* ``Job``: what a worker is asked to do (``job.json``, study -> launcher -> worker);
+* ``Prepared``: tokenizer, base checkpoint and packed domains (the prepare job's ``result.json``);
+* ``RunResult``: what a trial's worker leaves (``result.json``: status, metrics, train summary);
+* ``TrialRecord``: one trial as every reader sees it (status, export, report, extrapolate, ladder), from the
+  Optuna storage or from ``summary.json``; ``load_trials(study_dir)`` reads them;
+* ``Attr``: the names of the Optuna user attributes the study writes.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +17,9 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from autotune.config.identity import proposal_key
 
 
 @dataclass(frozen=True)
@@ -30,12 +41,8 @@ class Proposal:
                    context=dict(d.get("context") or {}))
 
     def key(self) -> dict[str, Any]:
-        """What determines the run, rounded so float noise below 1e-9 does not split identical proposals."""
-        return {"mixture": {k: round(v, 9) for k, v in sorted(self.mixture.items())},
-                "schedule": {k: round(v, 12) if isinstance(v, float) else v for k, v in sorted(self.schedule.items())},
-                "seed": self.seed,
-                **({"context": {k: round(v, 9) if isinstance(v, float) else v for k, v in sorted(self.context.items())}}
-                   if self.context else {})}
+        """What identifies the proposal (``config.identity.proposal_key``: one rounding everywhere)."""
+        return proposal_key(self.mixture, self.schedule, self.seed, self.context)
 
 
 @dataclass(frozen=True)
@@ -85,3 +92,252 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file; a half-written last line (a killed writer) is skipped."""
+    if not Path(path).exists():
+        return []
+    out = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- jobs
+@dataclass(frozen=True)
+class Prepared:
+    """What the prepare job leaves: the tokenizer and base checkpoint folders with their hashes, the base
+    run's final learning rate (``schedule.start_lr: base``) and each domain's packed tokens (folder and
+    manifest)."""
+
+    tokenizer: str
+    tokenizer_hash: str
+    base: str
+    base_hash: str
+    base_final_lr: float | None
+    domains: dict[str, str]
+    manifests: dict[str, dict[str, Any]]
+
+    def source_hash(self, domain: str, split: str = "train") -> str:
+        return self.manifests[domain]["splits"][split]["source_hash"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": "ok", **asdict(self)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Prepared:
+        return cls(tokenizer=d["tokenizer"], tokenizer_hash=d["tokenizer_hash"], base=d["base"], base_hash=d["base_hash"],
+                   base_final_lr=d.get("base_final_lr"), domains=dict(d["domains"]), manifests=dict(d["manifests"]))
+
+
+@dataclass(frozen=True)
+class Job:
+    """A worker's ``job.json``: ``prepare`` (data, tokenizer, base) or ``trial`` (train ``proposal`` from the
+    ``prepared`` base, or with no proposal evaluate the base). ``space`` is the space as JSON with absolute
+    paths (the worker runs wherever the launcher puts it)."""
+
+    kind: Literal["prepare", "trial"]
+    space: dict[str, Any]
+    space_file: str | None = None
+    prepared: Prepared | None = None
+    proposal: Proposal | None = None
+    allow_code_execution: bool = False
+    keep_checkpoint: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind, "space": self.space, "space_file": self.space_file}
+        if self.kind == "trial":
+            d.update(prepared=self.prepared.to_json() if self.prepared else None,
+                     proposal=self.proposal.to_json() if self.proposal else None,
+                     allow_code_execution=self.allow_code_execution, keep_checkpoint=self.keep_checkpoint)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Job:
+        return cls(kind=d["kind"], space=dict(d["space"]), space_file=d.get("space_file"),
+                   prepared=Prepared.from_json(d["prepared"]) if d.get("prepared") else None,
+                   proposal=Proposal.from_json(d["proposal"]) if d.get("proposal") else None,
+                   allow_code_execution=bool(d.get("allow_code_execution")),
+                   keep_checkpoint=bool(d.get("keep_checkpoint", True)))
+
+    def write(self, path: Path) -> None:
+        write_json_atomic(path, self.to_json())
+
+    @classmethod
+    def read(cls, path: Path) -> Job:
+        return cls.from_json(read_json(path))
+
+
+def read_result(path: Path) -> RunResult | Prepared:
+    """A worker's ``result.json``: a prepare job's ``Prepared`` when it succeeded, else a ``RunResult``."""
+    d = read_json(path)
+    if d.get("status") == "ok" and "base_hash" in d:
+        return Prepared.from_json(d)
+    return RunResult.from_json(d)
+
+
+# ----------------------------------------------------------------------------------------------- trials
+class Attr:
+    """Names of the Optuna user attributes a study writes on its trials (read back by ``TrialRecord``)."""
+
+    PROPOSAL = "proposal"  # Proposal.to_json(): mixture shares, schedule, seed, context
+    SEED = "seed"  # set on enqueued trials (prior replicates, ladder re-runs)
+    PRIOR = "prior"  # a replicate of the prior mixture
+    OWNER = "owner"  # {host, pid} of the controller running it
+    STATUS = "status"  # RunResult.status, or pruned / interrupted / lost / surplus
+    REASON = "reason"
+    COUNTS = "counts"  # False: an interrupted or surplus trial that does not count towards the budget
+    RETRY_OF = "retry_of"
+    RUN_DIR = "run_dir"  # relative to the study folder
+    METRICS = "metrics"
+    TARGET = "target"
+    GENERAL = "general"
+    FEASIBLE = "feasible"
+    RUNGS = "rungs"
+    MEMORY_SETTINGS = "memory_settings"
+    NOISE_MARGIN = "noise_margin"
+    TOKENS_PER_S = "train_tokens_per_s"
+    LADDER_OF = "ladder_of"
+
+
+def _num(x: Any) -> float | None:
+    import math
+
+    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as status, export, the report, extrapolation and the ladder read it. ``state``: complete |
+    pruned | fail | running. Its JSON form is a ``summary.json`` row (``trial`` is the number)."""
+
+    number: int
+    state: str
+    status: str = ""
+    mixture: dict[str, float] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)  # long-context knobs (seq_len, rope_theta)
+    seed: int | None = None
+    prior: bool = False
+    target: float | None = None
+    general: float | None = None
+    feasible: bool | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+    run_dir: str = ""
+    duration_s: float | None = None
+    retry_of: int | None = None
+    constraint: float | None = None  # Optuna's convention: <= 0 is feasible (storage only)
+    pruned_at: str = ""  # last reported step and value of a pruned trial (storage only)
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "complete" and self.target is not None and self.general is not None
+
+    def to_row(self) -> dict[str, Any]:
+        """The ``summary.json`` row."""
+        return {"trial": self.number, "state": self.state, "status": self.status, "duration_s": self.duration_s,
+                "retry_of": self.retry_of, "mixture": self.mixture, "schedule": self.schedule,
+                "context": self.context, "seed": self.seed, "prior": self.prior, "target": self.target,
+                "general": self.general, "feasible": self.feasible, "metrics": self.metrics, "reason": self.reason,
+                "run_dir": self.run_dir}
+
+    @classmethod
+    def from_row(cls, r: dict[str, Any], index: int = -1) -> TrialRecord:
+        """A ``summary.json`` row (any version autotune wrote); missing fields take their defaults."""
+        return cls(number=int(r.get("trial", index)), state=str(r.get("state", "")), status=str(r.get("status") or ""),
+                   mixture=dict(r.get("mixture") or {}), schedule=dict(r.get("schedule") or {}),
+                   context=dict(r.get("context") or {}), seed=r.get("seed"), prior=bool(r.get("prior")),
+                   target=_num(r.get("target")), general=_num(r.get("general")), feasible=r.get("feasible"),
+                   metrics=dict(r.get("metrics") or {}), reason=str(r.get("reason") or ""),
+                   run_dir=str(r.get("run_dir") or ""), duration_s=_num(r.get("duration_s")), retry_of=r.get("retry_of"))
+
+    @classmethod
+    def from_frozen(cls, t: Any) -> TrialRecord | None:
+        """An Optuna ``FrozenTrial``; None for a queued trial, or an interrupted one that was rerun (the rerun
+        has its own record)."""
+        ua = t.user_attrs
+        state = t.state.name.lower()
+        if state == "waiting" or (state == "fail" and not ua.get(Attr.COUNTS, True)):
+            return None
+        prop = ua.get(Attr.PROPOSAL) or {}
+        status = str(ua.get(Attr.STATUS, "lost" if state == "fail" else ""))
+        reason = str(ua.get(Attr.REASON, "no heartbeat: its worker died" if status == "lost" else ""))
+        constraints = list(t.constraints.values()) if isinstance(t.constraints, dict) else list(t.constraints or [])
+        pruned_at = ""
+        if state == "pruned" and t.intermediate_values:
+            step = max(t.intermediate_values)
+            pruned_at = f"step {step}, value {t.intermediate_values[step]:.4g}"
+        return cls(number=t.number, state=state, status=status, mixture=dict(prop.get("mixture") or {}),
+                   schedule=dict(prop.get("schedule") or {}), context=dict(prop.get("context") or {}),
+                   seed=prop.get("seed", ua.get(Attr.SEED)), prior=bool(ua.get(Attr.PRIOR)),
+                   target=_num(ua.get(Attr.TARGET)), general=_num(ua.get(Attr.GENERAL)),
+                   feasible=ua.get(Attr.FEASIBLE), metrics=dict(ua.get(Attr.METRICS) or {}), reason=reason,
+                   run_dir=str(ua.get(Attr.RUN_DIR, "")),
+                   duration_s=t.duration.total_seconds() if t.duration else None, retry_of=ua.get(Attr.RETRY_OF),
+                   constraint=max(constraints) if constraints else None, pruned_at=pruned_at)
+
+
+@dataclass(frozen=True)
+class Trials:
+    """A study's trials, where they were read from (``study.db`` | ``summary.json`` | ``none``), and notes on
+    what could not be read."""
+
+    records: list[TrialRecord]
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+
+def load_trials(study_dir: Path, *, storage: bool = True) -> Trials:
+    """Every trial of ``runs/<study>``: from its Optuna storage ``study.db`` (also while a study runs) when
+    ``storage`` and the file loads, else from ``summary.json`` (written at the end of each search)."""
+    root = Path(study_dir)
+    notes: list[str] = []
+    if storage:
+        records = _trials_from_db(root, notes)
+        if records is not None:
+            return Trials(records, "study.db", notes)
+    path = root / "summary.json"
+    if not path.exists():
+        return Trials([], "none", notes)
+    try:
+        summary = read_json(path)
+    except (OSError, ValueError) as e:
+        return Trials([], "none", [*notes, f"{path}: unreadable ({type(e).__name__}: {e})"])
+    rows = summary.get("trials") if isinstance(summary, dict) else None
+    records = [TrialRecord.from_row(r, i) for i, r in enumerate(rows or []) if isinstance(r, dict)]
+    return Trials(sorted(records, key=lambda t: t.number), "summary.json", notes)
+
+
+def _trials_from_db(root: Path, notes: list[str]) -> list[TrialRecord] | None:
+    db = root / "study.db"
+    if not db.exists():
+        notes.append("no study.db here (the storage may be elsewhere): trials are read from summary.json")
+        return None
+    import optuna  # a light module calling a heavy one: only when a study's storage is read
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{db.resolve()}"
+    name = None
+    if (root / "space.json").exists():
+        try:
+            name = read_json(root / "space.json")["identity"]["name"]
+        except (OSError, ValueError, KeyError, TypeError):
+            name = None
+    try:
+        try:
+            study = optuna.load_study(study_name=name, storage=url)
+        except KeyError:  # another name in the file: take its only study
+            study = optuna.load_study(study_name=None, storage=url)
+    except Exception as e:  # a damaged or foreign file: say so, fall back to summary.json
+        notes.append(f"{db}: cannot load the Optuna study ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                     "trials are read from summary.json")
+        return None
+    records = [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
+    return sorted((r for r in records if r is not None), key=lambda t: t.number)

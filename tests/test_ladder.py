@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import tiny_space, tiny_suite, write_space
-from test_extrapolate_recipe import make_study
 from typer.testing import CliRunner
 
 from autotune.cli import app
@@ -31,8 +29,10 @@ from autotune.extrapolate.ladder import (
     rank_agreement,
 )
 from autotune.extrapolate.study_data import load_ladder
+from autotune.records import TrialRecord
 from autotune.search.ladder import choose_trials
 from autotune.search.study import _space_identity
+from autotune.testing import make_study, tiny_space, tiny_suite, write_space
 
 TOKENS = [100_000, 200_000, 400_000, 800_000]
 
@@ -160,8 +160,9 @@ def test_choose_trials_prior_then_best_feasible():
             {"trial": 3, "state": "complete", "target": 0.5, "feasible": True, "mixture": {"a": 1}},
             {"trial": 4, "state": "fail", "target": None, "mixture": {}},
             {"trial": 5, "state": "complete", "target": 0.4, "feasible": True, "mixture": {"a": 1}}]
-    assert [r["trial"] for r in choose_trials(rows, "target", 2)] == [0, 3, 5]
-    assert [r["trial"] for r in choose_trials(rows, "target", 3)] == [0, 3, 5, 2]
+    trials = [TrialRecord.from_row(r) for r in rows]
+    assert [t.number for t in choose_trials(trials, "target", 2)] == [0, 3, 5]
+    assert [t.number for t in choose_trials(trials, "target", 3)] == [0, 3, 5, 2]
 
 
 # ----------------------------------------------------------------------------------------------- recipe

@@ -66,40 +66,40 @@ def print_summary(console: Console, study) -> None:  # study: autotune.search.st
     for col in ("trial", "state", *domains, "schedule", "seed", "target", "general", "feasible", "time"):
         table.add_column(col, justify="left" if col in ("state", "schedule") else "right")
     for r in rows:
-        mix = [f"{r['mixture'].get(d, 0):.2f}" if r["mixture"] else "-" for d in domains]
-        sched = r["schedule"]
+        mix = [f"{r.mixture.get(d, 0):.2f}" if r.mixture else "-" for d in domains]
+        sched = r.schedule
         kind = f"{sched.get('kind', '-')} {sched['peak_lr']:.1e}" if "peak_lr" in sched else "-"
         if isinstance(study.space.schedule.decay_shape, list) and sched.get("kind") == "wsd":
             kind += f" {sched.get('decay_shape')}"
-        ctx = r.get("context") or {}
+        ctx = r.context
         if ctx:
             kind += " " + " ".join(f"{'T' if k == 'seq_len' else 'θ'}={v:.3g}" for k, v in sorted(ctx.items()))
-        state = r["state"] if r["state"] == "complete" else f"{r['status'] or r['state']}: {r['reason'][:40]}"
-        table.add_row(f"{r['trial']}{'p' if r['prior'] else ''}", state, *mix, kind, str(r["seed"]), _fmt(r["target"]),
-                      _fmt(r["general"]), {True: "yes", False: "no"}.get(r["feasible"], "-"),
-                      f"{r['duration_s']:.0f}s" if r.get("duration_s") is not None else "-")
+        state = r.state if r.state == "complete" else f"{r.status or r.state}: {r.reason[:40]}"
+        table.add_row(f"{r.number}{'p' if r.prior else ''}", state, *mix, kind, str(r.seed), _fmt(r.target),
+                      _fmt(r.general), {True: "yes", False: "no"}.get(r.feasible, "-"),
+                      f"{r.duration_s:.0f}s" if r.duration_s is not None else "-")
     console.print(table)
     console.print("p: the prior mixture (its replicates with other seeds measure the noise); schedule: kind and peak LR"
                   + (" (and searched decay shape, context T and RoPE base θ)" if study.space.context.seq_len or
                      study.space.context.rope_theta or isinstance(study.space.schedule.decay_shape, list) else ""),
                   style="dim")
-    done = [r for r in rows if r["state"] == "complete"]
-    prior = [r for r in done if r["prior"]]
+    done = [r for r in rows if r.state == "complete"]
+    prior = [r for r in done if r.prior]
     if len(prior) >= 2:
-        spread_t = max(r["target"] for r in prior) - min(r["target"] for r in prior)
-        spread_g = max(r["general"] for r in prior) - min(r["general"] for r in prior)
+        spread_t = max(r.target for r in prior) - min(r.target for r in prior)
+        spread_g = max(r.general for r in prior) - min(r.general for r in prior)
         console.print(f"seed noise (prior mixture, {len(prior)} seeds): target spread {spread_t:.4f}, general spread {spread_g:.4f}")
     noise = {k: v for k, v in study.noise(ctl).items() if k not in ("target", "general")}
     if noise:
         shown = ", ".join(f"{k} {v.std:.4f}" for k, v in list(noise.items())[:10])
         console.print(f"noise floor (seed std per metric over {next(iter(noise.values())).n} prior runs): {shown}",
                       highlight=False)
-    feasible = [r for r in done if r["feasible"]]
+    feasible = [r for r in done if r.feasible]
     if feasible:
-        best = max(feasible, key=lambda r: r["target"])
-        mix = ", ".join(f"{d} {best['mixture'][d]:.2f}" for d in domains)
-        console.print(f"best feasible: trial {best['trial']}: target {best['target']:+.4f}, general {best['general']:+.4f} "
-                      f"({mix}; {best['schedule'].get('kind')} peak_lr {best['schedule'].get('peak_lr', 0):.2e})",
+        best = max(feasible, key=lambda r: r.target)
+        mix = ", ".join(f"{d} {best.mixture[d]:.2f}" for d in domains)
+        console.print(f"best feasible: trial {best.number}: target {best.target:+.4f}, general {best.general:+.4f} "
+                      f"({mix}; {best.schedule.get('kind')} peak_lr {best.schedule.get('peak_lr', 0):.2e})",
                       highlight=False)
     elif done:
         console.print("no trial met the general-retention constraint", style="yellow")

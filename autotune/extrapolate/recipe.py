@@ -51,7 +51,8 @@ from autotune.extrapolate.recipe_model import (
     write_recipe,
 )
 from autotune.extrapolate.schedule import LossCurve, MultiPowerLaw, choose_schedule, fit_multi_power_law
-from autotune.extrapolate.study_data import FinishedStudy, Trial, load_ladder, load_study, read_train_log
+from autotune.extrapolate.study_data import FinishedStudy, load_ladder, load_study, read_train_log
+from autotune.records import TrialRecord
 from autotune.search.simplex import SimplexMap
 
 __all__ = ["HARD_MAX_EPOCHS", "RECIPE_VERSION", "TOP_TRIALS", "WARN_EPOCHS", "DomainPlan", "Prediction", "Provenance",
@@ -190,8 +191,8 @@ class _Mixture:
     """The peak LR, the trials that set it, and the mixture that maximises the predicted objective at it."""
 
     peak_lr: float
-    top: list[Trial]
-    best_trial: Trial
+    top: list[TrialRecord]
+    best_trial: TrialRecord
     maximise: str
     floor: float | None             # the predicted general score held (None: unconstrained)
     opt: Optimum
@@ -366,7 +367,7 @@ def _choose_schedule(study: FinishedStudy, mixture: _Mixture, total_steps: int) 
         warmup_fraction = float(spec.warmup_fraction)
     curves = []
     for t in study.trials:
-        log = read_train_log(t.run_dir / "train_log.jsonl") if t.run_dir else None
+        log = read_train_log(study.run_path(t) / "train_log.jsonl") if t.run_dir else None
         if log is not None:
             curves.append(LossCurve(log.lrs, log.steps, log.loss, group=str(t.number)))
     law, options, warnings = _rank_schedules(study, curves, kinds, str(best_trial.number), peak_lr, warmup_fraction,

@@ -8,26 +8,17 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from autotune.config.identity import proposal_key
+from autotune.config.load import PLAIN_ERRORS, validation_error_to_user_error
 from autotune.config.space import SearchSpace
 from autotune.errors import UserError
-
-
-@dataclass(frozen=True)
-class Trial:
-    number: int
-    mixture: dict[str, float]
-    schedule: dict[str, Any]
-    target: float
-    general: float
-    feasible: bool
-    metrics: dict[str, float]
-    run_dir: Path | None
+from autotune.records import TrialRecord, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -36,7 +27,7 @@ class FinishedStudy:
     space: SearchSpace
     digest: str
     base: dict[str, float]
-    trials: list[Trial]         # complete, with a mixture and scores
+    trials: list[TrialRecord]   # complete, with a share for every domain and finite scores
     failed: list[int]           # trial numbers that did not complete
 
     @property
@@ -46,6 +37,10 @@ class FinishedStudy:
     @property
     def domains(self) -> tuple[str, ...]:
         return tuple(self.space.domains)
+
+    def run_path(self, trial: TrialRecord) -> Path | None:
+        """The trial's run folder (``trials/<hash>``), or None when the row names none."""
+        return self.root / trial.run_dir if trial.run_dir else None
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -70,9 +65,8 @@ def load_study(study_dir: str | Path) -> FinishedStudy:
     try:
         space = SearchSpace.model_validate(space_json["identity"])
     except ValidationError as e:
-        first = e.errors()[0]
-        raise UserError(f"the space recorded in this study does not validate: {first['msg']}",
-                        file=root / "space.json", field="identity." + ".".join(str(p) for p in first["loc"])) from None
+        style = replace(PLAIN_ERRORS, prefix="identity.", template="the space recorded in this study does not validate: {msg}")
+        raise validation_error_to_user_error(e, root / "space.json", space_json["identity"], style) from None
     summary = _read_json(root / "summary.json", "summary.json")
     if not isinstance(summary, dict) or not isinstance(summary.get("trials"), list):
         raise UserError("summary.json has no 'trials' list", file=root / "summary.json", field="trials")
@@ -95,13 +89,12 @@ def load_study(study_dir: str | Path) -> FinishedStudy:
             if not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise UserError(f"a complete trial needs a finite '{key}' score", file=root / "summary.json",
                                 field=f"{where}.{key}", value=v)
-        run_dir = row.get("run_dir")
-        trials.append(Trial(number=int(number), mixture={d: float(mixture[d]) for d in domains},
-                            schedule=dict(row.get("schedule") or {}), target=float(row["target"]),
-                            general=float(row["general"]), feasible=bool(row.get("feasible", True)),
-                            metrics={k: float(v) for k, v in (row.get("metrics") or {}).items()
-                                     if isinstance(v, (int, float)) and math.isfinite(v)},
-                            run_dir=(root / run_dir) if run_dir else None))
+        trials.append(TrialRecord(number=int(number), state="complete", mixture={d: float(mixture[d]) for d in domains},
+                                  schedule=dict(row.get("schedule") or {}), target=float(row["target"]),
+                                  general=float(row["general"]), feasible=bool(row.get("feasible", True)),
+                                  metrics={k: float(v) for k, v in (row.get("metrics") or {}).items()
+                                           if isinstance(v, (int, float)) and math.isfinite(v)},
+                                  run_dir=str(row.get("run_dir") or "")))
     if len(trials) < 3:
         raise UserError(f"extrapolation needs at least 3 complete trials (this study has {len(trials)}); "
                         "run more trials first", file=root / "summary.json", field="trials")
@@ -121,16 +114,8 @@ def read_train_log(path: Path) -> TrainLog | None:
     """A trial's per-step log, or None when it is missing or has fewer than 4 steps with an LR."""
     if not path.exists():
         return None
-    rows = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill: the rest is still usable
-        if isinstance(r, dict) and isinstance(r.get("step"), int) and isinstance(r.get("lr"), (int, float)):
-            rows.append(r)
+    rows = [r for r in read_jsonl(path)  # a line cut by a kill is skipped: the rest is still usable
+            if isinstance(r.get("step"), int) and isinstance(r.get("lr"), (int, float))]
     rows.sort(key=lambda r: r["step"])
     if len(rows) < 4 or rows[0]["step"] != 0 or rows[-1]["step"] != len(rows) - 1:
         return None  # missing steps: the LR sums the law needs would be wrong
@@ -160,12 +145,7 @@ class LadderData:
 
 def run_key(mixture: dict[str, float], schedule: dict[str, Any], seed: Any) -> str:
     """What identifies a ladder mixture in every rung's trial rows: its mixture, schedule and seed."""
-    def r(v: Any) -> Any:
-        return float(f"{v:.10g}") if isinstance(v, float) else v
-
-    return json.dumps({"mixture": {k: r(v) for k, v in sorted(mixture.items())},
-                       "schedule": {k: r(v) for k, v in sorted(schedule.items())},
-                       "seed": None if seed is None else int(seed)}, sort_keys=True)
+    return json.dumps(proposal_key(mixture, schedule, seed), sort_keys=True)
 
 
 def load_ladder(study_dir: str | Path) -> LadderData | None:

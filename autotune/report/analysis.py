@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autotune.report.load import StudyData, TrialRecord
+from autotune.report.load import ReportTrial, StudyData
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def noise_of(data: StudyData, attr: str) -> Noise | None:
     return noise_floor([t.metrics[attr] for t in reps if attr in t.metrics])
 
 
-def pareto_front(trials: list[TrialRecord]) -> list[TrialRecord]:
+def pareto_front(trials: list[ReportTrial]) -> list[ReportTrial]:
     """Non-dominated trials when maximising both target and general, by general ascending (target descending)."""
     front = []
     for t in trials:
@@ -49,12 +49,12 @@ def pareto_front(trials: list[TrialRecord]) -> list[TrialRecord]:
     return sorted(front, key=lambda t: (t.general, -t.target))
 
 
-def is_feasible(t: TrialRecord) -> bool:
+def is_feasible(t: ReportTrial) -> bool:
     if t.feasible is not None:
         return bool(t.feasible)
     return t.constraint is None or t.constraint <= 0
 
 
-def best_feasible(data: StudyData) -> TrialRecord | None:
+def best_feasible(data: StudyData) -> ReportTrial | None:
     feasible = [t for t in data.complete if is_feasible(t)]
     return max(feasible, key=lambda t: t.target) if feasible else None

@@ -15,7 +15,7 @@ from typing import Any
 from autotune.errors import UserError
 from autotune.report import figures as F
 from autotune.report.analysis import best_feasible, is_feasible, noise_of
-from autotune.report.load import StudyData, TrialRecord, load_study_data
+from autotune.report.load import ReportTrial, StudyData, load_study_data
 from autotune.report.page import esc, figures_json, fmt, grid, note, page, section, table, tree
 
 SECTIONS = [("summary", "Summary"), ("settings", "Space and settings"), ("history", "Optimisation history"),
@@ -181,9 +181,9 @@ def _objective_text(o: dict[str, Any]) -> str:
 
 
 def _lower_is_better(key: str) -> bool:
-    from autotune.evaluate.suite import LOWER_IS_BETTER
+    from autotune.evaluate.metrics import key_higher_is_better
 
-    return key.startswith("bpb/") or key.rsplit("/", 1)[-1] in LOWER_IS_BETTER
+    return not key_higher_is_better(key)
 
 
 def _scores_table(data: StudyData) -> str:
@@ -263,7 +263,7 @@ def _trials_table(data: StudyData) -> str:
         "(noise): the difference from the prior's mean target is within the spread of the prior's seeds.")
 
 
-def _share(t: TrialRecord, d: str) -> str:
+def _share(t: ReportTrial, d: str) -> str:
     w = t.mixture.get(d)
     return fmt(w, ".3f") if isinstance(w, float) else fmt(w)
 

@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 from autotune.report.analysis import best_feasible, is_feasible, noise_of, pareto_front
-from autotune.report.load import StudyData, TrialRecord
+from autotune.report.load import ReportTrial, StudyData
 
 Figure = Any  # plotly.graph_objects.Figure; plotly is imported where a figure is built
 
@@ -62,7 +62,7 @@ def _layout(fig: Figure, title: str, height: int = 420, **kw: Any) -> Figure:
     return fig
 
 
-def curve_trials(data: StudyData, has: Any) -> tuple[list[TrialRecord], str]:
+def curve_trials(data: StudyData, has: Any) -> tuple[list[ReportTrial], str]:
     """The trials whose curves are drawn (``has(t)`` says a trial has one) and a note when some are left out."""
     ts = [t for t in data.trials if has(t)]
     if len(ts) <= MAX_CURVES:
@@ -77,15 +77,15 @@ def _mode(n: int) -> str:
     return "markers+text" if n <= MAX_LABELLED else "markers"
 
 
-def _label(t: TrialRecord) -> str:
+def _label(t: ReportTrial) -> str:
     return f"trial {t.number}" + (" (prior)" if t.prior else "")
 
 
-def _mix_text(t: TrialRecord) -> str:
+def _mix_text(t: ReportTrial) -> str:
     return "<br>".join(f"{ptext(d)}: {w:.3f}" for d, w in t.mixture.items())
 
 
-def _hover(t: TrialRecord) -> str:
+def _hover(t: ReportTrial) -> str:
     parts = [f"<b>{_label(t)}</b>", _mix_text(t)]
     s = t.schedule
     if s:
@@ -255,7 +255,7 @@ def mixture_figure(data: StudyData) -> Figure | str:
     if len(doms) == 3:
         a, b, c = doms
 
-        def trace(group: list[TrialRecord], name: str, marker: dict[str, Any]):
+        def trace(group: list[ReportTrial], name: str, marker: dict[str, Any]):
             return go.Scatterternary(a=[t.mixture.get(a, 0) for t in group], b=[t.mixture.get(b, 0) for t in group],
                                      c=[t.mixture.get(c, 0) for t in group], mode=_mode(len(ts)), name=name,
                                      text=[str(t.number) for t in group], textposition="top center", marker=marker,
@@ -360,7 +360,7 @@ def _thin(xs: list[Any], ys: list[Any]) -> tuple[list[Any], list[Any]]:
     return [xs[i] for i in idx], [ys[i] for i in idx]
 
 
-def total_steps(data: StudyData, t: TrialRecord) -> int | None:
+def total_steps(data: StudyData, t: ReportTrial) -> int | None:
     steps = (t.result.get("train") or {}).get("steps")
     if isinstance(steps, int) and steps > 0:
         return steps

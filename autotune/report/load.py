@@ -18,36 +18,29 @@ from typing import Any
 import yaml
 
 from autotune.errors import UserError
+from autotune.records import TrialRecord, load_trials, read_jsonl
 
 
 @dataclass
-class TrialRecord:
-    """One trial as the report shows it (the same fields as a ``summary.json`` row, plus files)."""
+class ReportTrial:
+    """One trial as the report shows it: its ``TrialRecord`` (fields read through, e.g. ``t.mixture``) plus
+    what its run folder holds."""
 
-    number: int
-    state: str  # complete | pruned | fail | running | waiting
-    status: str = ""
-    mixture: dict[str, float] = field(default_factory=dict)
-    schedule: dict[str, Any] = field(default_factory=dict)
-    context: dict[str, Any] = field(default_factory=dict)  # long-context knobs (seq_len, rope_theta)
-    seed: int | None = None
-    prior: bool = False
-    target: float | None = None
-    general: float | None = None
-    feasible: bool | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    reason: str = ""
-    run_dir: str = ""
-    constraint: float | None = None  # Optuna's convention: <= 0 is feasible
-    pruned_at: str = ""  # last reported step and value of a pruned trial
+    record: TrialRecord
     result: dict[str, Any] = field(default_factory=dict)  # result.json
     train_log: list[dict[str, Any]] = field(default_factory=list)
     stderr: dict[str, float] = field(default_factory=dict)  # per metric key
     log_tail: str = ""  # last lines of worker.log (failed trials)
+    reason: str = ""  # the record's reason, or the result's when the storage has none
+
+    def __getattr__(self, name: str) -> Any:  # only for names not found on ReportTrial itself
+        if name == "record":
+            raise AttributeError(name)
+        return getattr(self.record, name)
 
     @property
     def complete(self) -> bool:
-        return self.state == "complete" and self.target is not None and self.general is not None
+        return self.record.complete
 
 
 @dataclass
@@ -59,7 +52,7 @@ class StudyData:
     source_file: str = ""
     space_yaml: str = ""
     base: dict[str, float] = field(default_factory=dict)
-    trials: list[TrialRecord] = field(default_factory=list)
+    trials: list[ReportTrial] = field(default_factory=list)
     recipe: Any = None
     recipe_text: str = ""
     notes: list[str] = field(default_factory=list)  # what could not be read, shown at the top of the report
@@ -73,11 +66,11 @@ class StudyData:
         return self.domain_order if sorted(self.domain_order) == sorted(names) else names
 
     @property
-    def complete(self) -> list[TrialRecord]:
+    def complete(self) -> list[ReportTrial]:
         return [t for t in self.trials if t.complete]
 
     @property
-    def prior_replicates(self) -> list[TrialRecord]:
+    def prior_replicates(self) -> list[ReportTrial]:
         return [t for t in self.complete if t.prior]
 
     def metric_keys(self) -> list[str]:
@@ -125,14 +118,12 @@ def load_study_data(root: Path) -> StudyData:
 
     summary = _read_json(root / "summary.json", data.notes) if (root / "summary.json").exists() else None
     data.base = _base_metrics(root, summary, data.notes)
-    rows = _rows_from_storage(root, data.name, data.notes)
-    data.trials_source = "study.db"
-    if rows is None:
-        rows = [_row_from_summary(r) for r in (summary or {}).get("trials", []) if isinstance(r, dict)]
-        data.trials_source = "summary.json" if summary else "none"
-    for t in rows:
+    loaded = load_trials(root)
+    data.notes += loaded.notes
+    data.trials_source = loaded.source
+    data.trials = [ReportTrial(t, reason=t.reason) for t in loaded.records]
+    for t in data.trials:
         _attach_files(root, t, data.notes)
-    data.trials = sorted(rows, key=lambda t: t.number)
     _read_recipe(root, data)
     return data
 
@@ -148,54 +139,6 @@ def _base_metrics(root: Path, summary: Any, notes: list[str]) -> dict[str, float
     return {}
 
 
-def _rows_from_storage(root: Path, name: str, notes: list[str]) -> list[TrialRecord] | None:
-    db = root / "study.db"
-    if not db.exists():
-        notes.append("no study.db here (the storage may be elsewhere): trials are read from summary.json")
-        return None
-    import optuna
-    from optuna.trial import TrialState
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = f"sqlite:///{db.resolve()}"
-    try:
-        try:
-            study = optuna.load_study(study_name=name, storage=url)
-        except KeyError:  # another name in the file: take its only study
-            study = optuna.load_study(study_name=None, storage=url)
-    except Exception as e:  # a damaged or foreign file: say so, fall back to summary.json
-        notes.append(f"{db}: cannot load the Optuna study ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                     "trials are read from summary.json")
-        return None
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        ua = t.user_attrs
-        if t.state == TrialState.FAIL and not ua.get("counts", True):
-            continue  # interrupted and rerun: the rerun has its own row (as in autotune status)
-        prop = ua.get("proposal") or {}
-        constraints = list(t.constraints.values())  # Optuna 5: named constraints, feasible when all <= 0
-        pruned_at = ""
-        if t.state == TrialState.PRUNED and t.intermediate_values:
-            step = max(t.intermediate_values)
-            pruned_at = f"step {step}, value {t.intermediate_values[step]:.4g}"
-        rows.append(TrialRecord(
-            number=t.number, state=t.state.name.lower(), status=str(ua.get("status", "")),
-            mixture=dict(prop.get("mixture") or {}), schedule=dict(prop.get("schedule") or {}),
-            context=dict(prop.get("context") or {}), seed=prop.get("seed", ua.get("seed")), prior=bool(ua.get("prior")),
-            target=_num(ua.get("target")), general=_num(ua.get("general")), feasible=ua.get("feasible"),
-            metrics=dict(ua.get("metrics") or {}), reason=str(ua.get("reason", "")), run_dir=str(ua.get("run_dir", "")),
-            constraint=max(constraints) if constraints else None, pruned_at=pruned_at))
-    return rows
-
-
-def _row_from_summary(r: dict[str, Any]) -> TrialRecord:
-    return TrialRecord(number=int(r.get("trial", -1)), state=str(r.get("state", "")), status=str(r.get("status", "")),
-                       mixture=dict(r.get("mixture") or {}), schedule=dict(r.get("schedule") or {}),
-                       context=dict(r.get("context") or {}), seed=r.get("seed"), prior=bool(r.get("prior")), target=_num(r.get("target")),
-                       general=_num(r.get("general")), feasible=r.get("feasible"), metrics=dict(r.get("metrics") or {}),
-                       reason=str(r.get("reason", "")), run_dir=str(r.get("run_dir", "")))
-
-
 def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) else None
 
@@ -208,7 +151,7 @@ def _inside(root: Path, rel: str) -> Path | None:
     return path if path.is_relative_to(root.resolve()) and path.is_dir() else None
 
 
-def _attach_files(root: Path, t: TrialRecord, notes: list[str]) -> None:
+def _attach_files(root: Path, t: ReportTrial, notes: list[str]) -> None:
     folder = _inside(root, t.run_dir)
     if folder is None:
         return
@@ -231,17 +174,7 @@ def _attach_files(root: Path, t: TrialRecord, notes: list[str]) -> None:
 
 def read_train_log(path: Path) -> list[dict[str, Any]]:
     """The trainer's per-step log; a half-written last line (a killed run) is skipped."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and "step" in row:
-            out.append(row)
-    return out
+    return [row for row in read_jsonl(path) if "step" in row]
 
 
 def sample_stderr(samples_dir: Path, key: str, value: float) -> float | None:

@@ -1,11 +1,12 @@
 """The Optuna controller: the search space as distributions, ask/tell, samplers, storage, constraints.
 
-The only module that imports optuna. Proxy runs are slow external jobs, so this is ask/tell, never
+Where the search meets Optuna (the study loop reads trial states through it; readers of a finished study
+go through ``records.load_trials``). Proxy runs are slow external jobs, so this is ask/tell, never
 ``study.optimize`` with a callback: ``ask()`` returns a trial and its ``Proposal``; the study loop runs
 it however it likes and comes back with ``tell_*``.
 
 Mixture shares are not independent floats: the sampler sees K-1 coordinates ``mix.<domain>`` in [0, 1]
-that ``SimplexMap`` turns into shares inside the bounds and floors (see ``autotune/simplex.py``).
+that ``SimplexMap`` turns into shares inside the bounds and floors (see ``autotune/search/simplex.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from optuna.trial import TrialState
 from autotune.config.space import FloatRange, SearchSpace
 from autotune.errors import UserError
 from autotune.objective import Score, directions
-from autotune.records import Proposal, digest
+from autotune.records import Attr, Proposal, digest
 from autotune.search.simplex import SimplexMap
 
 _SCHEDULE_FIELDS = ("kind", "peak_lr", "warmup_fraction", "decay_fraction", "final_lr_ratio", "decay_shape", "start_lr")
@@ -260,22 +261,23 @@ class Controller:
         if self.study.trials:
             return
         for k in range(self.space.proxy.replicates):
-            self.study.enqueue_trial(self.prior_params(), user_attrs={"seed": self.space.proxy.seed + k, "prior": True})
+            self.study.enqueue_trial(self.prior_params(), user_attrs={Attr.SEED: self.space.proxy.seed + k, Attr.PRIOR: True})
 
     def enqueue_missing(self, items: list[tuple[dict[str, Any], dict[str, Any]]]) -> int:
         """Enqueue exact trials ``(params, user_attrs)`` (a ``seed`` among the attrs) unless one with the same
         params and seed is complete, running or waiting; the ladder re-runs chosen trials so. A study with
         trials skips ``enqueue_prior``. Returns the trial budget that runs every waiting trial."""
         def key(params: dict[str, Any], seed: Any) -> str:
-            return digest({"params": params, "seed": int(seed if seed is not None else self.space.proxy.seed)})
+            seed = int(seed if seed is not None else self.space.proxy.seed)
+            return digest(self.params_to_proposal(params, seed).key())
 
         live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
-        have = {key(t.params or t.system_attrs.get("fixed_params", {}), t.user_attrs.get("seed"))
+        have = {key(t.params or t.system_attrs.get("fixed_params", {}), t.user_attrs.get(Attr.SEED))
                 for t in self.study.get_trials(deepcopy=False, states=live)}
         for params, attrs in items:
-            if key(params, attrs.get("seed")) not in have:
+            if key(params, attrs.get(Attr.SEED)) not in have:
                 self.study.enqueue_trial(params, user_attrs=attrs)
-                have.add(key(params, attrs.get("seed")))
+                have.add(key(params, attrs.get(Attr.SEED)))
         waiting = len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         return self.finished() + self.running() + waiting
 
@@ -284,10 +286,10 @@ class Controller:
             # heartbeats are recorded by our own thread around each proxy run (ask/tell), not by optimize()
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
             trial = self.study.ask(self.distributions())
-        seed = int(trial.user_attrs.get("seed", self.space.proxy.seed))
+        seed = int(trial.user_attrs.get(Attr.SEED, self.space.proxy.seed))
         proposal = self.params_to_proposal(trial.params, seed)
-        trial.set_user_attr("proposal", proposal.to_json())
-        trial.set_user_attr("owner", {"host": self.host, "pid": self.pid})
+        trial.set_user_attr(Attr.PROPOSAL, proposal.to_json())
+        trial.set_user_attr(Attr.OWNER, {"host": self.host, "pid": self.pid})
         return Asked(trial, proposal)
 
     def heartbeat(self, trial: optuna.Trial) -> Heartbeat:
@@ -296,8 +298,8 @@ class Controller:
     def tell_score(self, trial: optuna.Trial, score: Score, attrs: dict[str, Any]) -> None:
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        trial.set_user_attr("target", score.target)
-        trial.set_user_attr("general", score.general)
+        trial.set_user_attr(Attr.TARGET, score.target)
+        trial.set_user_attr(Attr.GENERAL, score.general)
         if score.constraint is not None:
             trial.set_constraint("general_retention", score.constraint)
         self.study.tell(trial, list(score.values))
@@ -308,16 +310,16 @@ class Controller:
         return trial.should_prune()
 
     def tell_pruned(self, trial: optuna.Trial, reason: str, attrs: dict[str, Any]) -> None:
-        for k, v in {**attrs, "status": "pruned", "reason": reason}.items():
+        for k, v in {**attrs, Attr.STATUS: "pruned", Attr.REASON: reason}.items():
             trial.set_user_attr(k, v)
         self.study.tell(trial, state=TrialState.PRUNED)
 
     def tell_failed(self, trial: optuna.Trial | int, status: str, reason: str, *, counts: bool = True) -> None:
         """A failed trial keeps its reason; ``counts=False`` (interrupted) does not use up the trial budget."""
         t = trial if isinstance(trial, optuna.Trial) else optuna.Trial(self.study, self._trial_id(trial))
-        t.set_user_attr("status", status)
-        t.set_user_attr("reason", reason)
-        t.set_user_attr("counts", counts)
+        t.set_user_attr(Attr.STATUS, status)
+        t.set_user_attr(Attr.REASON, reason)
+        t.set_user_attr(Attr.COUNTS, counts)
         self.study.tell(t, state=TrialState.FAIL)
 
     def _trial_id(self, number: int) -> int:
@@ -329,11 +331,11 @@ class Controller:
         if t.state == TrialState.WAITING:
             return False
         if t.state == TrialState.FAIL:
-            return t.user_attrs.get("counts", True) and t.number not in retried
+            return t.user_attrs.get(Attr.COUNTS, True) and t.number not in retried
         return True
 
     def _retried(self) -> set[int]:
-        return {t.user_attrs["retry_of"] for t in self.study.get_trials(deepcopy=False) if "retry_of" in t.user_attrs}
+        return {t.user_attrs[Attr.RETRY_OF] for t in self.study.get_trials(deepcopy=False) if Attr.RETRY_OF in t.user_attrs}
 
     def finished(self) -> int:
         """Trials that used up budget: complete, pruned, or failed for good (not interrupted, not retried)."""
@@ -353,7 +355,7 @@ class Controller:
         """RUNNING trials whose controller ran on this host and is gone (killed): recoverable at once."""
         out = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            owner = t.user_attrs.get("owner") or {}
+            owner = t.user_attrs.get(Attr.OWNER) or {}
             if owner.get("host") == self.host and owner.get("pid") != self.pid and not _alive(owner.get("pid")):
                 out.append(t)
         return out
@@ -370,7 +372,7 @@ class Controller:
 
     def retry_once(self, frozen: optuna.trial.FrozenTrial) -> bool:
         """Enqueue a failed trial's proposal again, unless it is itself a retry. True if enqueued."""
-        if frozen.user_attrs.get("retry_of") is not None:
+        if frozen.user_attrs.get(Attr.RETRY_OF) is not None:
             return False
         return self.retry(frozen)
 
@@ -378,13 +380,13 @@ class Controller:
         """Enqueue a failed trial's proposal again unless a retry of it exists (it may itself be a retry)."""
         if frozen.number in self._retried():
             return False
-        attrs = {k: v for k, v in frozen.user_attrs.items() if k in ("seed", "prior")}
-        self.study.enqueue_trial(frozen.params, user_attrs={**attrs, "retry_of": frozen.number})
+        attrs = {k: v for k, v in frozen.user_attrs.items() if k in (Attr.SEED, Attr.PRIOR)}
+        self.study.enqueue_trial(frozen.params, user_attrs={**attrs, Attr.RETRY_OF: frozen.number})
         return True
 
     def requeue(self, frozen: optuna.trial.FrozenTrial) -> None:
         """Ask for an interrupted trial's exact proposal again, as the next trial (no retry limit)."""
-        attrs = {k: v for k, v in frozen.user_attrs.items() if k in ("seed", "prior", "retry_of")}
+        attrs = {k: v for k, v in frozen.user_attrs.items() if k in (Attr.SEED, Attr.PRIOR, Attr.RETRY_OF)}
         self.study.enqueue_trial(frozen.params, user_attrs=attrs)
 
     def trial(self, number: int) -> optuna.Trial:

@@ -15,13 +15,13 @@ def trial_frames(study, ctl=None) -> dict[str, pd.DataFrame]:  # study: autotune
     domains = list(study.space.domains)
     keys = [e.key for e in study.suite.entries]
     trials = []
-    for r in rows:
-        row = {"trial": r["trial"], "state": r["state"], "status": r["status"], "reason": r["reason"],
-               "duration_s": r["duration_s"], "seed": r["seed"], "prior": r["prior"], "retry_of": r["retry_of"],
-               "target": r["target"], "general": r["general"], "feasible": r["feasible"], "run": r["run_dir"].split("/")[-1]}
-        row.update({f"mix.{d}": r["mixture"].get(d) for d in domains})
-        row.update({f"schedule.{k}": v for k, v in r["schedule"].items()})
-        row.update({k: r["metrics"].get(k) for k in keys})
+    for t in rows:
+        row = {"trial": t.number, "state": t.state, "status": t.status, "reason": t.reason, "duration_s": t.duration_s,
+               "seed": t.seed, "prior": t.prior, "retry_of": t.retry_of, "target": t.target, "general": t.general,
+               "feasible": t.feasible, "run": t.run_dir.split("/")[-1]}
+        row.update({f"mix.{d}": t.mixture.get(d) for d in domains})
+        row.update({f"schedule.{k}": v for k, v in t.schedule.items()})
+        row.update({k: t.metrics.get(k) for k in keys})
         trials.append(row)
     df = pd.DataFrame(trials)
     done = df[df["state"] == "complete"] if len(df) else df

@@ -16,26 +16,24 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from autotune.config.space import SearchSpace
 from autotune.errors import UserError
-from autotune.records import write_json_atomic
+from autotune.records import Attr, TrialRecord, write_json_atomic
 from autotune.search.study import ProgressFactory, Study, StudyPaths, check_space, study_dir
 
 LADDER_DIR = "ladder"
 
 
-def choose_trials(rows: list[dict[str, Any]], maximize: str, top_k: int) -> list[dict[str, Any]]:
+def choose_trials(trials: list[TrialRecord], maximize: str, top_k: int) -> list[TrialRecord]:
     """The prior (its first seed) and the ``top_k`` best other complete trials: feasible ones first, then by
-    the maximised score (``target`` for a Pareto study). Rows as in ``summary.json``."""
-    done = [r for r in rows if r.get("state") == "complete" and isinstance(r.get(maximize), (int, float))
-            and r.get("mixture")]
-    prior = sorted((r for r in done if r.get("prior")), key=lambda r: (r.get("seed") or 0, r["trial"]))[:1]
-    others = sorted((r for r in done if not r.get("prior")),
-                    key=lambda r: (r.get("feasible") is not False, r[maximize]), reverse=True)
+    the maximised score (``target`` for a Pareto study)."""
+    done = [t for t in trials if t.state == "complete" and getattr(t, maximize) is not None and t.mixture]
+    prior = sorted((t for t in done if t.prior), key=lambda t: (t.seed or 0, t.number))[:1]
+    others = sorted((t for t in done if not t.prior), key=lambda t: (t.feasible is not False, getattr(t, maximize)),
+                    reverse=True)
     return prior + others[:top_k]
 
 
@@ -88,7 +86,8 @@ def run_ladder(space: SearchSpace, *, storage: str | None = None, progress: Prog
     if not isinstance(rows, list):
         raise UserError("not a study summary (needs a 'trials' list)", file=summary_path, field="trials")
     maximize = space.objective.maximize or "target"
-    chosen = choose_trials(rows, maximize, spec.top_k)
+    chosen = choose_trials([TrialRecord.from_row(r, i) for i, r in enumerate(rows) if isinstance(r, dict)],
+                           maximize, spec.top_k)
     if len(chosen) < 2:
         raise UserError(f"the ladder compares at least 2 complete trials; this study has {len(chosen)}",
                         file=summary_path, field="trials")
@@ -100,12 +99,12 @@ def run_ladder(space: SearchSpace, *, storage: str | None = None, progress: Prog
 
     main = Controller(space, root, storage)
     items = []
-    for r in chosen:
-        frozen = main.study.trials[r["trial"]]
-        items.append((dict(frozen.params), {"seed": r.get("seed"), "ladder_of": r["trial"]}))
+    for t in chosen:
+        frozen = main.study.trials[t.number]
+        items.append((dict(frozen.params), {Attr.SEED: t.seed, Attr.LADDER_OF: t.number}))
     del main
-    mixtures = [{"label": f"trial {r['trial']}", "trial": r["trial"], "prior": bool(r.get("prior")),
-                 "mixture": r["mixture"], "schedule": r.get("schedule") or {}, "seed": r.get("seed")} for r in chosen]
+    mixtures = [{"label": f"trial {t.number}", "trial": t.number, "prior": t.prior, "mixture": t.mixture,
+                 "schedule": t.schedule, "seed": t.seed} for t in chosen]
     rungs = [{"tokens": trained_tokens(space), "requested": space.proxy.tokens, "dir": ".", "search": True}]
     bar = (progress or (lambda label: _Null()))(f"ladder {space.name}")
     bar.update({"phase": f"{len(new)} rungs x {len(chosen)} runs", "total": len(new)})

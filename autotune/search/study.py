@@ -15,11 +15,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autotune.config.identity import only_what, run_key, without_how
+from autotune.config.run import LauncherSpec, Proxy
 from autotune.config.space import SearchSpace, dump_space
+from autotune.config.suite import Suite
 from autotune.errors import UserError
-from autotune.evaluate.suite import Suite, load_suite
+from autotune.evaluate.suite import load_suite
 from autotune.objective import score
-from autotune.records import Proposal, RunResult, digest, read_json, write_json_atomic
+from autotune.records import (
+    Attr,
+    Job,
+    Prepared,
+    Proposal,
+    RunResult,
+    TrialRecord,
+    digest,
+    read_json,
+    read_result,
+    write_json_atomic,
+)
 from autotune.search.launch import TIMED_OUT, Launcher, LocalLauncher, folder_lock, folder_locked, kill_orphan
 
 ProgressFactory = Callable[[str], Any]
@@ -80,18 +94,14 @@ def study_dir(space: SearchSpace) -> Path:
     return Path(space.search.runs_dir).expanduser().resolve() / space.name
 
 
-# how a run is computed, not what it computes: may change between sessions of one study (e.g. a smaller
-# micro-batch, a memory cap, more processes or sharding after trials ran out of memory; those trials are
-# then run again, see Study._retry_oom). Of the launcher only accelerate's mixed precision is "what".
-_HOW_PROXY = ("micro_batch_seqs", "compile", "threads", "save_state_every_s")
-_WHAT_LAUNCHER = ("mixed_precision",)
-
-
 def _without_how(ident: dict[str, Any]) -> dict[str, Any]:
-    d = {**ident, "proxy": {k: v for k, v in ident.get("proxy", {}).items() if k not in _HOW_PROXY}}
+    """A space's identity (as JSON, possibly of an older format) without the fields marked HOW: how a run is
+    computed may change between sessions of one study (e.g. a smaller micro-batch, a memory cap, more
+    processes or sharding after trials ran out of memory; those trials then run again, see Study._retry_oom)."""
+    d = {**ident, "proxy": without_how(Proxy, ident.get("proxy", {}))}
     if "search" in ident:
         search = dict(ident["search"])
-        search["launcher"] = {k: v for k, v in search.get("launcher", {}).items() if k in _WHAT_LAUNCHER}
+        search["launcher"] = only_what(LauncherSpec, search.get("launcher", {}))  # extra keys: Slurm's
         d["search"] = search
     return d
 
@@ -176,7 +186,7 @@ class Study:
         self.progress = progress or (lambda label: _NullBar())
         self.log = log
         self.suite: Suite = load_suite(space.suite_path, list(space.domains))
-        self.prepared: dict[str, Any] = {}
+        self.prepared: Prepared | None = None
         self.base: RunResult | None = None
 
     def controller(self):
@@ -185,15 +195,15 @@ class Study:
         return Controller(self.space, self.paths.root, self.storage)
 
     # ------------------------------------------------------------------ jobs
-    def _launch(self, folder: Path, job: dict[str, Any], label: str, on_event: Callable[[dict], None] | None = None) -> RunResult:
+    def _launch(self, folder: Path, job: Job, label: str,
+                on_event: Callable[[dict], None] | None = None) -> RunResult | Prepared:
         folder.mkdir(parents=True, exist_ok=True)
         result_path = folder / "result.json"
         result_path.unlink(missing_ok=True)
-        job = {"space": _job_space(self.space), "space_file": self.space.source_file, **job}
-        write_json_atomic(folder / "job.json", job)
+        job.write(folder / "job.json")
         bar = self.progress(label)
         try:
-            timeout = self.space.search.trial_timeout_s if job.get("proposal") else None  # trials only
+            timeout = self.space.search.trial_timeout_s if job.proposal else None  # trials only
             code = self.launcher.run(folder / "job.json", _tee(bar.update, on_event), timeout_s=timeout)
         finally:
             bar.close()
@@ -202,18 +212,21 @@ class Study:
         if not result_path.exists():
             tail = _tail(folder / "worker.log")
             return RunResult(status="crashed", reason=f"worker exited with code {code} and no result{': ' + tail if tail else ''}")
-        return RunResult.from_json(read_json(result_path)) if job["kind"] == "trial" else read_json(result_path)
+        return read_result(result_path)
 
-    def prepare(self) -> dict[str, Any]:
+    def _job(self, kind: str, **fields: Any) -> Job:
+        return Job(kind=kind, space=_job_space(self.space), space_file=self.space.source_file, **fields)
+
+    def prepare(self) -> Prepared:
         with folder_lock(self.paths.root / "prepare"):  # workers of one study prepare one at a time
-            out = self._launch(self.paths.root / "prepare", {"kind": "prepare"}, "prepare data + base model")
-        if out.get("status") != "ok":
-            if out.get("bad_input"):
-                raise UserError(out["reason"])
-            raise StudyFailed(f"preparing the data and base model failed: {out.get('reason')} "
+            out = self._launch(self.paths.root / "prepare", self._job("prepare"), "prepare data + base model")
+        if not isinstance(out, Prepared):
+            if out.bad_input:
+                raise UserError(out.reason)
+            raise StudyFailed(f"preparing the data and base model failed: {out.reason} "
                                f"(log: {self.paths.root / 'prepare' / 'worker.log'})")
-        if self.space.schedule.start_lr == "base" and out.get("base_final_lr") is None:
-            raise UserError(f"the base checkpoint {out.get('base')} records no final learning rate (no trainer_state.json "
+        if self.space.schedule.start_lr == "base" and out.base_final_lr is None:
+            raise UserError(f"the base checkpoint {out.base} records no final learning rate (no trainer_state.json "
                             "or pretrain_log.jsonl): give start_lr as a number", file=self.space.source_file,
                             field="schedule.start_lr", value="base")
         self.prepared = out
@@ -221,12 +234,10 @@ class Study:
 
     def run_key(self, proposal: Proposal | None) -> str:
         """Content hash of what determines a run (and its evaluation): names its folder."""
-        p = self.space.proxy
-        return digest({"proposal": proposal.key() if proposal else None, "base": self.prepared["base_hash"],
-                       "data": {n: m["splits"]["train"]["source_hash"] for n, m in self.prepared["manifests"].items()},
-                       "tokenizer": self.prepared["tokenizer_hash"], "suite": self.suite.digest(),
-                       "proxy": {"tokens": p.tokens, "seq_len": p.seq_len, "batch_tokens": p.batch_tokens,
-                                 **({"precision": p.precision} if p.precision != "auto" else {})},
+        return digest({"proposal": proposal.key() if proposal else None, "base": self.prepared.base_hash,
+                       "data": {n: self.prepared.source_hash(n) for n in self.prepared.manifests},
+                       "tokenizer": self.prepared.tokenizer_hash, "suite": self.suite.digest(),
+                       "proxy": run_key(self.space.proxy),
                        **({"phases": [ph.model_dump() for ph in self.space.mixture.phases]} if self.space.mixture.phases else {})})
 
     def run(self, proposal: Proposal | None, label: str,
@@ -242,8 +253,8 @@ class Study:
                 cached = RunResult.from_json(read_json(done))
                 if cached.ok:
                     return folder, cached
-            job = {"kind": "trial", "prepared": self.prepared, "proposal": proposal.to_json() if proposal else None,
-                   "allow_code_execution": self.allow_code_execution}
+            job = self._job("trial", prepared=self.prepared, proposal=proposal,
+                            allow_code_execution=self.allow_code_execution)
             return folder, self._launch(folder, job, label, on_event)
 
     def evaluate_base(self) -> RunResult:
@@ -305,9 +316,9 @@ class Study:
 
         now = memory_settings(self.space.model_dump(mode="json"))
         for t in ctl.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if t.user_attrs.get("status") == "oom" and t.user_attrs.get("memory_settings", now) != now \
+            if t.user_attrs.get(Attr.STATUS) == "oom" and t.user_attrs.get(Attr.MEMORY_SETTINGS, now) != now \
                     and ctl.retry(t):
-                self.log(f"trial {t.number} ran out of memory with {t.user_attrs['memory_settings']}: "
+                self.log(f"trial {t.number} ran out of memory with {t.user_attrs[Attr.MEMORY_SETTINGS]}: "
                          f"queued again with {now}")
 
     def _rung_reporter(self, ctl, asked) -> Callable[[dict], None]:
@@ -321,7 +332,7 @@ class Study:
                 return
             value = rung_value(self.space.objective, self.suite, event["metrics"], self.base.metrics)
             seen.append({**event, "value": value})
-            asked.trial.set_user_attr("rungs", seen)
+            asked.trial.set_user_attr(Attr.RUNGS, seen)
             if ctl.report_rung(asked.trial, event["tokens"], value):
                 raise Pruned(f"pruned at rung {event['rung']} ({event['tokens']:,} tokens) by {self.space.search.pruner}: "
                              f"bits-per-byte score {value:+.4f}", seen)
@@ -329,11 +340,11 @@ class Study:
         return on_event
 
     def _tell(self, ctl, trial, folder: Path, result: RunResult) -> None:
-        attrs = {"run_dir": str(folder.relative_to(self.paths.root)), "status": result.status}
+        attrs = {Attr.RUN_DIR: str(folder.relative_to(self.paths.root)), Attr.STATUS: result.status}
         if result.status == "oom":  # the settings it ran with (a recovered trial may be from an earlier session)
             job = folder / "job.json"
-            attrs["memory_settings"] = memory_settings(read_json(job)["space"] if job.exists()
-                                                       else self.space.model_dump(mode="json"))
+            attrs[Attr.MEMORY_SETTINGS] = memory_settings(Job.read(job).space if job.exists()
+                                                          else self.space.model_dump(mode="json"))
         if not result.ok:
             self.log(f"trial {trial.number} {result.status}: {result.reason}")
             for k, v in attrs.items():
@@ -346,23 +357,22 @@ class Study:
         s = score(self.space.objective, self.suite, result.metrics, self.base.metrics)
         k = self.space.objective.beyond_noise
         floor = self.noise(ctl).get("target") if k else None
-        if floor is not None and not ctl.study.trials[trial.number].user_attrs.get("prior"):
+        if floor is not None and not ctl.study.trials[trial.number].user_attrs.get(Attr.PRIOR):
             # feasible only if the target gain beats the seed noise of a difference of two runs
             need = k * math.sqrt(2.0) * floor.std
             s = dataclasses.replace(s, constraint=max(s.constraint if s.constraint is not None else -math.inf, need - s.target))
-            attrs["noise_margin"] = need
-        attrs.update({"metrics": result.metrics, "feasible": s.feasible,
-                      "train_tokens_per_s": result.train.get("tokens_per_s")})
+            attrs[Attr.NOISE_MARGIN] = need
+        attrs.update({Attr.METRICS: result.metrics, Attr.FEASIBLE: s.feasible,
+                      Attr.TOKENS_PER_S: result.train.get("tokens_per_s")})
         ctl.tell_score(trial, s, attrs)
 
     def noise(self, ctl) -> dict:
         """Seed-noise statistics per metric (and of target / general) over the prior's finished replicates."""
-        from optuna.trial import TrialState
 
         from autotune.evaluate.noise import noise_floor
 
-        reps = [{**t.user_attrs.get("metrics", {}), "target": t.user_attrs.get("target"), "general": t.user_attrs.get("general")}
-                for t in ctl.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("prior")]
+        reps = [{**t.metrics, "target": t.target, "general": t.general} for t in self.rows(ctl)
+                if t.state == "complete" and t.prior]
         return noise_floor(reps)
 
     def _recover(self, ctl) -> None:
@@ -372,7 +382,7 @@ class Study:
         """
         ctl.fail_lost_trials()
         for frozen in ctl.dead_owner_trials():
-            proposal = frozen.user_attrs.get("proposal")
+            proposal = frozen.user_attrs.get(Attr.PROPOSAL)
             trial = ctl.trial(frozen.number)
             if proposal is not None:
                 folder = self.paths.trial_dir(self.run_key(Proposal.from_json(proposal)))
@@ -384,26 +394,10 @@ class Study:
             ctl.requeue(frozen)
 
     # ------------------------------------------------------------------ outputs
-    def rows(self, ctl) -> list[dict[str, Any]]:
-        from optuna.trial import TrialState
-
-        rows = []
-        for t in ctl.study.get_trials(deepcopy=False):
-            if t.state == TrialState.WAITING or (t.state == TrialState.FAIL and not t.user_attrs.get("counts", True)):
-                continue  # queued, or interrupted and rerun: the rerun has its own row
-            prop = t.user_attrs.get("proposal") or {}
-            status = t.user_attrs.get("status", "lost" if t.state == TrialState.FAIL else "")
-            reason = t.user_attrs.get("reason", "no heartbeat: its worker died" if status == "lost" else "")
-            duration = t.duration.total_seconds() if t.duration else None
-            rows.append({"trial": t.number, "state": t.state.name.lower(), "status": status, "duration_s": duration,
-                         "retry_of": t.user_attrs.get("retry_of"),
-                         "mixture": prop.get("mixture", {}), "schedule": prop.get("schedule", {}),
-                         "context": prop.get("context", {}),
-                         "seed": prop.get("seed"), "prior": bool(t.user_attrs.get("prior")),
-                         "target": t.user_attrs.get("target"), "general": t.user_attrs.get("general"),
-                         "feasible": t.user_attrs.get("feasible"), "metrics": t.user_attrs.get("metrics", {}),
-                         "reason": reason, "run_dir": t.user_attrs.get("run_dir", "")})
-        return rows
+    def rows(self, ctl) -> list[TrialRecord]:
+        """Every trial that counts (not queued, not an interrupted trial that was rerun), by number."""
+        records = [TrialRecord.from_frozen(t) for t in ctl.study.get_trials(deepcopy=False)]
+        return [r for r in records if r is not None]
 
     def write_tables(self, ctl) -> None:
         """``ratios.csv`` and ``metrics.csv`` (one row per finished trial, as OLMix reads them), ``summary.json``."""
@@ -413,7 +407,7 @@ class Study:
         frames["ratios"].to_csv(self.paths.root / "ratios.csv", index=False, float_format="%.6f")
         frames["metrics"].to_csv(self.paths.root / "metrics.csv", index=False, float_format="%.6f")
         write_json_atomic(self.paths.root / "summary.json", {
-            "base": self.base.metrics if self.base else {}, "trials": self.rows(ctl),
+            "base": self.base.metrics if self.base else {}, "trials": [t.to_row() for t in self.rows(ctl)],
             "noise": {k: v.to_json() for k, v in self.noise(ctl).items()}})
 
 

@@ -15,16 +15,18 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from autotune.config.space import DemoBase, SearchSpace
+from autotune.config.run import DemoBase
+from autotune.config.space import SearchSpace
 from autotune.errors import TrialFailed, UserError, is_out_of_memory
 from autotune.hashing import checkpoint_hash, tokenizer_hash
-from autotune.records import Proposal, RunResult, read_json, write_json_atomic
+from autotune.records import Job, Prepared, RunResult, write_json_atomic
 
 PROGRESS_PREFIX = "@@progress "
 
@@ -71,7 +73,7 @@ def _threads(space: SearchSpace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- prepare
-def prepare(space: SearchSpace, progress: PipeProgress) -> dict[str, Any]:
+def prepare(space: SearchSpace, progress: PipeProgress) -> Prepared:
     """Tokenizer and base checkpoint folders (the demo's are built here on first use), the domains packed."""
     from autotune.data.prepare import pack_domain
     from autotune.train.model import base_final_lr
@@ -91,111 +93,132 @@ def prepare(space: SearchSpace, progress: PipeProgress) -> dict[str, Any]:
     for name, src in sources.items():
         packed[name] = pack_domain(src, tok_dir, where=f"domains.{name}")
         progress.advance()
-    return {"status": "ok", "tokenizer": str(tok_dir), "tokenizer_hash": tokenizer_hash(tok_dir),
-            "base": str(base), "base_hash": checkpoint_hash(base), "base_final_lr": base_final_lr(base),
-            "domains": {n: str(p.folder) for n, p in packed.items()},
-            "manifests": {n: p.manifest for n, p in packed.items()}}
+    return Prepared(tokenizer=str(tok_dir), tokenizer_hash=tokenizer_hash(tok_dir), base=str(base),
+                    base_hash=checkpoint_hash(base), base_final_lr=base_final_lr(base),
+                    domains={n: str(p.folder) for n, p in packed.items()},
+                    manifests={n: p.manifest for n, p in packed.items()})
 
 
 # ----------------------------------------------------------------------------------------------- trial
-def run_trial(space: SearchSpace, job: dict[str, Any], out_dir: Path, progress: PipeProgress,
+def run_trial(space: SearchSpace, job: Job, out_dir: Path, progress: PipeProgress,
               accelerator=None) -> RunResult | None:
-    """Train (data-parallel over ``accelerator``'s processes when given) then evaluate on the main process;
-    other processes return None once training is done."""
+    """Train the job's proposal (data-parallel over ``accelerator``'s processes when given; nothing to train
+    for the base model's reference evaluation), then evaluate on the main process; other processes return
+    None once training is done."""
     import torch
 
     from autotune.data.prepare import PackedDomain
     from autotune.evaluate.suite import load_suite
     from autotune.train.model import load_causal_lm
+
+    prepared = job.prepared
+    packed = {n: PackedDomain(Path(p)) for n, p in prepared.domains.items()}
+    suite = load_suite(space.suite_path, list(space.domains))
+    model, tokenizer = load_causal_lm(Path(prepared.base))
+    if torch.cuda.is_available() and accelerator is None:
+        model.to("cuda")
+    train_info: dict[str, Any] = {}
+    if job.proposal is not None:
+        trained = train_proposal(space, job, model, tokenizer, packed, suite, out_dir, progress, accelerator)
+        if trained is None:  # not the main process
+            return None
+        model, train_info = trained
+    return evaluate_run(space, job, model, tokenizer, packed, suite, out_dir, progress, train_info)
+
+
+def train_proposal(space: SearchSpace, job: Job, model, tokenizer, packed: dict, suite, out_dir: Path,
+                   progress: PipeProgress, accelerator=None) -> tuple[Any, dict[str, Any]] | None:
+    """The proxy run: the proposal's mixture and schedule from the base weights in ``model``; saves the
+    checkpoint. Returns the model to evaluate and the train summary (None on processes other than the main)."""
+    import torch
+
     from autotune.train.schedules import ScheduleParams
     from autotune.train.trainer import TrainConfig, train
 
-    prepared = job["prepared"]
     cuda = torch.cuda.is_available()
-    packed = {n: PackedDomain(Path(p)) for n, p in prepared["domains"].items()}
-    suite = load_suite(space.suite_path, list(space.domains))
-    model, tokenizer = load_causal_lm(Path(prepared["base"]))
-    if cuda and accelerator is None:
-        model.to("cuda")
-    train_info: dict[str, Any] = {}
-    if job.get("proposal"):
-        proposal = Proposal.from_json(job["proposal"])
-        proxy = space.proxy
-        schedule = dict(proposal.schedule)
-        if schedule.get("start_lr") == "base":  # Study.prepare refused a base that records none
-            schedule["start_lr"] = prepared["base_final_lr"]
-        seq_len = int(proposal.context.get("seq_len") or proxy.seq_len)  # long-context knobs (space.context)
-        if proposal.context.get("rope_theta"):
-            from autotune.train.model import set_rope_theta
+    proposal, prepared, proxy = job.proposal, job.prepared, space.proxy
+    schedule = dict(proposal.schedule)
+    if schedule.get("start_lr") == "base":  # Study.prepare refused a base that records none
+        schedule["start_lr"] = prepared.base_final_lr
+    seq_len = int(proposal.context.get("seq_len") or proxy.seq_len)  # long-context knobs (space.context)
+    if proposal.context.get("rope_theta"):
+        from autotune.train.model import set_rope_theta
 
-            set_rope_theta(model, float(proposal.context["rope_theta"]))
-        if seq_len > getattr(model.config, "max_position_embeddings", seq_len):
-            model.config.max_position_embeddings = seq_len  # RoPE has no learned positions to outgrow
-        cfg = TrainConfig(seq_len=seq_len, seqs_per_step=proxy.batch_tokens // seq_len, steps=proxy.steps,
-                          seed=proposal.seed, schedule=ScheduleParams(**schedule), micro_batch_seqs=proxy.micro_batch_seqs,
-                          precision=("bf16" if cuda else "fp32") if proxy.precision == "auto" else proxy.precision,
-                          compile=cuda if proxy.compile == "auto" else bool(proxy.compile), max_epochs=proxy.max_epochs,
-                          state_every_s=proxy.save_state_every_s, sharding=space.search.launcher.sharding)
-        # fixed phases first (mixture.phases), then the searched mixture to the end of the run
-        starts = [0.0] + [ph.until for ph in space.mixture.phases]
-        mixture = list(zip(starts, [ph.shares for ph in space.mixture.phases] + [proposal.mixture], strict=True))
-        main_process = accelerator is None or accelerator.is_main_process
-        state_dir = out_dir / "train_state"
-        # FSDP: no process holds the whole trained weights; the main process keeps an unsharded copy on the
-        # CPU that receives them at each rung and at the end, and evaluates that copy
-        fsdp = accelerator is not None and space.search.launcher.sharding == "fsdp"
-        whole = copy.deepcopy(model) if fsdp and main_process else None
-        sharded = model
+        set_rope_theta(model, float(proposal.context["rope_theta"]))
+    if seq_len > getattr(model.config, "max_position_embeddings", seq_len):
+        model.config.max_position_embeddings = seq_len  # RoPE has no learned positions to outgrow
+    cfg = TrainConfig(seq_len=seq_len, seqs_per_step=proxy.batch_tokens // seq_len, steps=proxy.steps,
+                      seed=proposal.seed, schedule=ScheduleParams(**schedule), micro_batch_seqs=proxy.micro_batch_seqs,
+                      precision=("bf16" if cuda else "fp32") if proxy.precision == "auto" else proxy.precision,
+                      compile=cuda if proxy.compile == "auto" else bool(proxy.compile), max_epochs=proxy.max_epochs,
+                      state_every_s=proxy.save_state_every_s, sharding=space.search.launcher.sharding)
+    # fixed phases first (mixture.phases), then the searched mixture to the end of the run
+    starts = [0.0] + [ph.until for ph in space.mixture.phases]
+    mixture = list(zip(starts, [ph.shares for ph in space.mixture.phases] + [proposal.mixture], strict=True))
+    main_process = accelerator is None or accelerator.is_main_process
+    state_dir = out_dir / "train_state"
+    # FSDP: no process holds the whole trained weights; the main process keeps an unsharded copy on the
+    # CPU that receives them at each rung and at the end, and evaluates that copy
+    fsdp = accelerator is not None and space.search.launcher.sharding == "fsdp"
+    whole = copy.deepcopy(model) if fsdp and main_process else None
+    sharded = model
+    if fsdp:
+        model = whole  # what the main process evaluates and saves (None on the others)
+    summary = train(sharded, {n: p.tokens("train") for n, p in packed.items()}, mixture, cfg,
+                    log_path=out_dir / "train_log.jsonl" if main_process else None, progress=progress,
+                    after_step=_rung_evaluator(space, suite, model, tokenizer, packed, out_dir, progress,
+                                               device=accelerator.device if fsdp and cuda else None)
+                    if main_process else None, accelerator=accelerator,
+                    state_dir=state_dir if proxy.save_state_every_s > 0 else None,
+                    gather_into=whole, gather_steps=proxy.rung_steps)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+        if not main_process:
+            return None
         if fsdp:
-            model = whole  # what the main process evaluates and saves (None on the others)
-        summary = train(sharded, {n: p.tokens("train") for n, p in packed.items()}, mixture, cfg,
-                        log_path=out_dir / "train_log.jsonl" if main_process else None, progress=progress,
-                        after_step=_rung_evaluator(space, suite, model, tokenizer, packed, out_dir, progress,
-                                                   device=accelerator.device if fsdp and cuda else None)
-                        if main_process else None, accelerator=accelerator,
-                        state_dir=state_dir if proxy.save_state_every_s > 0 else None,
-                        gather_into=whole, gather_steps=proxy.rung_steps)
-        if accelerator is not None:
-            accelerator.wait_for_everyone()
-            if not main_process:
-                return None
-            if fsdp:
-                from autotune.evaluate.backends import _free_accelerator_memory
+            from autotune.evaluate.backends import free_accelerator_memory
 
-                del sharded
-                _free_accelerator_memory()
-                if cuda:
-                    model.to(accelerator.device)
-            else:
-                model = accelerator.unwrap_model(model)
-        train_info = {**summary.to_json(), "start_lr": schedule.get("start_lr"), "seq_len": seq_len,
-                      "seqs_per_step": cfg.seqs_per_step}
-        if job.get("keep_checkpoint", True):
-            model.config.use_cache = True
-            model.save_pretrained(out_dir / "checkpoint", safe_serialization=True)
-            tokenizer.save_pretrained(out_dir / "checkpoint")
-        import shutil
+            del sharded
+            free_accelerator_memory()
+            if cuda:
+                model.to(accelerator.device)
+        else:
+            model = accelerator.unwrap_model(model)
+    train_info = {**summary.to_json(), "start_lr": schedule.get("start_lr"), "seq_len": seq_len,
+                  "seqs_per_step": cfg.seqs_per_step}
+    if job.keep_checkpoint:
+        model.config.use_cache = True
+        model.save_pretrained(out_dir / "checkpoint", safe_serialization=True)
+        tokenizer.save_pretrained(out_dir / "checkpoint")
+    shutil.rmtree(state_dir, ignore_errors=True)  # the finished checkpoint supersedes it
+    return model, train_info
 
-        shutil.rmtree(state_dir, ignore_errors=True)  # the finished checkpoint supersedes it
-    model.eval()
+
+def evaluate_run(space: SearchSpace, job: Job, model, tokenizer, packed: dict, suite, out_dir: Path,
+                 progress: PipeProgress, train_info: dict[str, Any]) -> RunResult:
+    """The suite on the trained model (or the base): lm-eval tasks and held-out bits-per-byte."""
+    import torch
+
     from autotune.evaluate.backends import InMemoryModel
     from autotune.evaluate.harness import EvalOptions, HeldoutTokens, run_suite
 
+    prepared = job.prepared
+    model.eval()
     t0 = time.perf_counter()
     heldout = {d: HeldoutTokens(packed[d].tokens("heldout"), space.proxy.seq_len,
-                                f"{packed[d].manifest['splits']['heldout']['source_hash']}:{prepared['tokenizer_hash']}")
+                                f"{packed[d].manifest['splits']['heldout']['source_hash']}:{prepared.tokenizer_hash}")
                for d in suite.bpb_domains if d in packed}
-    saved = out_dir / "checkpoint" if job.get("proposal") else Path(prepared["base"])
+    saved = out_dir / "checkpoint" if job.proposal else Path(prepared.base)
     if suite.backend != "hf" and not (saved / "config.json").exists():
         model.save_pretrained(saved, safe_serialization=True)  # vLLM loads the model from disk
         tokenizer.save_pretrained(saved)
-    options = EvalOptions(allow_code_execution=bool(job.get("allow_code_execution")),
-                          model_hash=None if job.get("proposal") else prepared["base_hash"])
+    options = EvalOptions(allow_code_execution=job.allow_code_execution,
+                          model_hash=None if job.proposal else prepared.base_hash)
     with torch.no_grad():
         evaluated = run_suite(InMemoryModel(model, tokenizer, path=saved), suite, heldout=heldout, out_dir=out_dir,
                               options=options, progress=progress)
-    meta = {**evaluated.meta, "seconds": round(time.perf_counter() - t0, 2), "base_hash": prepared["base_hash"],
-            "tokenizer_hash": prepared["tokenizer_hash"]}
+    meta = {**evaluated.meta, "seconds": round(time.perf_counter() - t0, 2), "base_hash": prepared.base_hash,
+            "tokenizer_hash": prepared.tokenizer_hash}
     return RunResult(status="ok", metrics=evaluated.metrics, stderr=evaluated.stderr, train=train_info, eval_meta=meta)
 
 
@@ -232,10 +255,10 @@ def _rung_evaluator(space: SearchSpace, suite, model, tokenizer, packed, out_dir
             metrics = {f"bpb/{d}": bits_per_byte(model, tokenizer, packed[d].tokens("heldout"), seq_len=space.proxy.seq_len,
                                                   max_tokens=suite.bpb_tokens)["bpb"] for d in suite.bpb_domains}
         if device is not None:
-            from autotune.evaluate.backends import _free_accelerator_memory
+            from autotune.evaluate.backends import free_accelerator_memory
 
             model.to("cpu")
-            _free_accelerator_memory()
+            free_accelerator_memory()
         event = {"rung": rung_steps.index(steps_done), "step": steps_done, "tokens": steps_done * seqs, "metrics": metrics}
         with open(out_dir / "rungs.jsonl", "a") as f:
             f.write(json.dumps(event) + "\n")
@@ -262,9 +285,9 @@ def apply_memory_limit() -> None:
 def main(job_path: str) -> int:
     apply_memory_limit()
     job_file = Path(job_path)
-    job = read_json(job_file)
+    job = Job.read(job_file)
     out_dir = job_file.parent
-    result_path = out_dir / job.get("result", "result.json")
+    result_path = out_dir / "result.json"
     accelerator = _accelerator()
     main_process = accelerator is None or accelerator.is_main_process
     progress = PipeProgress(os.environ.get("AUTOTUNE_PROGRESS_FILE"), quiet=not main_process)
@@ -272,15 +295,15 @@ def main(job_path: str) -> int:
 
     set_offline()
     try:
-        space = SearchSpace.model_validate({**job["space"], "source_file": job.get("space_file")})
+        space = SearchSpace.model_validate({**job.space, "source_file": job.space_file})
         import torch
 
         torch.set_num_threads(_threads(space))
-        if job["kind"] == "prepare":
+        if job.kind == "prepare":
             if main_process:
-                write_json_atomic(result_path, prepare(space, progress))
+                write_json_atomic(result_path, prepare(space, progress).to_json())
             return 0
-        if not main_process and not job.get("proposal"):
+        if not main_process and job.proposal is None:
             return 0  # evaluation only (the base model): the main process does it
         result = run_trial(space, job, out_dir, progress, accelerator)
         if result is None:  # not the main process: it wrote nothing

@@ -30,13 +30,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from autotune.config.identity import HOW, RUN, mark, run_key
 from autotune.data.mixture import phased_step_counts
 from autotune.errors import TrialFailed, is_out_of_memory
 from autotune.records import digest
@@ -75,26 +76,35 @@ class NullProgress:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    seq_len: int
-    seqs_per_step: int
-    steps: int
-    seed: int
-    schedule: ScheduleParams
+    """One training run. RUN fields determine the sequence of batches and updates (they key its resumable
+    train state); HOW fields how they are computed, logged or saved (``autotune/config/identity.py``)."""
+
+    seq_len: int = field(metadata=mark(RUN))
+    seqs_per_step: int = field(metadata=mark(RUN))
+    steps: int = field(metadata=mark(RUN))
+    seed: int = field(metadata=mark(RUN))
+    schedule: ScheduleParams = field(metadata=mark(RUN))
     # AdamW settings of small-LM practice (GPT-3 / Llama: betas 0.9/0.95, weight decay 0.1, clip 1.0)
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    log_every: int = 1
-    micro_batch_seqs: int | None = None  # rows per forward/backward on each process (None: the whole step)
-    precision: str = "fp32"  # "fp32" | "bf16" (autocast; master weights stay fp32)
-    compile: bool = False
-    fused_loss: bool = True  # output projection + cross-entropy in chunks (autotune/train/loss.py) where it applies
-    loss_chunk: int = 1024  # tokens per chunk of the fused loss
-    compile_loss: bool | None = None  # the fused loss's softmax gradient through torch.compile (None: as compile)
-    max_epochs: float | None = None  # warn when a domain's draws exceed this many passes over its tokens
-    state_every_steps: int = 0  # save a resumable state every N steps (0: not by steps) ...
-    state_every_s: float = 0.0  # ... or when this many seconds passed since the last save (0: not by time)
-    sharding: str = "ddp"  # over several processes: "ddp" (replicated) | "fsdp" (sharded: FSDP2)
+    weight_decay: float = field(default=0.1, metadata=mark(RUN))
+    betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=mark(RUN))
+    grad_clip: float = field(default=1.0, metadata=mark(RUN))
+    log_every: int = field(default=1, metadata=mark(HOW))
+    # rows per forward/backward on each process (None: the whole step)
+    micro_batch_seqs: int | None = field(default=None, metadata=mark(HOW))
+    precision: str = field(default="fp32", metadata=mark(RUN))  # "fp32" | "bf16" (autocast; master weights stay fp32)
+    compile: bool = field(default=False, metadata=mark(HOW))
+    # output projection + cross-entropy in chunks (autotune/train/loss.py) where it applies
+    fused_loss: bool = field(default=True, metadata=mark(HOW))
+    loss_chunk: int = field(default=1024, metadata=mark(HOW))  # tokens per chunk of the fused loss
+    # the fused loss's softmax gradient through torch.compile (None: as compile)
+    compile_loss: bool | None = field(default=None, metadata=mark(HOW))
+    # warn when a domain's draws exceed this many passes over its tokens
+    max_epochs: float | None = field(default=None, metadata=mark(HOW))
+    # save a resumable state every N steps (0: not by steps) or when this many seconds passed since the last
+    state_every_steps: int = field(default=0, metadata=mark(HOW))
+    state_every_s: float = field(default=0.0, metadata=mark(HOW))
+    # over several processes: "ddp" (replicated) | "fsdp" (sharded: FSDP2)
+    sharding: str = field(default="ddp", metadata=mark(HOW))
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
@@ -105,12 +115,8 @@ class TrainConfig:
             raise ValueError(f"sharding must be ddp or fsdp (got {self.sharding!r})")
 
     def run_identity(self) -> dict:
-        """What determines the sequence of batches and updates (not how they are computed or saved)."""
-        d = asdict(self)
-        for k in ("log_every", "micro_batch_seqs", "compile", "state_every_steps", "state_every_s", "max_epochs",
-                  "fused_loss", "loss_chunk", "sharding", "compile_loss"):
-            d.pop(k)
-        return d
+        """What determines the sequence of batches and updates (its RUN fields), not how they are computed or saved."""
+        return run_key(self)
 
 
 @dataclass
