@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 # spinning OpenMP threads burn CPU time while they wait: on a shared machine that is noise, not work
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -47,7 +47,8 @@ def main() -> int:
     args = ap.parse_args()
 
     import yaml
-    from eval_helpers import set_offline, tiny_checkpoint
+
+    from autotune.testing import set_offline, tiny_checkpoint
 
     set_offline()
     work = Path(tempfile.mkdtemp(prefix="eval-overhead-"))

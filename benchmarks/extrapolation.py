@@ -17,12 +17,13 @@ on random five-mixture ladders.
 
     python benchmarks/extrapolation.py --part regmix --targets pile_cc,hackernews
     python benchmarks/extrapolation.py --part mpl --sizes 25
+
+The data loaders and the MPL table are ``autotune.testing``'s (load_regmix_split, mpl_curve, mpl_table).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -34,38 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from autotune.extrapolate.mixture import Problem, make, select_model, spearman  # noqa: E402
-from autotune.extrapolate.schedule import LossCurve, fit_multi_power_law, relative_errors  # noqa: E402
-
-ANCHORS = REPO.parent / "shared" / "data" / "anchors"
-REGMIX = ANCHORS / "regmix"
-MPL = ANCHORS / "multipowerlaw_lr_schedules"
-
-MPL_TRAIN = ("cosine_24000", "constant_24000", "wsdcon_9")
-MPL_TEST = ("cosine_72000", "constant_72000", "wsd_20000_24000", "wsdld_20000_24000", "wsdcon_3", "wsdcon_18")
-MPL_SIZES = (25, 100, 400)
+from autotune.testing import ANCHORS, MPL_TRAIN, load_regmix_split, mpl_table  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------- RegMix
-def _read_csv(path: Path) -> tuple[list[str], dict[int, list[float]]]:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    header = rows[0]
-    return header[1:], {int(r[0]): [float(v) for v in r[1:]] for r in rows[1:]}
-
-
-def load_regmix(split: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """``split``: ``train_1m`` (512 runs), ``test_1m`` (256), ``test_60m`` (the same 256 at 60M) or
-    ``test_1B`` (64 runs at 1B x 25B tokens). Returns shares (runs x 17), losses (runs x 13), domain
-    names, target names; rows joined on the index column."""
-    kind, scale = split.split("_")
-    wcols, weights = _read_csv(REGMIX / f"{kind}_mixture_{scale}.csv")
-    lcols, losses = _read_csv(REGMIX / f"{kind}_pile_loss_{scale}.csv")
-    idx = sorted(set(weights) & set(losses))
-    domains = [c.removeprefix("train_the_pile_") for c in wcols]
-    targets = [c.removeprefix("metric/the_pile_").removesuffix("_val_loss") for c in lcols]
-    return (np.array([weights[i] for i in idx]), np.array([losses[i] for i in idx]), domains, targets)
-
-
 def _lightgbm(X, y):
     """RegMix's regressor: LightGBM, 1000 rounds at learning rate 0.01 (else sklearn's equivalent)."""
     try:
@@ -79,8 +52,8 @@ def _lightgbm(X, y):
 def regmix_target(args) -> dict:
     """Fit every column's model for one target on the 1M runs and score it on the test split."""
     target, n_train, test_split, folds = args
-    X, Y, domains, targets = load_regmix("train_1m")
-    Xt, Yt, _, _ = load_regmix(test_split)
+    X, Y, domains, targets = load_regmix_split("train_1m")
+    Xt, Yt, _, _ = load_regmix_split(test_split)
     j = targets.index(target)
     X, y = X[:n_train], Y[:n_train, j]
     own = domains.index(target)
@@ -100,7 +73,7 @@ def regmix_target(args) -> dict:
 
 def regmix_table(targets: list[str] | None = None, n_train: int = 512, test_split: str = "test_1B",
                  folds: int = 5, workers: int = 2) -> list[dict]:
-    _, _, _, all_targets = load_regmix("train_1m")
+    _, _, _, all_targets = load_regmix_split("train_1m")
     jobs = [(t, n_train, test_split, folds) for t in (targets or all_targets)]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -133,8 +106,8 @@ def ladder_table(targets: list[str] | None = None, k: int = 5, draws: int = 2000
     from autotune.extrapolate.ladder import MIN_KENDALL, analyze, rank_agreement
 
     min_kendall = MIN_KENDALL if min_kendall is None else min_kendall
-    _, small, _, names = load_regmix("test_1m")
-    _, large, _, names60 = load_regmix("test_60m")
+    _, small, _, names = load_regmix_split("test_1m")
+    _, large, _, names60 = load_regmix_split("test_60m")
     assert names == names60
     rng = np.random.default_rng(seed)
     out = []
@@ -178,52 +151,6 @@ def print_ladder(rows: list[dict], k: int, draws: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- MPL
-def mpl_lrs(name: str) -> np.ndarray:
-    """Per-step LRs of the MPL paper's schedules (PROVENANCE.md): 2160 linear warm-up steps from 0 to
-    3e-4; cosine to 3e-5; WSD exponential / linear decay 20k -> 24k to 3e-5; wsdcon_X: 3e-4 until step
-    8000, then X e-5 until 16k. ``mpl_curve`` checks them against the logged LR column."""
-    warm, peak, end = 2160, 3e-4, 3e-5
-    up = np.linspace(0.0, peak, warm)
-    if name.startswith(("cosine_", "constant_")):
-        total = int(name.split("_")[1])
-        s = np.arange(warm, total)
-        if name.startswith("constant"):
-            return np.concatenate([up, np.full(total - warm, peak)])
-        return np.concatenate([up, end + 0.5 * (peak - end) * (1 + np.cos(np.pi * (s - warm) / (total - warm)))])
-    if name.startswith("wsdcon_"):
-        low = int(name.split("_")[1]) * 1e-5
-        return np.concatenate([up, np.full(8000 - warm, peak), np.full(8000, low)])
-    s = np.arange(20000, 24000)
-    frac = (s - 20000) / 4000
-    decay = peak ** (1 - frac) * end ** frac if name.startswith("wsd_") else peak * (1 - frac) + end * frac
-    return np.concatenate([up, np.full(20000 - warm, peak), decay])
-
-
-def mpl_curve(size: int, name: str, every: int = 1) -> LossCurve:
-    with open(MPL / f"csv_{size}" / f"{name}.csv", newline="") as f:
-        rows = [(int(float(r["step"])), float(r["lr"]), float(r["loss"])) for r in csv.DictReader(f)]
-    lrs = mpl_lrs(name)
-    rows = [r for r in rows if r[0] < len(lrs)][::every]
-    steps = np.array([r[0] for r in rows])
-    logged = np.array([r[1] for r in rows])
-    if np.max(np.abs(lrs[steps] - logged) / logged) > 1e-6:
-        raise ValueError(f"{name}: the reconstructed LR schedule does not match the logged LRs")
-    return LossCurve(lrs, steps, np.array([r[2] for r in rows]), warmup_steps=2160)
-
-
-def mpl_table(sizes=MPL_SIZES, train=MPL_TRAIN, test=MPL_TEST, every: int = 1) -> list[dict]:
-    out = []
-    for size in sizes:
-        t0 = time.time()
-        law = fit_multi_power_law([mpl_curve(size, n, every) for n in train])
-        errs = {n: relative_errors(law, mpl_curve(size, n)) for n in test}
-        out.append({"size": size, "law": law, "seconds": time.time() - t0,
-                    "per_curve": {n: float(e.mean()) for n, e in errs.items()},
-                    "mean": float(np.mean([e.mean() for e in errs.values()])),
-                    "worst": float(max(e.max() for e in errs.values()))})
-    return out
-
-
 def print_mpl(rows: list[dict]) -> None:
     print(f"\nMulti-Power Law: fit on {', '.join(MPL_TRAIN)}; relative error (%) on the other six curves")
     names = list(rows[0]["per_curve"]) if rows else []

@@ -76,10 +76,9 @@ def test_a_study_mid_trains_a_local_qwen2_checkpoint(tmp_path):
     import shutil
 
     import optuna
-    from conftest import tiny_space, write_space
-    from test_search_e2e import autotune
 
     from autotune.demo.base import train_demo_tokenizer
+    from autotune.testing import run_cli, tiny_space, write_space
 
     tok_dir = train_demo_tokenizer(512, ["demo:code", "demo:math", "demo:prose"])
     base = tmp_path / "models" / "qwen2-tiny"
@@ -88,7 +87,7 @@ def test_a_study_mid_trains_a_local_qwen2_checkpoint(tmp_path):
     cfg = transformers.Qwen2Config(**{**SMALL, "vocab_size": 512, "max_position_embeddings": 128, "eos_token_id": 0})
     transformers.Qwen2ForCausalLM(cfg).save_pretrained(base, safe_serialization=True)
     space = tiny_space("qwen", trials=1, base_model="models/qwen2-tiny")
-    proc = autotune("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
+    proc = run_cli("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     study = optuna.load_study(study_name="qwen", storage=f"sqlite:///{tmp_path / 'runs/qwen/study.db'}")
     (t,) = study.trials

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, tiny_space, write_space
 from typer.testing import CliRunner
 
 from autotune.cli import app
+from autotune.testing import REPO, tiny_space, write_space
 
 runner = CliRunner()
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import optuna
 import pytest
-from conftest import tiny_space, write_space
 
-from autotune.config.space import SAMPLERS, load_space
+from autotune.config.run import SAMPLERS
+from autotune.config.space import load_space
 from autotune.objective import Score
 from autotune.search.controller import Controller
+from autotune.testing import tiny_space, write_space
 
 
 def _space(tmp_path, **search):

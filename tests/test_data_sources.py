@@ -20,13 +20,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, tiny_space, tiny_suite, write_space
 
-from autotune.config.space import Domain, HFSource, PathSource, load_space
+from autotune.config.sources import Domain, HFSource, PathSource
+from autotune.config.space import load_space
 from autotune.data import prepare
 from autotune.data.sources import open_source
 from autotune.errors import UserError
 from autotune.hashing import tokenizer_hash
+from autotune.testing import REPO, tiny_space, tiny_suite, write_space
 
 BENCH = REPO.parent / "shared" / "data" / "benchmarks"
 if not (BENCH / "gsm8k" / "train.jsonl").exists():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.data import demo
+from autotune.demo import corpus as demo
 
 REPO = Path(__file__).resolve().parents[1]
 TASK_DIR = REPO / "evals" / "tasks" / "demo"
@@ -86,7 +86,7 @@ def test_same_output_across_hash_seeds():
     """Nothing may depend on hash randomisation: compare digests from two processes."""
     script = (
         "import hashlib, json\n"
-        "from autotune.data import demo\n"
+        "from autotune.demo import corpus as demo\n"
         "h = hashlib.sha256()\n"
         "for s in demo.DEMO_SOURCES:\n"
         "    for sp in demo.SPLITS:\n"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import tiny_space, wait_for, write_space
+
+from autotune.testing import tiny_space, wait_for, write_space
 
 pytestmark = pytest.mark.slow
 

@@ -10,13 +10,13 @@ import time
 
 import pytest
 import yaml
-from eval_helpers import DEMO_TASKS, demo_suite, set_offline, tiny_checkpoint
 from typer.testing import CliRunner
 
 from autotune.errors import UserError
 from autotune.evaluate.backends import Checkpoint, InMemoryModel
 from autotune.evaluate.harness import EvalOptions, run_suite
 from autotune.evaluate.suite import load_suite
+from autotune.testing import DEMO_TASKS, demo_suite, set_offline, tiny_checkpoint
 
 set_offline()
 

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from eval_helpers import BENCHMARKS, OFFLINE, REPO, tiny_checkpoint
+
+from autotune.testing import BENCHMARKS, OFFLINE, REPO, tiny_checkpoint
 
 pytestmark = pytest.mark.skipif(not BENCHMARKS.is_dir(),
                                 reason=f"benchmark copies not found at {BENCHMARKS}: the parity test reads GSM8K, "

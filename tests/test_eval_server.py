@@ -22,11 +22,11 @@ import time
 
 import pytest
 import yaml
-from eval_helpers import STANDIN, alive, demo_suite, set_offline, tiny_checkpoint, wait_until
 
 from autotune.evaluate.backends import Checkpoint, ServerError, ServerProcess, VLLMServerBackend, free_port
 from autotune.evaluate.harness import EvalOptions, run_suite
 from autotune.evaluate.suite import load_suite
+from autotune.testing import STANDIN, alive, demo_suite, set_offline, tiny_checkpoint, wait_until
 
 set_offline()
 

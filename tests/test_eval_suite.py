@@ -9,10 +9,11 @@ import sys
 
 import pytest
 import yaml
-from eval_helpers import BENCHMARKS, DEMO_TASKS, REPO
 
+from autotune.config.suite import FieldMap, TaskData
 from autotune.errors import UserError
-from autotune.evaluate.suite import FieldMap, TaskData, load_suite
+from autotune.evaluate.suite import load_suite
+from autotune.testing import BENCHMARKS, DEMO_TASKS, REPO
 
 
 def write_suite(tmp_path, suite: dict, name: str = "suite.yaml"):
@@ -74,7 +75,7 @@ def test_data_override_needs_the_splits_the_task_reads(tmp_path):
 
 
 def test_field_mapping_converts_arc_layout(tmp_path, monkeypatch):
-    from autotune.evaluate.suite import Suite
+    from autotune.config.suite import Suite
     from autotune.evaluate.taskdata import data_files
 
     monkeypatch.setenv("AUTOTUNE_HOME", str(tmp_path / "home"))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -17,9 +14,7 @@ from autotune.extrapolate.mixture import (
     select_model,
     spearman,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-REGMIX = REPO.parent / "shared" / "data" / "anchors" / "regmix"
+from autotune.testing import REGMIX, load_regmix_split
 
 
 def _mixtures(n: int, k: int, seed: int) -> np.ndarray:
@@ -105,12 +100,9 @@ def test_broken_candidates_are_not_chosen(monkeypatch):
 @pytest.mark.skipif(not REGMIX.is_dir(), reason=f"RegMix anchor data not found at {REGMIX} (../shared/data)")
 def test_regmix_slice_ranks_unseen_mixtures():
     """Fit on 160 of the 1M runs, rank the 256 unseen 1M mixtures for two targets (the benchmark's path)."""
-    spec = importlib.util.spec_from_file_location("bench_extrapolation", REPO / "benchmarks" / "extrapolation.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    X, Y, domains, targets = bench.load_regmix("train_1m")
+    X, Y, domains, targets = load_regmix_split("train_1m")
     assert X.shape == (512, 17) and Y.shape == (512, 13) and len(targets) == 13
-    Xt, Yt, _, _ = bench.load_regmix("test_1m")
+    Xt, Yt, _, _ = load_regmix_split("test_1m")
     for target in ("pile_cc", "hackernews"):
         j, own = targets.index(target), domains.index(target)
         problem = Problem(tuple(domains), (own,))

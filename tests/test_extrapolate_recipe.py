@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from pydantic import ValidationError
 
-from autotune.config.space import SearchSpace
 from autotune.errors import UserError
 from autotune.extrapolate import (
     HARD_MAX_EPOCHS,
@@ -21,60 +18,7 @@ from autotune.extrapolate import (
     load_recipe,
     write_recipe,
 )
-from autotune.extrapolate.schedule import LossCurve, MultiPowerLaw, schedule_lrs
-from autotune.search.simplex import SimplexMap
-
-SPACE = {
-    "name": "synthetic",
-    "base_model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "vocab_size": 512},
-    "domains": {"math": {"source": "demo:math", "role": "target"}, "code": {"source": "demo:code", "role": "target"},
-                "general": {"source": "demo:prose", "role": "general"}},
-    "mixture": {"math": {"max": 0.7}, "code": {"max": 0.6}, "general": {"min": 0.1}, "floors": {"general": 0.1}},
-    "schedule": {"kind": ["wsd", "cosine"], "peak_lr": {"low": 3e-4, "high": 1e-2, "log": True},
-                 "decay_fraction": {"low": 0.1, "high": 0.6}, "warmup_fraction": 0.05},
-    "proxy": {"tokens": 40 * 1024, "seq_len": 64, "batch_tokens": 1024},
-    "evals": "suite.yaml",
-    "objective": {"maximize": "target", "subject_to": "general >= base - 0.05"},
-}
-LAW = MultiPowerLaw(L0=2.0, A=0.3, alpha=0.5, B=80.0, C=1.0, beta=0.5, gamma=0.5)
-
-
-def make_study(root: Path, trials: int = 12, seed: int = 0, failed: int = 1) -> Path:
-    """A finished study folder as ``autotune search`` leaves it, with known structure in the scores."""
-    space = SearchSpace.model_validate(SPACE)
-    identity = space.model_dump(mode="json")
-    identity["search"] = {k: v for k, v in identity["search"].items() if k not in ("trials", "storage", "runs_dir")}
-    root.mkdir(parents=True)
-    (root / "space.json").write_text(json.dumps({"identity": identity, "digest": "synthetic0000000"}))
-    smap = SimplexMap.from_space(space)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(trials):
-        w = smap.to_weights(list(rng.random(smap.dims)))
-        kind = ("wsd", "cosine")[i % 2]
-        peak = float(10 ** rng.uniform(-3.5, -2))
-        decay = float(rng.uniform(0.1, 0.6))
-        target = 0.6 * math.sqrt(w["math"] + w["code"]) + 0.02 * math.log10(peak) + 0.01 * rng.standard_normal()
-        general = -0.3 * (0.6 - w["general"]) + 0.005 * rng.standard_normal()
-        run_dir = root / "trials" / f"t{i:03d}"
-        run_dir.mkdir(parents=True)
-        lrs = schedule_lrs(kind, 40, peak, 0.05, decay, 0.0)
-        steps = np.arange(1, 40)
-        loss = LAW.predict(LossCurve(lrs, steps, np.ones(39))) + 0.5 * w["code"] + 0.002 * rng.standard_normal(39)
-        with open(run_dir / "train_log.jsonl", "w") as f:
-            f.write(json.dumps({"step": 0, "lr": float(lrs[0]), "loss": 6.0, "tokens": 1024}) + "\n")
-            for s, v in zip(steps, loss, strict=True):
-                f.write(json.dumps({"step": int(s), "lr": float(lrs[s]), "loss": float(v), "tokens": int(s + 1) * 1024}) + "\n")
-        rows.append({"trial": i, "state": "complete", "mixture": w, "seed": 0, "prior": False, "target": target,
-                     "general": general, "feasible": general >= -0.05,
-                     "schedule": {"kind": kind, "peak_lr": peak, "warmup_fraction": 0.05, "decay_fraction": decay,
-                                  "final_lr_ratio": 0.0},
-                     "metrics": {"bpb/math": 2.0 - w["math"], "bpb/code": 2.5 - w["code"] ** 0.5}, "run_dir": f"trials/t{i:03d}"})
-    for j in range(failed):
-        rows.append({"trial": trials + j, "state": "fail", "mixture": {}, "schedule": {}, "target": None, "general": None,
-                     "metrics": {}, "run_dir": ""})
-    (root / "summary.json").write_text(json.dumps({"base": {"bpb/math": 2.0, "bpb/code": 2.5}, "trials": rows}))
-    return root
+from autotune.testing import SYNTHETIC_SPACE, make_study
 
 
 @pytest.fixture(scope="module")
@@ -205,13 +149,13 @@ def test_cli_takes_the_full_run_from_the_space_files_extrapolate_section(tmp_pat
 
     study = make_study(tmp_path / "runs" / "synthetic", trials=8, seed=1, failed=0)
     space_file = tmp_path / "space.yaml"
-    space_file.write_text(yaml.safe_dump(SPACE))
+    space_file.write_text(yaml.safe_dump(SYNTHETIC_SPACE))
     doc = json.loads((study / "space.json").read_text())
     (study / "space.json").write_text(json.dumps({**doc, "source_file": str(space_file)}))
     runner = CliRunner()
     missing = runner.invoke(app, ["extrapolate", str(study)])
     assert missing.exit_code == 2 and "extrapolate:" in missing.output and "--tokens" in missing.output
-    space_file.write_text(yaml.safe_dump({**SPACE, "extrapolate": {"tokens": 3e8, "available_tokens": {"code": 5e8}}}))
+    space_file.write_text(yaml.safe_dump({**SYNTHETIC_SPACE, "extrapolate": {"tokens": 3e8, "available_tokens": {"code": 5e8}}}))
     done = runner.invoke(app, ["extrapolate", str(study)])
     assert done.exit_code == 0, done.output
     r = load_recipe(study / "recipe.yaml")

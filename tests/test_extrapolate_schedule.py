@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -17,10 +14,8 @@ from autotune.extrapolate.schedule import (
     relative_errors,
     schedule_lrs,
 )
+from autotune.testing import MPL, mpl_table
 from autotune.train.schedules import ScheduleParams, lr_curve
-
-REPO = Path(__file__).resolve().parents[1]
-MPL_DATA = REPO.parent / "shared" / "data" / "anchors" / "multipowerlaw_lr_schedules"
 
 
 @pytest.mark.parametrize("kind", ["wsd", "cosine", "linear", "constant"])
@@ -84,13 +79,10 @@ def test_curve_validation():
         LossCurve(np.ones(10), np.array([5]), np.array([-1.0]))
 
 
-@pytest.mark.skipif(not MPL_DATA.is_dir(), reason=f"Multi-Power Law anchor data not found at {MPL_DATA} (../shared/data)")
+@pytest.mark.skipif(not MPL.is_dir(), reason=f"Multi-Power Law anchor data not found at {MPL} (../shared/data)")
 def test_paper_curves_25m_slice():
     """The benchmark's 25M row on every other point: fit on 3 schedules, predict 3 others within 0.25%."""
-    spec = importlib.util.spec_from_file_location("bench_extrapolation", REPO / "benchmarks" / "extrapolation.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    rows = bench.mpl_table(sizes=(25,), test=("wsd_20000_24000", "wsdld_20000_24000", "wsdcon_3"), every=2)
+    rows = mpl_table(sizes=(25,), test=("wsd_20000_24000", "wsdld_20000_24000", "wsdcon_3"), every=2)
     assert rows[0]["mean"] < 0.0025, rows[0]["per_curve"]
 
 

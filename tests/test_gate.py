@@ -18,23 +18,20 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, TINY_BASE
-from eval_helpers import DEMO_TASKS, set_offline
 from typer.testing import CliRunner
 
+from autotune.config.gate import GateConfig, Tolerance, load_gate_config
 from autotune.errors import UserError
 from autotune.gate.compare import (
     DocValues,
-    GateConfig,
     NotGateable,
-    Tolerance,
     check_comparable,
     check_patterns,
     decide,
-    load_gate_config,
     paired_bootstrap,
     task_doc_values,
 )
+from autotune.testing import DEMO_TASKS, REPO, TINY_BASE, set_offline
 
 set_offline()
 
@@ -254,7 +251,7 @@ AFFECTED = {"bpb/code", "demo_prose_next_word/gold_logprob", "demo_code_next_lin
 def _build_models(root: Path) -> None:
     import torch
 
-    from autotune.config.space import DemoBase
+    from autotune.config.run import DemoBase
     from autotune.data.prepare import pack_domain
     from autotune.demo.base import DEMO_PRETRAIN_MIX, demo_base, train_demo_tokenizer
     from autotune.train.model import load_causal_lm

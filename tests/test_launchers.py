@@ -11,11 +11,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import tiny_space, write_space
 
 from autotune.config.space import load_space
 from autotune.search.launch import TIMED_OUT, LocalLauncher, SubmititLauncher
 from autotune.search.study import _job_space
+from autotune.testing import tiny_space, write_space
 
 LAUNCHERS = {"local": lambda: LocalLauncher(), "submitit-local": lambda: SubmititLauncher(cluster="local", poll_s=0.2)}
 

@@ -11,10 +11,10 @@ import json
 
 import optuna
 import pytest
-from conftest import tiny_space, write_space
 
 from autotune.config.space import load_space
 from autotune.search.study import Study, study_dir
+from autotune.testing import tiny_space, write_space
 
 pytestmark = pytest.mark.slow
 

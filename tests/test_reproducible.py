@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_space, write_space
 
 from autotune.config.space import load_space
 from autotune.objective import Score
 from autotune.search.controller import Controller
+from autotune.testing import tiny_space, write_space
 
 # Runs the same study loop as _proposals in a separate process (the sampler seed used to mix in the pid).
 _CHILD = """

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,19 +16,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import tiny_space, wait_for, write_space
+
+from autotune.testing import run_cli, study_trials, tiny_space, wait_for, write_space
 
 pytestmark = pytest.mark.slow
-
-
-def autotune(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "autotune.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "COLUMNS": "200"})
-
-
-def study_trials(cwd: Path, name: str) -> list[optuna.trial.FrozenTrial]:
-    storage = f"sqlite:///{cwd / 'runs' / name / 'study.db'}"
-    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
 
 
 def run_mtimes(cwd: Path, name: str) -> dict[str, float]:
@@ -39,7 +29,7 @@ def run_mtimes(cwd: Path, name: str) -> dict[str, float]:
 def test_search_two_trials_then_resume(tmp_path):
     space = write_space(tmp_path, tiny_space("e2e", trials=2))
     t0 = time.time()
-    proc = autotune("search", str(space), "--quiet", cwd=tmp_path)
+    proc = run_cli("search", str(space), "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     first_run_s = time.time() - t0
     out = proc.stdout
@@ -82,25 +72,25 @@ def test_search_two_trials_then_resume(tmp_path):
     # rerunning the same command finds the study finished: no trial runs again
     before = run_mtimes(tmp_path, "e2e")
     t1 = time.time()
-    again = autotune("search", str(space), "--quiet", cwd=tmp_path)
+    again = run_cli("search", str(space), "--quiet", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert run_mtimes(tmp_path, "e2e") == before
     assert len(study_trials(tmp_path, "e2e")) == 2
     assert time.time() - t1 < first_run_s  # nothing trained or evaluated
 
     # a larger budget adds only the missing trial
-    more = autotune("search", str(space), "--quiet", "--trials", "3", cwd=tmp_path)
+    more = run_cli("search", str(space), "--quiet", "--trials", "3", cwd=tmp_path)
     assert more.returncode == 0, more.stderr
     after = run_mtimes(tmp_path, "e2e")
     assert len(after) == 3 and all(after[k] == v for k, v in before.items())
 
-    status = autotune("status", str(space), cwd=tmp_path)
+    status = run_cli("status", str(space), cwd=tmp_path)
     assert status.returncode == 0 and status.stdout.count("complete") == 3
 
     # a changed space under the same name is refused, and the finished study is untouched
     changed = write_space(tmp_path / "changed", tiny_space("e2e", trials=2, proxy={"tokens": 8192, "seq_len": 64,
                                                                                      "batch_tokens": 1024}))
-    refused = autotune("search", str(changed), "--quiet", cwd=tmp_path)
+    refused = run_cli("search", str(changed), "--quiet", cwd=tmp_path)
     assert refused.returncode == 2 and "different space (changed: proxy)" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert run_mtimes(tmp_path, "e2e") == after
@@ -133,7 +123,7 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path, s
     else:
         assert proc.returncode == -signal.SIGKILL
 
-    resumed = autotune("search", str(space), "--quiet", cwd=tmp_path)
+    resumed = run_cli("search", str(space), "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     now = run_mtimes(tmp_path, name)
     assert len(now) == 2

@@ -1,24 +1,31 @@
-"""benchmarks/search_efficiency.py on a tiny slice: 5 RegMix domains, 2 samplers, 16 trials, 2 seeds."""
+"""benchmarks/search_efficiency.py's RegMix oracle (autotune.testing) on a tiny slice: 5 RegMix domains,
+2 samplers, 16 trials, 2 seeds."""
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("search_efficiency", REPO / "benchmarks" / "search_efficiency.py")
-se = importlib.util.module_from_spec(_spec)
-sys.modules["search_efficiency"] = se  # dataclasses look their module up by name
-_spec.loader.exec_module(se)
+from autotune.search.simplex import SimplexMap
+from autotune.testing import (
+    REGMIX,
+    Oracle,
+    benchmark_sampler,
+    benchmark_space,
+    find_optimum,
+    load_regmix,
+    mixture_distributions,
+    prior_params,
+    rejection_sample,
+    run_search,
+    sampling_speed,
+)
 
 pytestmark = pytest.mark.skipif(
-    not (se.REGMIX / "train_mixture_1m.csv").exists(),
-    reason=f"RegMix runs not found at {se.REGMIX} (the shared/ folder beside the repository)")
+    not (REGMIX / "train_mixture_1m.csv").exists(),
+    reason=f"RegMix runs not found at {REGMIX} (the shared/ folder beside the repository)")
 
 DOMAINS = ("arxiv", "github", "wikipedia_en", "hackernews", "pile_cc")
 SEEDS = (0, 1)
@@ -26,10 +33,10 @@ SEEDS = (0, 1)
 
 @pytest.fixture(scope="module")
 def landscape():
-    runs = se.load_regmix("pile_cc", DOMAINS)
-    oracle = se.Oracle(runs)
-    simplex = se.SimplexMap.from_space(se.benchmark_space(runs.domains, runs.max_share, "random", 1))
-    opt = se.find_optimum(oracle, simplex, random_points=20_000, starts=4, climb_steps=40)
+    runs = load_regmix("pile_cc", DOMAINS)
+    oracle = Oracle(runs)
+    simplex = SimplexMap.from_space(benchmark_space(runs.domains, runs.max_share, "random", 1))
+    opt = find_optimum(oracle, simplex, random_points=20_000, starts=4, climb_steps=40)
     return runs, oracle, opt
 
 
@@ -47,12 +54,12 @@ def test_oracle_fits_and_its_optimum_is_a_mixture_in_bounds(landscape):
 def test_regret_is_positive_and_falls_with_budget(landscape, sampler):
     runs, oracle, opt = landscape
     # budget 4 ends inside TPE's random start-up (the prior, then its seeded random draws), so it is a prefix
-    res = se.benchmark_sampler(sampler, runs, oracle, opt.loss, SEEDS, (4, 16))
+    res = benchmark_sampler(sampler, runs, oracle, opt.loss, SEEDS, (4, 16))
     for b in (4, 16):
         assert len(res.regrets[b]) == len(SEEDS)
         assert min(res.regrets[b]) >= -1e-9, "a sampler beat the optimum: the optimum search is too weak"
     assert statistics.median(res.regrets[16]) <= statistics.median(res.regrets[4])
-    space = se.benchmark_space(runs.domains, runs.max_share, sampler, 16)
+    space = benchmark_space(runs.domains, runs.max_share, sampler, 16)
     for run in res.runs:
         assert run.shares.shape[1] == 5
         for row in run.shares:
@@ -63,26 +70,26 @@ def test_regret_is_positive_and_falls_with_budget(landscape, sampler):
 def test_a_short_run_is_a_prefix_of_a_long_one(landscape, sampler):
     """What lets the benchmark read every budget off one run for the samplers that ignore search.trials."""
     runs, oracle, _ = landscape
-    short = se.run_search(se.benchmark_space(runs.domains, runs.max_share, sampler, 8), oracle, 3, 8)
-    long = se.run_search(se.benchmark_space(runs.domains, runs.max_share, sampler, 20), oracle, 3, 20)
+    short = run_search(benchmark_space(runs.domains, runs.max_share, sampler, 8), oracle, 3, 8)
+    long = run_search(benchmark_space(runs.domains, runs.max_share, sampler, 20), oracle, 3, 20)
     assert np.array_equal(short.shares, long.shares[:8])
 
 
 def test_distributions_and_prior_are_the_controllers(tmp_path):
     from autotune.search.controller import Controller
 
-    space = se.benchmark_space(DOMAINS, [1.0] * 5, "tpe", 4)
+    space = benchmark_space(DOMAINS, [1.0] * 5, "tpe", 4)
     ctl = Controller(space, tmp_path)
-    assert se.mixture_distributions(ctl.simplex) == ctl.distributions()
-    assert se.prior_params(ctl.simplex) == ctl.prior_params()
+    assert mixture_distributions(ctl.simplex) == ctl.distributions()
+    assert prior_params(ctl.simplex) == ctl.prior_params()
 
 
 def test_sampling_speed_and_a_capped_rejection_loop():
-    simplex = se.SimplexMap(domains=tuple(f"d{i}" for i in range(17)), lo=(0.0,) * 17, hi=(0.1,) * 10 + (1.0,) * 7,
+    simplex = SimplexMap(domains=tuple(f"d{i}" for i in range(17)), lo=(0.0,) * 17, hi=(0.1,) * 10 + (1.0,) * 7,
                             role=("target",) * 17, floors={})
-    speed = se.sampling_speed(simplex, n=2000, repeats=1)
+    speed = sampling_speed(simplex, n=2000, repeats=1)
     assert speed.all_in_bounds and speed.rejection_accepted == 2000 and 0 < speed.acceptance <= 1
     # bounds a uniform Dirichlet almost never meets: the loop stops at its cap instead of stalling
     lo, hi = np.array([0.3, 0.3, 0.3] + [0.0] * 14), np.ones(17)
-    kept, draws = se.rejection_sample(lo, hi, 10, np.random.default_rng(0), max_draws=200_000, chunk=50_000)
+    kept, draws = rejection_sample(lo, hi, 10, np.random.default_rng(0), max_draws=200_000, chunk=50_000)
     assert draws == 200_000 and len(kept) < 10

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, tiny_space, write_space
 from typer.testing import CliRunner
 
 from autotune.cli import app
 from autotune.config.space import load_space
 from autotune.errors import UserError
+from autotune.testing import REPO, tiny_space, write_space
 
 runner = CliRunner()
 
@@ -137,8 +137,8 @@ def test_every_shipped_space_and_suite_validates():
     for p in spaces:
         result = runner.invoke(app, ["validate", str(p)])
         assert result.exit_code == 0, (p, result.output)
+    from autotune.config.gate import load_gate_config
     from autotune.evaluate.suite import load_suite
-    from autotune.gate.compare import load_gate_config
 
     gate_configs = sorted((REPO / "evals").glob("*.gate.yaml"))  # `autotune gate --config`, not suites
     assert gate_configs

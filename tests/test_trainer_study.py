@@ -10,10 +10,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import tiny_space, write_space
-from test_search_e2e import autotune, study_trials
 
 from autotune.data.mixture import step_counts
+from autotune.testing import run_cli, study_trials, tiny_space, write_space
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +25,7 @@ def test_phases_decay_shape_and_start_lr_from_base(tmp_path):
                                  "decay_shape": ["1-sqrt"], "decay_fraction": 0.5, "warmup_fraction": 0.25,
                                  "start_lr": "base"},
                        proxy={"tokens": 8192, "seq_len": 64, "batch_tokens": 1024, "seed": 0, "max_epochs": 4})
-    proc = autotune("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
+    proc = run_cli("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     root = tmp_path / "runs" / "phased"
     prep = json.loads((root / "prepare" / "result.json").read_text())
@@ -58,21 +57,21 @@ def test_phases_decay_shape_and_start_lr_from_base(tmp_path):
 
 def test_a_diverging_trial_fails_alone_and_the_study_goes_on(tmp_path):
     space = tiny_space("nan", trials=2, schedule={"kind": "constant", "peak_lr": 1.0e6, "warmup_fraction": 0.0})
-    proc = autotune("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
+    proc = run_cli("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
     assert "Traceback" not in proc.stderr
     trials = study_trials(tmp_path, "nan")
     assert len(trials) == 2  # the second trial ran after the first diverged
     for t in trials:
         assert t.state == optuna.trial.TrialState.FAIL
         assert t.user_attrs["status"] == "diverged" and "loss is nan" in t.user_attrs["reason"].lower()
-    status = autotune("status", str(tmp_path / "space.yaml"), cwd=tmp_path)
+    status = run_cli("status", str(tmp_path / "space.yaml"), cwd=tmp_path)
     assert status.stdout.count("diverged") >= 2
 
 
 def test_long_context_knobs_are_searched(tmp_path):
     space = tiny_space("ctx", trials=3, context={"seq_len": [32, 128], "rope_theta": [10000.0, 500000.0]},
                        search={"sampler": "random", "trials": 3, "storage": "sqlite"})
-    proc = autotune("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
+    proc = run_cli("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     root = tmp_path / "runs" / "ctx"
     trials = study_trials(tmp_path, "ctx")
@@ -106,7 +105,7 @@ def test_a_trial_out_of_memory_fails_alone_and_reruns_with_a_smaller_micro_batch
     big = {"tokens": 262144, "seq_len": 64, "batch_tokens": 262144, "seed": 0}
     space = tiny_space("oom", trials=2, proxy=big)
     space["search"]["launcher"] = {"kind": "local", "memory_limit": "1.5GiB"}
-    proc = autotune("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
+    proc = run_cli("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
     assert "Traceback" not in proc.stderr
     trials = study_trials(tmp_path, "oom")
     assert len(trials) == 2  # the second trial ran after the first ran out of memory
@@ -116,10 +115,10 @@ def test_a_trial_out_of_memory_fails_alone_and_reruns_with_a_smaller_micro_batch
         assert "micro-batch of 4096 x 64 tokens" in t.user_attrs["reason"]
         assert "lower proxy.micro_batch_seqs" in t.user_attrs["reason"]
         assert t.user_attrs["memory_settings"]["micro_batch_seqs"] is None  # what it ran with
-    assert autotune("status", str(tmp_path / "space.yaml"), cwd=tmp_path).stdout.count("oom") >= 2
+    assert run_cli("status", str(tmp_path / "space.yaml"), cwd=tmp_path).stdout.count("oom") >= 2
 
     space["proxy"] = {**big, "micro_batch_seqs": 64}
-    proc = autotune("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
+    proc = run_cli("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
     assert proc.stdout.count("ran out of memory with") == 2, proc.stdout
     trials = study_trials(tmp_path, "oom")
     assert len(trials) == 4
