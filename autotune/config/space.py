@@ -92,7 +92,7 @@ class Mixture(Frozen):
 
     YAML: one key per domain with ``{min, max}``; ``floors: {general: 0.2}`` puts a floor under the sum of
     a role's domains; ``prior: {domain: share}`` is the mixture run first (default: the simplex map of the unit cube's centre,
-    see ``autotune/simplex.py``).
+    see ``autotune/search/simplex.py``).
     """
 
     bounds: dict[str, Bounds] = Field(default_factory=dict)

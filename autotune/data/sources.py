@@ -3,7 +3,7 @@
 Three kinds behind one small interface (``DocumentSource``), built by ``open_source`` from a domain's
 ``source`` in the search space:
 
-* ``demo:<name>``: the offline demo corpora (``autotune/data/demo.py``), already split;
+* ``demo:<name>``: the offline demo corpora (``autotune/demo/corpus.py``), already split;
 * ``{path: ...}`` (``PathSource``): local files, one reader per format (jsonl, json, parquet, text, file);
 * ``{hf: ...}`` / ``{from_disk: ...}`` (``HFSource``): HF ``datasets`` (``load_dataset`` / ``load_from_disk``).
 
@@ -94,7 +94,7 @@ def is_heldout(text: str, fraction: float) -> bool:
 
 # ----------------------------------------------------------------------------------------------- demo
 class DemoSource:
-    """``demo:<name>``: split by the demo's own keys (``autotune/data/demo.py``)."""
+    """``demo:<name>``: split by the demo's own keys (``autotune/demo/corpus.py``)."""
 
     def __init__(self, source: str) -> None:
         self.name = source.removeprefix("demo:")

@@ -1,7 +1,7 @@
 """Scale transfer: do the proxy's rankings of mixtures hold as the proxy grows?
 
 A ladder re-runs the same mixtures (the prior and the study's best trials, each with its own schedule and
-seed) as complete proxy runs at several token budgets, its rungs (``autotune/ladder.py`` drives the runs,
+seed) as complete proxy runs at several token budgets, its rungs (``autotune/search/ladder.py`` drives the runs,
 ``study_data.load_ladder`` reads them). This module, pure (numpy in, JSON-able records out; scipy inside
 the functions):
 

@@ -2,7 +2,7 @@
 
 Pure (numpy, pydantic; no torch, no lm_eval): per-document values read from the evaluator's sample logs,
 the paired bootstrap, the tolerance rules, the baseline record and the check that two records are
-comparable. ``autotune/gate_cli.py`` runs the evaluations and writes the outputs.
+comparable. ``autotune/gate/run.py`` runs the evaluations, ``render.py`` writes the outputs.
 
 The test, per entry (an lm-eval task's metric, or held-out bits-per-byte on a domain):
 
