@@ -34,7 +34,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from autotune.extrapolate.mixture import Problem, make, select_model, spearman  # noqa: E402
+from autotune.extrapolate.mixture import Problem, make  # noqa: E402
+from autotune.extrapolate.selection import select_model, spearman  # noqa: E402
 from autotune.testing import ANCHORS, MPL_TRAIN, load_regmix_split, mpl_table  # noqa: E402
 
 

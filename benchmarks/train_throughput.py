@@ -15,7 +15,7 @@ the plain HF ``Trainer`` with bf16, SDPA, torch.compile and fused AdamW (the iss
 anchor); then our trainer (bf16 autocast + SDPA + compile + fused AdamW + fused chunked loss) at each
 ``--micro-batch``, and at the first micro-batch once more with the fused loss's softmax gradient eager
 (what compiling it is worth). Columns: tokens/s, MFU against the card's datasheet dense bf16 peak
-(``autotune.train.trainer.PEAK_BF16_FLOPS``) and against the bf16 matmul peak measured at the start
+(``autotune.train.summary.PEAK_BF16_FLOPS``) and against the bf16 matmul peak measured at the start
 (8192^3 matmuls; the anchors' MFU used a measured 779 TFLOP/s on an H200), compile time (first step minus a
 steady step), peak memory, and the ratio to the baseline. FLOPs per token: ``flops_per_token`` (6 x matmul
 weights, the tied output head included, + attention scores), and in the third MFU column the anchors' own

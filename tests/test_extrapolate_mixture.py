@@ -5,15 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autotune.extrapolate.mixture import (
-    CANDIDATES,
-    PRIOR,
-    Problem,
-    kfold_indices,
-    make,
-    select_model,
-    spearman,
-)
+from autotune.extrapolate.mixture import CANDIDATES, PRIOR, Problem, make
+from autotune.extrapolate.selection import kfold_indices, select_model, spearman
 from autotune.testing import REGMIX, load_regmix_split
 
 

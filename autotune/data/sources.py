@@ -13,10 +13,8 @@ missing field, a file that is not what its name says) is a ``UserError`` naming 
 (``domains.math.source.text_field``) and the value.
 
 Cache keys are content-addressed: a file enters a key by its size and sha256, not by its name or mtime, so
-copying or touching the data reuses the packed tokens and editing it does not. Hashes are remembered per
-file (``fingerprints/`` in the cache folder) and reused while the file's size, mtime, ctime and inode are
-unchanged; an entry is trusted only if the file was last modified well before it was hashed (git's "racy
-clean" rule), so a file rewritten within the file system's timestamp granularity is hashed again.
+copying or touching the data reuses the packed tokens and editing it does not (``file_sha256``, in
+``fingerprints.py``, remembers the hashes).
 """
 
 from __future__ import annotations
@@ -29,13 +27,12 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from autotune.data.fingerprints import file_sha256
 from autotune.errors import UserError
-from autotune.records import read_json, write_json_atomic
 
 # Bump when the demo corpus, what a document is (reading rules, the split rule) or the packing format
 # changes: it is part of every source's cache key.
@@ -44,10 +41,6 @@ DATA_VERSION = 1
 # Extension -> format; a trailing ``.gz`` is decompressed first (not for parquet, which compresses inside).
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet",
               ".txt": "text", ".md": "text", ".text": "text"}
-# A hash entry younger than this (file mtime to hashing time) is re-checked: timestamps are coarse
-# (ext4/tmpfs take them from a clock that ticks every few milliseconds; FAT has 2 s).
-_RACY_NS = 2_000_000_000
-_HASH_BLOCK = 1 << 20
 _ROWS_PER_BATCH = 1024
 
 
@@ -116,36 +109,6 @@ class DemoSource:
         for split in ("train", "heldout"):
             for d in demo_documents(self.name, split):
                 yield split == "heldout", d
-
-
-# ----------------------------------------------------------------------------------------------- file hashes
-def _stat_id(st: os.stat_result) -> list[int]:
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-
-
-def file_sha256(path: Path, cache: Path | None) -> str:
-    """sha256 of a file's bytes, remembered under ``cache/fingerprints`` while the file is unchanged."""
-    path = path.resolve()
-    entry_path = cache / "fingerprints" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json" if cache else None
-    before = path.stat()
-    if entry_path is not None and entry_path.exists():
-        try:
-            entry = read_json(entry_path)
-            if entry["stat"] == _stat_id(before) and before.st_mtime_ns < entry["hashed_at_ns"] - _RACY_NS:
-                return entry["sha256"]
-        except (ValueError, KeyError, OSError):
-            pass  # a damaged entry: hash again
-    hashed_at = time.time_ns()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            h.update(block)
-    sha = h.hexdigest()
-    if entry_path is not None and _stat_id(path.stat()) == _stat_id(before):  # not written to while hashed
-        entry_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(entry_path, {"file": str(path), "stat": _stat_id(before), "hashed_at_ns": hashed_at,
-                                       "sha256": sha})
-    return sha
 
 
 # ----------------------------------------------------------------------------------------------- readers

@@ -4,7 +4,7 @@
 
 1. reads the study (``study_data.load_study``): the space as run, the base metrics, the complete trials;
 2. per metric (``target``, ``general``, then every suite metric) chooses a mixture -> metric model by
-   K-fold cross-validation on the trials (``mixture.select_model``); the trials' log peak LR joins the
+   K-fold cross-validation on the trials (``selection.select_model``); the trials' log peak LR joins the
    shares as a covariate when it varies;
 3. picks the peak LR (geometric mean over the best feasible trials), then maximises the predicted
    objective over the space's simplex (bounds, role floors, and caps that keep each domain under
@@ -19,16 +19,15 @@
    token budgets), fits a power law in tokens per mixture, checks that the rungs rank the mixtures alike
    (``ladder.analyze``) and puts its warnings first.
 
-Each step is one function returning a small frozen part; ``build_recipe`` assembles them into the
-``Recipe`` (``recipe_model``, with ``load_recipe`` and ``write_recipe``; all re-exported here), which
-checks the numbers agree when built or loaded.
+Each step is one function returning a small frozen part (``recipe_parts``); ``build_recipe`` assembles
+them into the ``Recipe`` (``recipe_model``, with ``load_recipe`` and ``write_recipe``; all re-exported
+here), which checks the numbers agree when built or loaded.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +36,8 @@ from autotune import __version__
 from autotune.config.space import FloatRange
 from autotune.errors import UserError
 from autotune.extrapolate.ladder import LadderSection, analyze, decision_metrics, higher_is_better
-from autotune.extrapolate.mixture import Problem, Selection, make, select_model
-from autotune.extrapolate.optimize import Optimum, bootstrap_interval, maximize
+from autotune.extrapolate.mixture import Problem, make
+from autotune.extrapolate.optimize import bootstrap_interval, maximize
 from autotune.extrapolate.recipe_model import (
     RECIPE_VERSION,
     DomainPlan,
@@ -50,9 +49,18 @@ from autotune.extrapolate.recipe_model import (
     load_recipe,
     write_recipe,
 )
+from autotune.extrapolate.recipe_parts import (
+    Domains,
+    Inputs,
+    Mixture,
+    Models,
+    Predictions,
+    Schedule,
+    SearchRegion,
+)
 from autotune.extrapolate.schedule import LossCurve, MultiPowerLaw, choose_schedule, fit_multi_power_law
+from autotune.extrapolate.selection import select_model
 from autotune.extrapolate.study_data import FinishedStudy, load_ladder, load_study, read_train_log
-from autotune.records import TrialRecord
 from autotune.search.simplex import SimplexMap
 
 __all__ = ["HARD_MAX_EPOCHS", "RECIPE_VERSION", "TOP_TRIALS", "WARN_EPOCHS", "DomainPlan", "Prediction", "Provenance",
@@ -135,7 +143,7 @@ def _capped_map(space, tokens: int, available: dict[str, float], cap_epochs: flo
     return capped
 
 
-def _design(models: _Models, peak_lr: float, W: np.ndarray) -> np.ndarray:
+def _design(models: Models, peak_lr: float, W: np.ndarray) -> np.ndarray:
     """The models' inputs for mixtures ``W``: the shares, then the log peak LR when it is a covariate."""
     return np.column_stack([W, np.full(len(W), math.log(peak_lr))]) if models.use_lr else W
 
@@ -152,76 +160,9 @@ def _grid(value, n: int) -> list[float]:
     return [float(value)]
 
 
-# ----------------------------------------------------------------------------------------------- the parts
-@dataclass(frozen=True)
-class _Inputs:
-    """The study and the full run's checked budget: ``run_tokens`` is ``total_steps`` whole batches."""
-
-    study: FinishedStudy
-    batch_tokens: int
-    available: dict[str, float]     # unique tokens per domain, for the domains given
-    total_steps: int
-    run_tokens: int
-
-
-@dataclass(frozen=True)
-class _SearchRegion:
-    """The simplex the optimiser searches, with the epoch cap its bounds carry (None: uncapped)."""
-
-    smap: SimplexMap
-    epoch_cap: float | None
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class _Models:
-    """Per metric, the mixture -> metric model chosen by cross-validation, and the data it was fitted on."""
-
-    R: np.ndarray                   # trials x domains: the trials' shares
-    X: np.ndarray                   # R, then the log peak LR when it varies over the trials
-    use_lr: bool
-    values: dict[str, np.ndarray]   # per metric, the trials' scores
-    shared_metrics: list[str]       # suite metrics every trial has (empty unless all_metrics)
-    problems: dict[str, Problem]
-    selections: dict[str, Selection]  # the metrics that vary over the trials
-
-
-@dataclass(frozen=True)
-class _Mixture:
-    """The peak LR, the trials that set it, and the mixture that maximises the predicted objective at it."""
-
-    peak_lr: float
-    top: list[TrialRecord]
-    best_trial: TrialRecord
-    maximise: str
-    floor: float | None             # the predicted general score held (None: unconstrained)
-    opt: Optimum
-    w_star: np.ndarray              # 1 x domains: the optimum's shares
-    nearest_trial: int
-    nearest_distance: float         # L1 distance to the nearest trial's mixture
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class _Predictions:
-    scores: dict[str, Prediction]   # 'target' and 'general', with bootstrap intervals
-    metrics: dict[str, float]       # every modelled suite metric, raw units
-
-
-@dataclass(frozen=True)
-class _Schedule:
-    plan: SchedulePlan
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class _Domains:
-    plans: dict[str, DomainPlan]
-    warnings: tuple[str, ...] = ()
-
-
+# ----------------------------------------------------------------------------------------------- the steps
 def _read_inputs(study_dir: str | Path, tokens: float, available_tokens: dict[str, float] | None,
-                 max_epochs: float, batch_tokens: int | None) -> _Inputs:
+                 max_epochs: float, batch_tokens: int | None) -> Inputs:
     """1. The study, and the full run's tokens rounded down to whole steps of ``batch_tokens``."""
     study = load_study(study_dir)
     batch_tokens = int(batch_tokens or study.space.proxy.batch_tokens)
@@ -230,11 +171,11 @@ def _read_inputs(study_dir: str | Path, tokens: float, available_tokens: dict[st
     _check_inputs(study, tokens, available_tokens, max_epochs, batch_tokens)
     available = {k: float(v) for k, v in (available_tokens or {}).items()}
     total_steps = int(tokens // batch_tokens)
-    return _Inputs(study, batch_tokens, available, total_steps, total_steps * batch_tokens)
+    return Inputs(study, batch_tokens, available, total_steps, total_steps * batch_tokens)
 
 
 def _search_region(space, run_tokens: int, available: dict[str, float], max_epochs: float,
-                   force: bool) -> _SearchRegion:
+                   force: bool) -> SearchRegion:
     """Epoch caps: keep domains under max_epochs where the space allows, else under HARD_MAX_EPOCHS;
     when not even that fits, refuse before fitting anything (unless forced)."""
     smap, cap_used = None, None
@@ -251,10 +192,10 @@ def _search_region(space, run_tokens: int, available: dict[str, float], max_epoc
     if available and cap_used != max_epochs:
         warnings.append(f"the space's bounds and floors do not allow keeping every domain under {max_epochs:g} "
                         f"epochs of its available tokens" + (f"; capped at {cap_used:g} instead" if cap_used else ""))
-    return _SearchRegion(smap, cap_used, tuple(warnings))
+    return SearchRegion(smap, cap_used, tuple(warnings))
 
 
-def _fit_models(study: FinishedStudy, *, folds: int, seed: int, all_metrics: bool) -> _Models:
+def _fit_models(study: FinishedStudy, *, folds: int, seed: int, all_metrics: bool) -> Models:
     """2. Per metric that varies over the trials, the mixture -> metric model chosen by K-fold CV."""
     domains, trials, space = list(study.domains), study.trials, study.space
     R = np.array([[t.mixture[d] for d in domains] for t in trials])
@@ -276,10 +217,10 @@ def _fit_models(study: FinishedStudy, *, folds: int, seed: int, all_metrics: boo
         if key not in selections:
             raise UserError(f"every trial has the same {key} score: nothing to extrapolate from",
                             file=study.root / "summary.json", field=f"trials[].{key}")
-    return _Models(R, X, use_lr, values, shared_metrics, problems, selections)
+    return Models(R, X, use_lr, values, shared_metrics, problems, selections)
 
 
-def _optimise_mixture(study: FinishedStudy, smap: SimplexMap, models: _Models, *, seed: int) -> _Mixture:
+def _optimise_mixture(study: FinishedStudy, smap: SimplexMap, models: Models, *, seed: int) -> Mixture:
     """3. The peak LR (geometric mean over the best feasible trials), then the mixture maximising the
     predicted objective at it, with the predicted general score held at the objective's floor."""
     trials, space = study.trials, study.space
@@ -309,11 +250,11 @@ def _optimise_mixture(study: FinishedStudy, smap: SimplexMap, models: _Models, *
     w_star = np.array([[opt.weights[d] for d in study.domains]])
     dist = np.abs(models.R - w_star).sum(axis=1)
     nearest = int(np.argmin(dist))
-    return _Mixture(peak_lr, top, ranked[0], maximise, floor if constrained else None, opt, w_star,
+    return Mixture(peak_lr, top, ranked[0], maximise, floor if constrained else None, opt, w_star,
                     trials[nearest].number, float(dist[nearest]), tuple(warnings))
 
 
-def _predict(models: _Models, mixture: _Mixture, *, bootstrap: int, seed: int) -> _Predictions:
+def _predict(models: Models, mixture: Mixture, *, bootstrap: int, seed: int) -> Predictions:
     """3'. The models' predictions at the mixture; bootstrap intervals for 'target' and 'general'."""
     at_star = _design(models, mixture.peak_lr, mixture.w_star)
     scores = {}
@@ -333,7 +274,7 @@ def _predict(models: _Models, mixture: _Mixture, *, bootstrap: int, seed: int) -
             scores[metric] = Prediction(value=value, model=sel.name)
     metrics = {m: float(models.selections[m].model.predict(at_star)[0]) for m in models.shared_metrics
                if m in models.selections}
-    return _Predictions(scores, metrics)
+    return Predictions(scores, metrics)
 
 
 def _rank_schedules(study: FinishedStudy, curves: list[LossCurve], kinds: list[str], group: str, peak_lr: float,
@@ -355,7 +296,7 @@ def _rank_schedules(study: FinishedStudy, curves: list[LossCurve], kinds: list[s
     return law, options, []
 
 
-def _choose_schedule(study: FinishedStudy, mixture: _Mixture, total_steps: int) -> _Schedule:
+def _choose_schedule(study: FinishedStudy, mixture: Mixture, total_steps: int) -> Schedule:
     """4. The schedule the Multi-Power Law predicts best at the full run's steps, else the best trial's."""
     spec = study.space.schedule
     kinds = spec.kind if isinstance(spec.kind, list) else [spec.kind]
@@ -401,11 +342,11 @@ def _choose_schedule(study: FinishedStudy, mixture: _Mixture, total_steps: int) 
                        for o in options[:8]],
         "law": ({k: v for k, v in law.params().items()} if law else None),
     })
-    return _Schedule(plan, tuple(warnings))
+    return Schedule(plan, tuple(warnings))
 
 
-def _plan_domains(study: FinishedStudy, weights: dict[str, float], inputs: _Inputs, *, max_epochs: float,
-                  force: bool) -> _Domains:
+def _plan_domains(study: FinishedStudy, weights: dict[str, float], inputs: Inputs, *, max_epochs: float,
+                  force: bool) -> Domains:
     """5. The mixture's shares as tokens and epochs per domain of the full run; refuses more than
     HARD_MAX_EPOCHS epochs unless forced."""
     domains, available = list(study.domains), inputs.available
@@ -429,7 +370,7 @@ def _plan_domains(study: FinishedStudy, weights: dict[str, float], inputs: _Inpu
                         field="available_tokens", value={d: available.get(d) for d in domains})
     if too_many:
         warnings.append(f"forced: {', '.join(too_many)} above {HARD_MAX_EPOCHS:g} epochs")
-    return _Domains(plans, tuple(warnings))
+    return Domains(plans, tuple(warnings))
 
 
 def _ladder_section(study: FinishedStudy, run_tokens: int) -> LadderSection | None:
@@ -443,7 +384,7 @@ def _ladder_section(study: FinishedStudy, run_tokens: int) -> LadderSection | No
                 min_kendall=data.min_kendall, noise_std=data.noise_std, search_rung=data.search_rung))
 
 
-def _provenance(study: FinishedStudy, models: _Models, mixture: _Mixture, region: _SearchRegion) -> Provenance:
+def _provenance(study: FinishedStudy, models: Models, mixture: Mixture, region: SearchRegion) -> Provenance:
     """Where the recipe comes from: the study, the trials used, the models and the mixture search."""
     best, opt = mixture.best_trial, mixture.opt
     return Provenance(
