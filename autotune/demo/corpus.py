@@ -200,7 +200,7 @@ def _word_problem(rng: random.Random) -> tuple[str, str, int]:
 
 
 @functools.lru_cache(maxsize=1)
-def _math_problems() -> tuple[tuple[str, str, str], ...]:
+def math_problems() -> tuple[tuple[str, str, str], ...]:
     """(problem, full document, final answer) for every generated problem."""
     rng = random.Random(MATH_SEED)
     seen: set[str] = set()
@@ -338,11 +338,11 @@ def _prose_docs() -> tuple[tuple[str, str], ...]:
 
 
 @functools.cache
-def _records(source: str) -> tuple[Record, ...]:
+def records(source: str) -> tuple[Record, ...]:
     """All documents of a source as (key, split, text), in a fixed order."""
     _check_source(source)
     if source == "math":
-        pairs = [(problem, doc) for problem, doc, _ in _math_problems()]
+        pairs = [(problem, doc) for problem, doc, _ in math_problems()]
     elif source == "code":
         pairs = list(_code_files())
     else:
@@ -354,7 +354,7 @@ def demo_documents(source: str, split: str) -> list[str]:
     """The documents of one demo source ("math", "code", "prose") and split."""
     _check_source(source)
     _check_split(split)
-    return [text for _, s, text in _records(source) if s == split]
+    return [text for _, s, text in records(source) if s == split]
 
 
 # --------------------------------------------------------------------------- eval items
@@ -388,7 +388,7 @@ def _number_distractors(rng: random.Random, answer: int) -> list[str]:
 
 def math_eval_items(n: int) -> list[dict]:
     """n held-out math items: question, answer, 4 numeric choices and label."""
-    heldout = [(p, a) for p, _, a in _math_problems() if split_of(p) == "heldout"]
+    heldout = [(p, a) for p, _, a in math_problems() if split_of(p) == "heldout"]
     rng = random.Random(f"math-eval-{MATH_SEED}")
     picked = rng.sample(heldout, min(n, len(heldout)))
     items = []
@@ -405,7 +405,7 @@ def _flat(text: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _train_blob_flat() -> str:
     """Whitespace-collapsed text of every train document of every source."""
-    return "\0".join(_flat(t) for src in DEMO_SOURCES for _, s, t in _records(src) if s == "train")
+    return "\0".join(_flat(t) for src in DEMO_SOURCES for _, s, t in records(src) if s == "train")
 
 
 def _is_trivial_code_line(line: str) -> bool:
@@ -420,7 +420,7 @@ def code_eval_items(n: int) -> list[dict]:
     file) and the gold answer is the line that follows it, also non-blank.
     Contexts that also occur in a train file are skipped.
     """
-    heldout = [(k, t) for k, s, t in _records("code") if s == "heldout"]
+    heldout = [(k, t) for k, s, t in records("code") if s == "heldout"]
     train_blob = _train_blob_flat()
     rng = random.Random("code-eval")
     # Distractor pool: non-trivial lines of every held-out file, by file.
@@ -489,7 +489,7 @@ def prose_eval_items(n: int) -> list[dict]:
     least 4 letters).  Contexts that also occur in any train document are
     skipped.  At most two contexts (of different lengths) per sentence.
     """
-    heldout = [_flat(t) for _, s, t in _records("prose") if s == "heldout"]
+    heldout = [_flat(t) for _, s, t in records("prose") if s == "heldout"]
     train_blob = _train_blob_flat()
     rng = random.Random("prose-eval")
     vocab = sorted({w for doc in heldout for w in doc.split() if _WORD.match(w) and len(w) >= 4})

@@ -10,7 +10,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from autotune.config.space import load_space
+from autotune.config.suite import BACKENDS
+from autotune.data.prepare import pack_domain
 from autotune.errors import UserError
+from autotune.evaluate.backends import Checkpoint, ServerError
+from autotune.evaluate.harness import EvalOptions, HeldoutTokens, run_suite
+from autotune.evaluate.suite import load_suite
+from autotune.hashing import tokenizer_hash
 
 
 class EvalFailed(Exception):
@@ -32,9 +39,6 @@ def evaluate_checkpoint(checkpoint: Path, suite_path: Path, backend: str | None 
     text of the suite's bits-per-byte entries. Raises ``UserError`` for bad input (before any model load),
     ``EvalFailed`` when the evaluation fails; ``KeyboardInterrupt`` passes through.
     """
-    from autotune.config.suite import BACKENDS
-    from autotune.evaluate.backends import Checkpoint, ServerError
-    from autotune.evaluate.suite import load_suite
 
     if backend is not None and backend not in BACKENDS:
         raise UserError(f"unknown backend (choose {', '.join(BACKENDS)})", field="--backend", value=backend)
@@ -42,11 +46,9 @@ def evaluate_checkpoint(checkpoint: Path, suite_path: Path, backend: str | None 
     if not (checkpoint / "config.json").is_file():
         raise UserError("not a Hugging Face checkpoint folder (no config.json)", field="CHECKPOINT", value=str(checkpoint))
     try:
-        from autotune.evaluate.harness import EvalOptions, run_suite
 
         space = None
         if space_path is not None:
-            from autotune.config.space import load_space
 
             space = load_space(space_path)
         suite = load_suite(suite_path, list(space.domains) if space else None)
@@ -65,9 +67,6 @@ def heldout_tokens(suite, checkpoint: Path, space) -> dict[str, Any]:
     """Held-out tokens for the suite's bits-per-byte entries, tokenized with the checkpoint's tokenizer (cached)."""
     if not suite.bpb_entries:
         return {}
-    from autotune.data.prepare import pack_domain
-    from autotune.evaluate.harness import HeldoutTokens
-    from autotune.hashing import tokenizer_hash
 
     out = {}
     for entry in suite.bpb_entries:

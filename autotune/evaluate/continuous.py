@@ -21,12 +21,12 @@ from collections.abc import Iterable
 from typing import Any
 
 
-def _logsumexp(xs: list[float]) -> float:
+def logsumexp(xs: list[float]) -> float:
     m = max(xs)
     return m + math.log(sum(math.exp(x - m) for x in xs))
 
 
-def _gold_indices(sample: dict[str, Any], n_choices: int) -> list[int]:
+def gold_indices(sample: dict[str, Any], n_choices: int) -> list[int]:
     gold = sample.get("target")
     if isinstance(gold, bool):
         gold = int(gold)
@@ -43,7 +43,7 @@ def _gold_indices(sample: dict[str, Any], n_choices: int) -> list[int]:
     raise ValueError(f"cannot read the gold choice from target {gold!r}")
 
 
-def _continuation(arg: Any) -> str:
+def continuation(arg: Any) -> str:
     """The continuation string of a log-likelihood request's arguments ``(context, continuation)``."""
     if isinstance(arg, list | tuple) and len(arg) >= 2:
         return str(arg[1])
@@ -64,15 +64,15 @@ def derived_metrics(output_type: str | None, samples: Iterable[dict[str, Any]]) 
         args = s["arguments"]
         if output_type == "loglikelihood":
             nll_bits -= lls[0] / math.log(2)
-            n_bytes += len(_continuation(args[0]).encode("utf-8"))
+            n_bytes += len(continuation(args[0]).encode("utf-8"))
             continue
-        gold = _gold_indices(s, len(lls))
-        lp = _logsumexp([lls[g] for g in gold]) - _logsumexp(lls)
+        gold = gold_indices(s, len(lls))
+        lp = logsumexp([lls[g] for g in gold]) - logsumexp(lls)
         logprobs.append(lp)
         probs.append(math.exp(lp))
         chance.append(1.0 / len(lls))
         nll_bits -= lls[gold[0]] / math.log(2)
-        n_bytes += len(_continuation(args[gold[0]]).encode("utf-8"))
+        n_bytes += len(continuation(args[gold[0]]).encode("utf-8"))
     out: dict[str, float] = {"n": float(len(rows))}
     if n_bytes:
         out["gold_bpb"] = nll_bits / n_bytes

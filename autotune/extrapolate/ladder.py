@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import Field
 
 from autotune.config.base import Frozen as _Frozen
+from autotune.evaluate.metrics import key_higher_is_better
 
 # One alpha shared by the mixtures of a metric, each with its own E and A. Chinchilla (Hoffmann et al. 2022,
 # approach 3) fits one data exponent for all its runs, L = E + A/N^a + B/D^b; Data Mixing Laws (Ye et al.
@@ -364,6 +365,5 @@ def decision_metrics(objective) -> list[str]:
 
 def higher_is_better(metric: str) -> bool:
     """Orientation of a metric key of a study: group scores and task scores up, bits-per-byte and perplexities down."""
-    from autotune.evaluate.metrics import key_higher_is_better
 
     return key_higher_is_better(metric)

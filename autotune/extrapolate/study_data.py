@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from autotune.config.identity import proposal_key
 from autotune.config.load import PLAIN_ERRORS, validation_error_to_user_error
@@ -54,7 +55,6 @@ def _read_json(path: Path, what: str) -> Any:
 
 def load_study(study_dir: str | Path) -> FinishedStudy:
     """The study's space, base metrics and complete trials."""
-    from pydantic import ValidationError
 
     root = Path(study_dir)
     if not root.is_dir():

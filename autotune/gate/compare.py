@@ -36,7 +36,7 @@ import numpy as np
 from autotune.config.gate import GateConfig, Rule, Tolerance, load_gate_config  # noqa: F401 (re-exported)
 from autotune.config.suite import GROUPS  # noqa: F401 (re-exported)
 from autotune.errors import UserError
-from autotune.evaluate.continuous import _continuation, _gold_indices, _logsumexp
+from autotune.evaluate.continuous import continuation, gold_indices, logsumexp
 from autotune.evaluate.metrics import CONTINUOUS_METRICS, LIKELIHOOD_METRICS
 
 BASELINE_FORMAT = "autotune-gate-baseline/1"
@@ -192,14 +192,14 @@ def _continuous(metric: str, output_type: str | None, rows: list[dict[str, Any]]
             if metric != "gold_bpb":
                 raise NotGateable(f"{metric} needs a multiple-choice task")
             num.append(-lls[0] / math.log(2))
-            den.append(len(_continuation(s["arguments"][0]).encode("utf-8")))
+            den.append(len(continuation(s["arguments"][0]).encode("utf-8")))
             continue
-        gold = _gold_indices(s, len(lls))
+        gold = gold_indices(s, len(lls))
         if metric == "gold_bpb":
             num.append(-lls[gold[0]] / math.log(2))
-            den.append(len(_continuation(s["arguments"][gold[0]]).encode("utf-8")))
+            den.append(len(continuation(s["arguments"][gold[0]]).encode("utf-8")))
         else:
-            lp = _logsumexp([lls[g] for g in gold]) - _logsumexp(lls)
+            lp = logsumexp([lls[g] for g in gold]) - logsumexp(lls)
             num.append(lp if metric == "gold_logprob" else math.exp(lp))
             den.append(1.0)
     return np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)

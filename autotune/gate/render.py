@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
+
+from autotune.records import write_json_atomic
 
 _ICON = {"pass": "✅", "fail": "❌", "skip": "⏭️"}
 
@@ -68,7 +72,6 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def render_junit(report: dict[str, Any]) -> str:
     """JUnit XML: one test case per suite entry (failure = regression, skipped = not gated)."""
-    import xml.etree.ElementTree as ET
 
     c = report["counts"]
     total = len(report["entries"])
@@ -96,7 +99,6 @@ def render_junit(report: dict[str, Any]) -> str:
 
 
 def print_table(console: Console, report: dict[str, Any]) -> None:
-    from rich.table import Table
 
     conf = f"{report['confidence']:.0%}"
     table = Table(title=escape(f"{Path(report['checkpoint']).name} against {report['baseline']} on suite "
@@ -131,7 +133,6 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def write_outputs(folder: Path, report: dict[str, Any]) -> None:
     """``gate.json``, ``gate.md`` and ``junit.xml`` in ``folder`` (each written atomically)."""
-    from autotune.records import write_json_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "gate.json", report)

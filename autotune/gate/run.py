@@ -15,11 +15,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from autotune.config.gate import GateConfig, Rule, Tolerance, load_gate_config
+from autotune.config.space import load_space
+from autotune.config.suite import BACKENDS, BpbEntry, TaskEntry
 from autotune.errors import UserError
+from autotune.evaluate.backends import Checkpoint, make_backend
+from autotune.evaluate.cache import read_samples
+from autotune.evaluate.checkpoint import evaluate_checkpoint
+from autotune.evaluate.suite import load_suite
+from autotune.evaluate.taskdefs import check_entry, lm_eval_version, template_hash
+from autotune.gate.compare import (
+    BASELINE_FORMAT,
+    DocValues,
+    NotGateable,
+    bpb_doc_values,
+    check_comparable,
+    check_patterns,
+    compare,
+    read_baseline,
+    snapshot,
+    task_doc_values,
+)
 from autotune.gate.render import print_table, write_outputs
+from autotune.records import write_json_atomic
 
 EXIT_PASS, EXIT_REGRESSION = 0, 1
 
@@ -61,7 +83,6 @@ class _Plan:
 def run_gate(args: GateArgs, console: Console, err: Console) -> int:
     """Run the gate; returns 0 (pass, or baseline written) or 1 (regression). Raises ``UserError`` for bad
     input (before any evaluation), ``EvalFailed`` when an evaluation fails."""
-    from autotune.gate.compare import check_comparable, compare
 
     plan = _check_inputs(args)
     with tempfile.TemporaryDirectory(prefix="autotune-gate-") as tmp:
@@ -87,12 +108,7 @@ def run_gate(args: GateArgs, console: Console, err: Console) -> int:
 
 def _check_inputs(args: GateArgs) -> _Plan:
     """Every check that needs no evaluation, so that bad input costs no model load (UserError, exit 2)."""
-    from pydantic import ValidationError
 
-    from autotune.config.gate import GateConfig, load_gate_config
-    from autotune.config.suite import BACKENDS
-    from autotune.evaluate.suite import load_suite
-    from autotune.gate.compare import check_comparable, check_patterns, read_baseline
 
     if (args.baseline is None) == (args.write_baseline is None):
         raise UserError("give exactly one of --baseline (compare) or --write-baseline (record a baseline)",
@@ -129,7 +145,6 @@ def _check_inputs(args: GateArgs) -> _Plan:
 
     space = None
     if args.space is not None:
-        from autotune.config.space import load_space
 
         space = load_space(args.space)
     suite = load_suite(args.suite, list(space.domains) if space else None)
@@ -142,7 +157,6 @@ def _check_inputs(args: GateArgs) -> _Plan:
 
 
 def _write_baseline(path: Path, current: dict[str, Any], console: Console, err: Console) -> None:
-    from autotune.records import write_json_atomic
 
     write_json_atomic(path, current)
     gateable = sum(e["docs"] is not None for e in current["entries"].values())
@@ -160,7 +174,6 @@ def _check_checkpoint(path: Path, field: str) -> None:
 
 def _cli_rule(text: str, i: int):
     """``--tolerance TOL`` (every entry) or ``--tolerance PATTERN=TOL``."""
-    from autotune.config.gate import Rule, Tolerance
 
     pattern, sep, tol = text.rpartition("=")
     if not sep:
@@ -174,10 +187,6 @@ def _cli_rule(text: str, i: int):
 def _planned(args: GateArgs, suite) -> dict[str, Any]:
     """What can be checked against a baseline before evaluating: suite, entries, backend, lm-eval version and,
     per task entry, an explicit few-shot count, the limit and the template hash (the rest after the run)."""
-    from autotune.config.suite import TaskEntry
-    from autotune.evaluate.backends import Checkpoint, make_backend
-    from autotune.evaluate.taskdefs import check_entry, lm_eval_version, template_hash
-    from autotune.gate.compare import BASELINE_FORMAT
 
     backend = make_backend(args.backend or suite.backend, suite)
     entries: dict[str, Any] = {}
@@ -197,7 +206,6 @@ def _planned(args: GateArgs, suite) -> dict[str, Any]:
 
 def _evaluate_snapshot(args: GateArgs, checkpoint: Path, out_dir: Path, plan: _Plan, err: Console) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the suite and return its snapshot (identity + per-document values)."""
-    from autotune.evaluate.checkpoint import evaluate_checkpoint
 
     suite = plan.suite
     err.print(f"evaluating {checkpoint} on suite {suite.name} ...", highlight=False, markup=False)
@@ -208,10 +216,6 @@ def _evaluate_snapshot(args: GateArgs, checkpoint: Path, out_dir: Path, plan: _P
 
 def collect(checkpoint: Path, suite, result, out_dir: Path) -> dict[str, Any]:
     """The snapshot of one evaluation: per-document values of every entry read from ``out_dir/samples``."""
-    from autotune.config.suite import BpbEntry
-    from autotune.evaluate.cache import read_samples
-    from autotune.evaluate.taskdefs import check_entry
-    from autotune.gate.compare import DocValues, NotGateable, bpb_doc_values, snapshot, task_doc_values
 
     rows = {r["key"]: r for r in result.rows}
     task_by_entry = {k: t for t in result.meta["tasks"].values() for k in t["entries"]}

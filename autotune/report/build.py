@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import UserError
+from autotune.evaluate.metrics import key_higher_is_better
 from autotune.report import figures as F
 from autotune.report.analysis import best_feasible, is_feasible, noise_of
 from autotune.report.load import ReportTrial, StudyData, load_study_data
@@ -181,7 +182,6 @@ def _objective_text(o: dict[str, Any]) -> str:
 
 
 def _lower_is_better(key: str) -> bool:
-    from autotune.evaluate.metrics import key_higher_is_better
 
     return not key_higher_is_better(key)
 

@@ -14,8 +14,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from autotune.config.space import Objective
+from autotune.errors import UserError
 from autotune.report.analysis import best_feasible, is_feasible, noise_of, pareto_front
 from autotune.report.load import ReportTrial, StudyData
+from autotune.train.schedules import ScheduleParams, lr_curve
 
 Figure = Any  # plotly.graph_objects.Figure; plotly is imported where a figure is built
 
@@ -39,7 +42,6 @@ def _go():
     try:
         import plotly.graph_objects as go
     except ImportError:
-        from autotune.errors import UserError
 
         raise UserError("the HTML report needs plotly: pip install 'plotly>=5'") from None
     return go
@@ -96,7 +98,6 @@ def _hover(t: ReportTrial) -> str:
 
 
 def general_floor(data: StudyData) -> float | None:
-    from autotune.config.space import Objective
 
     try:
         return Objective.model_validate(data.identity.get("objective") or {}).general_floor
@@ -374,7 +375,6 @@ def total_steps(data: StudyData, t: ReportTrial) -> int | None:
 
 def schedules_figure(data: StudyData) -> Figure | str:
     """LR schedules recomputed from each trial's proposal with the trainer's own pure schedule functions."""
-    from autotune.train.schedules import ScheduleParams, lr_curve
 
     go = _go()
     fig = go.Figure()

@@ -18,9 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
+from rich.table import Table
 
 from autotune.config.space import SearchSpace
 from autotune.errors import UserError
+from autotune.extrapolate.ladder import analyze, decision_metrics, higher_is_better
+from autotune.extrapolate.study_data import load_ladder
 from autotune.records import Attr, TrialRecord, write_json_atomic
 from autotune.search.study import ProgressFactory, Study, StudyPaths, check_space, study_dir
 
@@ -137,8 +140,6 @@ def run_ladder(space: SearchSpace, *, storage: str | None = None, progress: Prog
 def ladder_report(space: SearchSpace) -> dict:
     """The ladder's analysis (``LadderSection`` as a dict) for the study of ``space``, extrapolated to the
     space's ``extrapolate.tokens`` when it has that section."""
-    from autotune.extrapolate.ladder import analyze, decision_metrics, higher_is_better
-    from autotune.extrapolate.study_data import load_ladder
 
     data = load_ladder(study_dir(space))
     if data is None:
@@ -154,7 +155,6 @@ def ladder_report(space: SearchSpace) -> dict:
 
 def print_ladder(console, section: dict, *, metrics_shown: int = 12) -> None:
     """The ladder as two tables (decision metrics' values per rung; rank agreement per metric) and its warnings."""
-    from rich.table import Table
 
     rungs = section["rungs"]
     decision = [m for m, v in section["metrics"].items() if v["decision"]]

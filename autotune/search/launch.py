@@ -16,14 +16,16 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from autotune.search.worker import MEMORY_LIMIT_ENV, PROGRESS_PREFIX
-
 ProgressCallback = Callable[[dict], None]
+# the worker's protocol with its launcher: progress lines on stdout start with this; the memory cap it sets
+PROGRESS_PREFIX = "@@progress "
+MEMORY_LIMIT_ENV = "AUTOTUNE_MEMORY_LIMIT"
 
 # glibc returns freed memory to the OS eagerly by default, which costs the tiny-model CPU loop ~30%
 # throughput (measured: 17.5K -> 25K tok/s for a 0.4M-param Llama on 2 threads with these raised).
@@ -114,7 +116,6 @@ class SubmititLauncher:
         self.cluster, self.poll_s, self.params = cluster, poll_s, params
 
     def run(self, job_file: Path, on_progress: ProgressCallback, timeout_s: float | None = None) -> int:
-        import time
 
         import submitit
 
@@ -150,7 +151,7 @@ class SubmititLauncher:
 def _submitit_entry(job_file: str, env: dict[str, str]) -> int:
     """Runs on the compute node: the worker, with the environment a local worker gets."""
     os.environ.update(env)
-    from autotune.search.worker import main
+    from autotune.search.worker import main  # the worker's imports (numpy, the evaluator) only on the node
 
     return main(job_file)
 

@@ -20,8 +20,9 @@ from autotune.config.run import LauncherSpec, Proxy
 from autotune.config.space import SearchSpace, dump_space
 from autotune.config.suite import Suite
 from autotune.errors import UserError
+from autotune.evaluate.noise import noise_floor
 from autotune.evaluate.suite import load_suite
-from autotune.objective import score
+from autotune.objective import rung_value, score
 from autotune.records import (
     Attr,
     Job,
@@ -34,7 +35,16 @@ from autotune.records import (
     read_result,
     write_json_atomic,
 )
-from autotune.search.launch import TIMED_OUT, Launcher, LocalLauncher, folder_lock, folder_locked, kill_orphan
+from autotune.search.launch import (
+    TIMED_OUT,
+    Launcher,
+    LocalLauncher,
+    SubmititLauncher,
+    accelerate_prefix,
+    folder_lock,
+    folder_locked,
+    kill_orphan,
+)
 
 ProgressFactory = Callable[[str], Any]
 
@@ -74,7 +84,6 @@ class StudyPaths:
 def make_launcher(space: SearchSpace) -> Launcher:
     spec = space.search.launcher
     if spec.kind == "slurm":
-        from autotune.search.launch import SubmititLauncher
 
         try:
             extra = {k: v for k, v in (spec.model_extra or {}).items()}
@@ -82,7 +91,6 @@ def make_launcher(space: SearchSpace) -> Launcher:
         except ImportError as e:
             raise UserError(str(e), file=space.source_file, field="search.launcher.kind", value="slurm") from None
     if spec.kind == "accelerate":
-        from autotune.search.launch import accelerate_prefix
 
         return LocalLauncher(prefix=accelerate_prefix(spec.num_processes, spec.mixed_precision),
                              memory_limit=spec.memory_limit)
@@ -113,7 +121,7 @@ def memory_settings(space: dict[str, Any]) -> dict[str, Any]:
             **{k: launcher.get(k) for k in ("kind", "num_processes", "sharding", "memory_limit")}}
 
 
-def _space_identity(space: SearchSpace) -> dict[str, Any]:
+def space_identity(space: SearchSpace) -> dict[str, Any]:
     """What must not change under a running study (the trial budget may grow, the storage may move)."""
     d = space.model_dump(mode="json")
     d["search"] = {k: v for k, v in d["search"].items() if k not in ("trials", "storage", "runs_dir")}
@@ -142,7 +150,7 @@ def check_space(paths: StudyPaths, space: SearchSpace) -> None:
 
     Fields the space format gained since the study started are no change while they keep their defaults.
     """
-    ident = _space_identity(space)
+    ident = space_identity(space)
     if paths.space_json.exists():
         old = _without_how(read_json(paths.space_json)["identity"])
         explicit = space.model_dump(mode="json", exclude_defaults=True)
@@ -162,7 +170,7 @@ def check_space(paths: StudyPaths, space: SearchSpace) -> None:
                         field="search.runs_dir", value=space.search.runs_dir) from None
 
 
-def _job_space(space: SearchSpace) -> dict[str, Any]:
+def job_space(space: SearchSpace) -> dict[str, Any]:
     """The space for a worker, with relative paths made absolute (it runs wherever the launcher puts it)."""
     d = space.model_dump(mode="json")
     d["evals"] = str(space.suite_path)
@@ -215,7 +223,7 @@ class Study:
         return read_result(result_path)
 
     def _job(self, kind: str, **fields: Any) -> Job:
-        return Job(kind=kind, space=_job_space(self.space), space_file=self.space.source_file, **fields)
+        return Job(kind=kind, space=job_space(self.space), space_file=self.space.source_file, **fields)
 
     def prepare(self) -> Prepared:
         with folder_lock(self.paths.root / "prepare"):  # workers of one study prepare one at a time
@@ -323,7 +331,6 @@ class Study:
 
     def _rung_reporter(self, ctl, asked) -> Callable[[dict], None]:
         """Progress-event hook: report each rung's bits-per-byte score; raise Pruned when the pruner says stop."""
-        from autotune.objective import rung_value
 
         seen: list[dict] = []
 
@@ -369,7 +376,6 @@ class Study:
     def noise(self, ctl) -> dict:
         """Seed-noise statistics per metric (and of target / general) over the prior's finished replicates."""
 
-        from autotune.evaluate.noise import noise_floor
 
         reps = [{**t.metrics, "target": t.target, "general": t.general} for t in self.rows(ctl)
                 if t.state == "complete" and t.prior]

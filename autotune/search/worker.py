@@ -15,20 +15,26 @@ from __future__ import annotations
 import copy
 import json
 import os
+import resource
 import shutil
 import sys
 import time
 import traceback
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from autotune.config.run import DemoBase
 from autotune.config.space import SearchSpace
+from autotune.data.prepare import PackedDomain, pack_domain
 from autotune.errors import TrialFailed, UserError, is_out_of_memory
+from autotune.evaluate.backends import InMemoryModel, free_accelerator_memory
+from autotune.evaluate.harness import EvalOptions, HeldoutTokens, run_suite, set_offline
+from autotune.evaluate.suite import load_suite
 from autotune.hashing import checkpoint_hash, tokenizer_hash
 from autotune.records import Job, Prepared, RunResult, write_json_atomic
-
-PROGRESS_PREFIX = "@@progress "
+from autotune.search.launch import MEMORY_LIMIT_ENV, PROGRESS_PREFIX
+from autotune.train.schedules import ScheduleParams
 
 
 class PipeProgress:
@@ -75,7 +81,6 @@ def _threads(space: SearchSpace) -> int:
 # ----------------------------------------------------------------------------------------------- prepare
 def prepare(space: SearchSpace, progress: PipeProgress) -> Prepared:
     """Tokenizer and base checkpoint folders (the demo's are built here on first use), the domains packed."""
-    from autotune.data.prepare import pack_domain
     from autotune.train.model import base_final_lr
 
     sources = {n: d.source for n, d in space.domains.items()}
@@ -107,8 +112,6 @@ def run_trial(space: SearchSpace, job: Job, out_dir: Path, progress: PipeProgres
     None once training is done."""
     import torch
 
-    from autotune.data.prepare import PackedDomain
-    from autotune.evaluate.suite import load_suite
     from autotune.train.model import load_causal_lm
 
     prepared = job.prepared
@@ -132,7 +135,6 @@ def train_proposal(space: SearchSpace, job: Job, model, tokenizer, packed: dict,
     checkpoint. Returns the model to evaluate and the train summary (None on processes other than the main)."""
     import torch
 
-    from autotune.train.schedules import ScheduleParams
     from autotune.train.trainer import TrainConfig, train
 
     cuda = torch.cuda.is_available()
@@ -176,7 +178,6 @@ def train_proposal(space: SearchSpace, job: Job, model, tokenizer, packed: dict,
         if not main_process:
             return None
         if fsdp:
-            from autotune.evaluate.backends import free_accelerator_memory
 
             del sharded
             free_accelerator_memory()
@@ -199,8 +200,6 @@ def evaluate_run(space: SearchSpace, job: Job, model, tokenizer, packed: dict, s
     """The suite on the trained model (or the base): lm-eval tasks and held-out bits-per-byte."""
     import torch
 
-    from autotune.evaluate.backends import InMemoryModel
-    from autotune.evaluate.harness import EvalOptions, HeldoutTokens, run_suite
 
     prepared = job.prepared
     model.eval()
@@ -255,7 +254,6 @@ def _rung_evaluator(space: SearchSpace, suite, model, tokenizer, packed, out_dir
             metrics = {f"bpb/{d}": bits_per_byte(model, tokenizer, packed[d].tokens("heldout"), seq_len=space.proxy.seq_len,
                                                   max_tokens=suite.bpb_tokens)["bpb"] for d in suite.bpb_domains}
         if device is not None:
-            from autotune.evaluate.backends import free_accelerator_memory
 
             model.to("cpu")
             free_accelerator_memory()
@@ -268,7 +266,6 @@ def _rung_evaluator(space: SearchSpace, suite, model, tokenizer, packed, out_dir
 
 
 # ----------------------------------------------------------------------------------------------- main
-MEMORY_LIMIT_ENV = "AUTOTUNE_MEMORY_LIMIT"
 
 
 def apply_memory_limit() -> None:
@@ -276,7 +273,6 @@ def apply_memory_limit() -> None:
     (``search.launcher.memory_limit``): past it, allocations fail and the trial ends as ``oom``."""
     limit = int(os.environ.get(MEMORY_LIMIT_ENV) or 0)
     if limit:
-        import resource
 
         _, hard = resource.getrlimit(resource.RLIMIT_DATA)
         resource.setrlimit(resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
@@ -291,7 +287,6 @@ def main(job_path: str) -> int:
     accelerator = _accelerator()
     main_process = accelerator is None or accelerator.is_main_process
     progress = PipeProgress(os.environ.get("AUTOTUNE_PROGRESS_FILE"), quiet=not main_process)
-    from autotune.evaluate.harness import set_offline
 
     set_offline()
     try:
@@ -327,7 +322,6 @@ def _accelerator():
     Its collectives wait up to an hour: the other processes wait while the main one evaluates a rung."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    from datetime import timedelta
 
     import torch
     from accelerate import Accelerator, InitProcessGroupKwargs
