@@ -63,6 +63,7 @@ def test_pareto_objective_has_two_directions(tmp_path):
     assert ctl.study.best_trials  # the Pareto front
 
 
+@pytest.mark.slow
 def test_duplicate_proposal_is_answered_from_the_earlier_run(tmp_path, monkeypatch):
     """Two trials with the same proposal: the second reuses the first one's folder and launches nothing."""
     from autotune.search.study import Study

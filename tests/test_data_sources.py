@@ -151,6 +151,7 @@ def test_text_files_split_on_two_blank_lines_and_file_format_takes_whole_files(t
 
 
 # ----------------------------------------------------------------------------------------------- parallel
+@pytest.mark.slow
 def test_parallel_tokenization_is_byte_identical(tmp_path, monkeypatch, tok_dir):
     """Two spawned processes and in-process tokenization give the same bytes (chunks come back in order)."""
     src = PathSource(path=str(_write_jsonl(tmp_path / "math.jsonl", _records("gsm8k", 600))),

@@ -43,7 +43,8 @@ def test_bad_arguments_are_named():
         demo.demo_documents("math", "test")
 
 
-@pytest.mark.parametrize("source", demo.DEMO_SOURCES)
+@pytest.mark.parametrize("source", [pytest.param(s, marks=pytest.mark.slow) if s == "prose" else s  # prose: 5-10 s
+                                    for s in demo.DEMO_SOURCES])
 def test_documents_deterministic_and_non_trivial(source):
     first = {split: demo.demo_documents(source, split) for split in demo.SPLITS}
     for fn in (demo._records, demo._math_problems, demo._stdlib_files, demo._code_files, demo._prose_docs):
@@ -60,7 +61,7 @@ def test_documents_deterministic_and_non_trivial(source):
 
 @pytest.mark.parametrize("source", demo.DEMO_SOURCES)
 def test_splits_disjoint_by_key(source):
-    records = demo._records(source)
+    records = demo.records(source)
     keys = [k for k, _, _ in records]
     assert len(keys) == len(set(keys)), "keys must be unique"
     by_split = {s: {k for k, sp, _ in records if sp == s} for s in demo.SPLITS}
@@ -74,7 +75,7 @@ def test_split_rule_and_keys():
     key = "json/decoder.py"
     expected = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 100 < 10
     assert (demo.split_of(key) == "heldout") == expected
-    code_keys = [k for k, _, _ in demo._records("code")]
+    code_keys = [k for k, _, _ in demo.records("code")]
     assert code_keys == sorted(code_keys) and all(k.endswith(".py") for k in code_keys)
     assert not any(part in demo.CODE_EXCLUDED_DIRS for k in code_keys for part in k.split("/")[:-1])
     math_docs = demo.demo_documents("math", "train")[:2000]
@@ -82,6 +83,7 @@ def test_split_rule_and_keys():
     assert any(d.count("\n") == 1 and d.endswith(tuple("0123456789")) and " = ?" in d for d in math_docs)
 
 
+@pytest.mark.slow
 def test_same_output_across_hash_seeds():
     """Nothing may depend on hash randomisation: compare digests from two processes."""
     script = (
@@ -116,6 +118,7 @@ def _check_choices(item: dict) -> None:
     assert len(set(choices)) == 4, choices
 
 
+@pytest.mark.slow
 def test_eval_items_deterministic():
     for fn in (demo.math_eval_items, demo.code_eval_items, demo.prose_eval_items):
         items = fn(N)
@@ -123,7 +126,7 @@ def test_eval_items_deterministic():
 
 
 def test_math_items_from_heldout():
-    problems = {p: (demo.split_of(p), a) for p, _, a in demo._math_problems()}
+    problems = {p: (demo.split_of(p), a) for p, _, a in demo.math_problems()}
     for item in demo.math_eval_items(N):
         _check_choices(item)
         assert item["choices"][item["label"]] == item["answer"]

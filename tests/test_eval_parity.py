@@ -21,9 +21,10 @@ import pytest
 
 from autotune.testing import BENCHMARKS, OFFLINE, REPO, tiny_checkpoint
 
-pytestmark = pytest.mark.skipif(not BENCHMARKS.is_dir(),
-                                reason=f"benchmark copies not found at {BENCHMARKS}: the parity test reads GSM8K, "
-                                       "ARC-Easy and LAMBADA from ../shared/data/benchmarks")
+pytestmark = [pytest.mark.slow,  # one test, about 40 s: lm-eval's CLI and ours on three stock tasks
+              pytest.mark.skipif(not BENCHMARKS.is_dir(),
+                                 reason=f"benchmark copies not found at {BENCHMARKS}: the parity test reads GSM8K, "
+                                        "ARC-Easy and LAMBADA from ../shared/data/benchmarks")]
 
 SUITE = REPO / "evals" / "stock_offline.yaml"
 

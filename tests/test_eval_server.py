@@ -168,6 +168,7 @@ def test_server_that_exits_early_is_reported_with_its_log(ckpt, tmp_path):
         run_suite(Checkpoint(ckpt), suite, out_dir=tmp_path / "out", options=EvalOptions(backend="vllm-server", use_cache=False))
 
 
+@pytest.mark.slow
 def test_failing_task_stops_the_server(ckpt, tmp_path, spy):
     suite, _ = server_suite(tmp_path, "--fail-after", "1", max_retries=1)
     with pytest.raises(Exception) as e:
@@ -177,6 +178,7 @@ def test_failing_task_stops_the_server(ckpt, tmp_path, spy):
     assert gone(pid) and port_free(port)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
 def test_interrupted_eval_leaves_no_server_behind(ckpt, tmp_path, sig):
     pid_file = tmp_path / "server.pid"

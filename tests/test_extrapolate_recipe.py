@@ -32,6 +32,7 @@ def recipe(study) -> dict:
                         all_metrics=False)
 
 
+@pytest.mark.slow
 def test_numbers_are_consistent(recipe):
     r = Recipe.model_validate(recipe)
     assert r.batch_tokens == 1024 and r.requested_tokens == 1e9 + 123
@@ -52,6 +53,7 @@ def test_numbers_are_consistent(recipe):
     assert 3e-4 <= s.peak_lr <= 1e-2
 
 
+@pytest.mark.slow
 def test_mixture_honours_the_space_and_the_epoch_cap(recipe):
     d = recipe["domains"]
     assert d["math"]["share"] <= 0.7 + 1e-9 and d["code"]["share"] <= 0.6 + 1e-9
@@ -61,6 +63,7 @@ def test_mixture_honours_the_space_and_the_epoch_cap(recipe):
     assert recipe["provenance"]["optimizer"]["epoch_cap"] == 4.0
 
 
+@pytest.mark.slow
 def test_predictions_and_provenance(recipe):
     for key in ("target", "general"):
         p = recipe["predicted"][key]
@@ -76,6 +79,7 @@ def test_predictions_and_provenance(recipe):
     assert recipe["predicted"]["general"]["value"] >= -0.05 - 1e-9
 
 
+@pytest.mark.slow
 def test_writes_and_loads_back(recipe, tmp_path):
     path = write_recipe(recipe, tmp_path / "recipe.yaml", command="autotune extrapolate runs/synthetic --tokens 1e9")
     text = path.read_text()
@@ -91,6 +95,7 @@ def test_writes_and_loads_back(recipe, tmp_path):
         load_recipe(tmp_path / "bad.yaml")
 
 
+@pytest.mark.slow
 def test_more_than_16_epochs_refused_unless_forced(study):
     # general has a 0.1 floor: 1e8 of 1e9 tokens from 1e6 available is 100 epochs whatever the mixture
     with pytest.raises(UserError, match=f"beyond {HARD_MAX_EPOCHS:g} epochs") as e:
@@ -130,6 +135,7 @@ def test_bad_study_folders(tmp_path):
         build_recipe(few, tokens=1e9)
 
 
+@pytest.mark.slow
 def test_extrapolate_study_writes_recipe_yaml(tmp_path):
     study = make_study(tmp_path / "runs" / "synthetic", trials=8, seed=1, failed=0)
     path = extrapolate_study(study, 2e8, {"code": 5e8}, 4.0, False, bootstrap=0)
@@ -139,6 +145,7 @@ def test_extrapolate_study_writes_recipe_yaml(tmp_path):
     assert r.predicted["target"].low is None  # no bootstrap asked for
 
 
+@pytest.mark.slow
 def test_cli_takes_the_full_run_from_the_space_files_extrapolate_section(tmp_path):
     """`autotune extrapolate runs/<study>` without --tokens reads the `extrapolate:` section of the space
     file the study was started from; without one (or without a study) it says what to give, exit 2."""

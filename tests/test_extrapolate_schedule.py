@@ -43,6 +43,7 @@ def _synthetic(kind: str, total: int, decay: float = 0.2, every: int = 50, noise
     return LossCurve(lrs, steps, loss)
 
 
+@pytest.mark.slow
 def test_fit_recovers_a_synthetic_law():
     train = [_synthetic("cosine", 6000), _synthetic("constant", 6000), _synthetic("wsd", 6000, decay=0.3)]
     law = fit_multi_power_law(train)

@@ -311,6 +311,7 @@ def report(out: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- acceptance
+@pytest.mark.slow
 def test_same_checkpoint_passes_against_its_own_baseline(env, tmp_path):
     written = json.loads(env.baseline.read_text())
     assert written["format"] == "autotune-gate-baseline/1" and written["suite"]["name"] == "gate-test"
@@ -328,6 +329,7 @@ def test_same_checkpoint_passes_against_its_own_baseline(env, tmp_path):
     assert report(tmp_path / "b")["counts"]["fail"] == 0
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_fails_on_the_affected_entries(env, tmp_path):
     out = tmp_path / "out"
     r = gate(env.damaged, env.suite, "--baseline", env.baseline, "--config", env.config, "-o", out)
@@ -347,6 +349,7 @@ def test_damaged_checkpoint_fails_on_the_affected_entries(env, tmp_path):
     assert "FAIL" in r.stdout and "bpb/code" in r.stdout
 
 
+@pytest.mark.slow
 def test_second_seed_of_the_same_recipe_passes(env, tmp_path):
     r = gate(env.seed1, env.suite, "--baseline", env.seed0, "--config", env.config, "-o", tmp_path / "o", "--json")
     assert r.exit_code == 0, r.output
@@ -358,6 +361,7 @@ def test_second_seed_of_the_same_recipe_passes(env, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- refusals
+@pytest.mark.slow
 def test_baseline_from_another_suite_backend_or_fewshot_is_refused(env, tmp_path):
     renamed = tmp_path / "renamed.yaml"
     renamed.write_text(yaml.safe_dump({**SUITE, "name": "gate-test-2"}))
@@ -382,6 +386,7 @@ def test_baseline_from_another_suite_backend_or_fewshot_is_refused(env, tmp_path
     assert r.exit_code == 2 and "task version" in r.output and "0.5" in r.output
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line_and_a_crash_exits_3(env, tmp_path):
     def bad(*args, words=()):
         r = gate(*args)

@@ -40,10 +40,12 @@ def _learns(device: str, precision: str, compile_: bool) -> None:
     assert s.flops_per_token > 0
 
 
+@pytest.mark.slow
 def test_bf16_autocast_trains_on_cpu():
     _learns("cpu", "bf16", False)
 
 
+@pytest.mark.slow
 def test_compiled_training_equals_eager_on_cpu():
     """The torch.compile path (inductor's CPU backend here; on by default on GPU) trains the same run as
     eager: the same per-step losses and weights, up to fused-kernel rounding. ~30 s, mostly compilation."""

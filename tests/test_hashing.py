@@ -111,17 +111,17 @@ def test_a_changed_bin_base_or_tokenizer_model_is_a_new_base_and_eval_agrees(tmp
 
     first, key1, result1 = base_run()
     # autotune eval of the same folder keys it the same way (its eval cache entries are the study's)
-    assert _eval_model_hash(tmp_path / "models" / "base", tmp_path / "suite.yaml", space_file, tmp_path) == first["base_hash"]
-    assert result1.eval_meta["model_hash"] == first["base_hash"]
+    assert _eval_model_hash(tmp_path / "models" / "base", tmp_path / "suite.yaml", space_file, tmp_path) == first.base_hash
+    assert result1.eval_meta["model_hash"] == first.base_hash
 
     _change_weights(tmp_path / "models" / "base")
     second, key2, result2 = base_run()
-    assert second["base_hash"] != first["base_hash"]
+    assert second.base_hash != first.base_hash
     assert key2 != key1  # a new base folder: the base evaluation ran again, on the new weights
     assert result2.metrics["bpb/math"] != result1.metrics["bpb/math"]
     assert sorted(p.name for p in (tmp_path / "runs" / "binbase" / "base").iterdir()) == sorted([key1, key2])
 
     _touch_bytes(tmp_path / "models" / "base" / "tokenizer.model", b"a sentencepiece model")
     third, key3, _ = base_run()
-    assert third["base_hash"] != second["base_hash"] and third["tokenizer_hash"] != second["tokenizer_hash"]
+    assert third.base_hash != second.base_hash and third.tokenizer_hash != second.tokenizer_hash
     assert key3 not in (key1, key2)

@@ -31,7 +31,7 @@ from autotune.extrapolate.ladder import (
 from autotune.extrapolate.study_data import load_ladder
 from autotune.records import TrialRecord
 from autotune.search.ladder import choose_trials
-from autotune.search.study import _space_identity
+from autotune.search.study import space_identity
 from autotune.testing import make_study, tiny_space, tiny_suite, write_space
 
 TOKENS = [100_000, 200_000, 400_000, 800_000]
@@ -189,6 +189,7 @@ def _synthetic_ladder(root: Path, flip: bool) -> None:
                                                              "mixtures": mix}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flip", [False, True], ids=["consistent", "flipped"])
 def test_recipe_gets_the_ladder_section_and_loads_back(tmp_path, flip):
     root = make_study(tmp_path / "synthetic", trials=4, failed=0)
@@ -247,7 +248,7 @@ def test_space_sections_parse_and_stay_out_of_the_study_identity(tmp_path):
     assert space.ladder.tokens == [2000, 8192] and space.ladder.top_k == 3 and space.ladder.min_kendall == 0.6
     assert space.extrapolate.tokens == 2e10 and space.extrapolate.available_tokens == {"math": 5e8}
     plain = SearchSpace.model_validate({**tiny_space(), "source_file": str(path)})
-    assert _space_identity(space) == _space_identity(plain)  # adding or changing them never blocks a resume
+    assert space_identity(space) == space_identity(plain)  # adding or changing them never blocks a resume
     with pytest.raises(UserError, match="not a domain") as e:
         load_space(write_space(tmp_path / "b", tiny_space(extrapolate={"tokens": 1e9, "available_tokens": {"poetry": 1}})))
     assert "extrapolate.available_tokens.poetry" in str(e.value)

@@ -14,7 +14,7 @@ import pytest
 
 from autotune.config.space import load_space
 from autotune.search.launch import TIMED_OUT, LocalLauncher, SubmititLauncher
-from autotune.search.study import _job_space
+from autotune.search.study import job_space
 from autotune.testing import tiny_space, write_space
 
 LAUNCHERS = {"local": lambda: LocalLauncher(), "submitit-local": lambda: SubmititLauncher(cluster="local", poll_s=0.2)}
@@ -25,10 +25,11 @@ def _prepare_job(tmp_path):
     folder = tmp_path / "job"
     folder.mkdir()
     job = folder / "job.json"
-    job.write_text(json.dumps({"kind": "prepare", "space": _job_space(space), "space_file": space.source_file}))
+    job.write_text(json.dumps({"kind": "prepare", "space": job_space(space), "space_file": space.source_file}))
     return job
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(LAUNCHERS))
 def test_runs_a_job_and_streams_progress(tmp_path, kind):
     job = _prepare_job(tmp_path)
@@ -37,7 +38,8 @@ def test_runs_a_job_and_streams_progress(tmp_path, kind):
     assert code == 0
     result = json.loads((job.parent / "result.json").read_text())
     assert result["status"] == "ok" and set(result["domains"]) == {"math", "code", "general"}
-    assert {"phase": "tokenize", "total": 5} in events  # 3 domains + the 2 pre-training sources
+    assert {"phase": "tokenize", "total": 3} in events  # the space's 3 domains
+    assert {"phase": "pre-training data", "total": 2} in events  # the demo base's 2 pre-training sources
     assert any("advance" in e for e in events)
 
 

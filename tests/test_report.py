@@ -229,6 +229,7 @@ def assert_page_ok(driver, log: list[dict]) -> None:
 
 
 # --------------------------------------------------------------------------------------- tests
+@pytest.mark.slow
 def test_report_of_a_study_renders_every_section(tmp_path, browser):
     root = make_study(tmp_path / "runs" / "synth", ["math", "code", "general"])
     out = write_report(root, tmp_path / "reports" / "synth")
@@ -247,6 +248,7 @@ def test_report_of_a_study_renders_every_section(tmp_path, browser):
     assert corners == ["math", "code", "general"]
 
 
+@pytest.mark.slow
 def test_report_escapes_user_strings_and_runs_none_of_them(tmp_path, browser):
     recipe = {"study": XSS_DOMAIN, "mixture": {XSS_DOMAIN: 0.4, XSS_DOMAIN_2: 0.6},
               "fit": {"target": {"model": "<b>gp</b>", "predicted": [0.1, 0.2, 0.35], "observed": [0.12, 0.18, 0.3]}}}
@@ -288,6 +290,7 @@ def test_few_trials_and_no_recipe_say_so(tmp_path):
     assert "unknown: fewer than 2 prior replicates" in html
 
 
+@pytest.mark.slow
 def test_default_out_dir_is_reports_of_the_study(tmp_path, monkeypatch):
     root = make_study(tmp_path / "runs" / "synth", ["a", "b", "c"], trials=5)
     monkeypatch.chdir(tmp_path)

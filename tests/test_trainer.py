@@ -161,6 +161,7 @@ json.dump({{"seen": seen, "resumed_from": s.resumed_from,
 """
 
 
+@pytest.mark.slow
 def test_a_killed_process_resumes_with_the_same_batches(tmp_path):
     import subprocess
     import sys
