@@ -47,10 +47,10 @@ from autotune.evaluate.metrics import CONTINUOUS_METRICS
 from autotune.evaluate.taskdata import data_files
 from autotune.evaluate.taskdefs import (
     TaskDef,
-    _load_error,
     check_entry,
     lm_eval_config,
     lm_eval_version,
+    load_error,
     template_hash,
 )
 from autotune.hashing import checkpoint_hash, state_dict_hash
@@ -310,7 +310,7 @@ def _build_tasks(call: list[_TaskRun], specs: dict[int, Any], suite: Suite):
         except UserError:
             raise
         except Exception as e:
-            raise _load_error(run.tdef, e) from e
+            raise load_error(run.tdef, e) from e
         if run.entry.task in built.get("groups", {}):
             objs.append(built["groups"][run.entry.task])
         else:

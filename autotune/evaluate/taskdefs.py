@@ -352,7 +352,7 @@ def lm_eval_config(tdef: TaskDef, entry: TaskEntry, data_files: dict[str, str] |
 
         cfg = load_yaml_config(yaml_path=str(tdef.path), mode="full")
     except Exception as e:
-        raise _load_error(tdef, e) from e
+        raise load_error(tdef, e) from e
     cfg = dict(cfg)
     for k in ("tag", "group"):
         cfg.pop(k, None)
@@ -373,7 +373,7 @@ def lm_eval_config(tdef: TaskDef, entry: TaskEntry, data_files: dict[str, str] |
     return cfg
 
 
-def _load_error(tdef: TaskDef, e: Exception) -> UserError:
+def load_error(tdef: TaskDef, e: Exception) -> UserError:
     """A task whose YAML cannot be loaded, with the likely cause named (HF `evaluate` metrics offline)."""
     text = f"{type(e).__name__}: {e}"
     hint = ""
