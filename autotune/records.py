@@ -178,6 +178,8 @@ class Job:
 def read_result(path: Path) -> RunResult | Prepared:
     """A worker's ``result.json``: a prepare job's ``Prepared`` when it succeeded, else a ``RunResult``."""
     d = read_json(path)
+    if not isinstance(d, dict) or "status" not in d:
+        return RunResult(status="failed", reason=f"{path} holds no status")
     if d.get("status") == "ok" and "base_hash" in d:
         return Prepared.from_json(d)
     return RunResult.from_json(d)
@@ -259,12 +261,12 @@ class TrialRecord:
                    run_dir=str(r.get("run_dir") or ""), duration_s=_num(r.get("duration_s")), retry_of=r.get("retry_of"))
 
     @classmethod
-    def from_frozen(cls, t: Any) -> TrialRecord | None:
-        """An Optuna ``FrozenTrial``; None for a queued trial, or an interrupted one that was rerun (the rerun
-        has its own record)."""
+    def from_frozen(cls, t: Any, *, waiting: bool = False) -> TrialRecord | None:
+        """An Optuna ``FrozenTrial``; None for an interrupted trial that was rerun (the rerun has its own
+        record) and, unless ``waiting``, for a queued one."""
         ua = t.user_attrs
         state = t.state.name.lower()
-        if state == "waiting" or (state == "fail" and not ua.get(Attr.COUNTS, True)):
+        if (state == "waiting" and not waiting) or (state == "fail" and not ua.get(Attr.COUNTS, True)):
             return None
         prop = ua.get(Attr.PROPOSAL) or {}
         status = str(ua.get(Attr.STATUS, "lost" if state == "fail" else ""))
@@ -294,13 +296,14 @@ class Trials:
     notes: list[str] = field(default_factory=list)
 
 
-def load_trials(study_dir: Path, *, storage: bool = True) -> Trials:
+def load_trials(study_dir: Path, *, storage: bool = True, waiting: bool = False) -> Trials:
     """Every trial of ``runs/<study>``: from its Optuna storage ``study.db`` (also while a study runs) when
-    ``storage`` and the file loads, else from ``summary.json`` (written at the end of each search)."""
+    ``storage`` and the file loads, else from ``summary.json`` (written at the end of each search). Queued
+    trials (``waiting``) are in the storage only."""
     root = Path(study_dir)
     notes: list[str] = []
     if storage:
-        records = _trials_from_db(root, notes)
+        records = _trials_from_db(root, notes, waiting)
         if records is not None:
             return Trials(records, "study.db", notes)
     path = root / "summary.json"
@@ -315,7 +318,7 @@ def load_trials(study_dir: Path, *, storage: bool = True) -> Trials:
     return Trials(sorted(records, key=lambda t: t.number), "summary.json", notes)
 
 
-def _trials_from_db(root: Path, notes: list[str]) -> list[TrialRecord] | None:
+def _trials_from_db(root: Path, notes: list[str], waiting: bool) -> list[TrialRecord] | None:
     db = root / "study.db"
     if not db.exists():
         notes.append("no study.db here (the storage may be elsewhere): trials are read from summary.json")
@@ -339,5 +342,5 @@ def _trials_from_db(root: Path, notes: list[str]) -> list[TrialRecord] | None:
         notes.append(f"{db}: cannot load the Optuna study ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                      "trials are read from summary.json")
         return None
-    records = [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
+    records = [TrialRecord.from_frozen(t, waiting=waiting) for t in study.get_trials(deepcopy=False)]
     return sorted((r for r in records if r is not None), key=lambda t: t.number)

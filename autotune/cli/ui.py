@@ -83,7 +83,7 @@ def print_summary(console: Console, study) -> None:  # study: autotune.search.st
                   + (" (and searched decay shape, context T and RoPE base θ)" if study.space.context.seq_len or
                      study.space.context.rope_theta or isinstance(study.space.schedule.decay_shape, list) else ""),
                   style="dim")
-    done = [r for r in rows if r.state == "complete"]
+    done = [r for r in rows if r.complete]
     prior = [r for r in done if r.prior]
     if len(prior) >= 2:
         spread_t = max(r.target for r in prior) - min(r.target for r in prior)

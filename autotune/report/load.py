@@ -118,7 +118,7 @@ def load_study_data(root: Path) -> StudyData:
 
     summary = _read_json(root / "summary.json", data.notes) if (root / "summary.json").exists() else None
     data.base = _base_metrics(root, summary, data.notes)
-    loaded = load_trials(root)
+    loaded = load_trials(root, waiting=True)  # queued trials are listed too
     data.notes += loaded.notes
     data.trials_source = loaded.source
     data.trials = [ReportTrial(t, reason=t.reason) for t in loaded.records]

@@ -113,7 +113,10 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
     sampler interface (``before_trial`` -> ``infer_relative_search_space`` / ``sample_relative`` /
     ``sample_independent`` -> ``after_trial``) to that trial's sampler. Everything a sampler learns from
     the study it reads from the storage, so a fresh instance per trial proposes what one long-lived
-    instance would, minus the dependence on which process asks."""
+    instance would, minus the dependence on which process asks; the exception is GPSampler, whose in-process
+    warm start of its kernel fit is lost between trials (its proposals are reproducible, but not those of
+    one long-lived GPSampler). Optuna builds a Trial object (and so calls ``before_trial``) also to tell or
+    set attributes on a trial; sampling happens within ``ask``, so that re-made sampler is never used."""
 
     def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
         self._make, self._seed = make, seed
@@ -141,7 +144,8 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
 
 def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
     """The space's sampler, seeded per trial from ``seed`` (QMC: one scrambled sequence for the whole study,
-    its points indexed by trial count, so it takes ``seed`` itself)."""
+    its points indexed by a counter in the storage, so it takes ``seed`` itself; Optuna does not update that
+    counter atomically, so two workers asking at the same instant may draw the same QMC point)."""
     if space.search.sampler == "qmc":
         return _sampler(space, seed)
     return PerTrialSeed(lambda s: _sampler(space, s), seed)
@@ -267,12 +271,16 @@ class Controller:
         """Enqueue exact trials ``(params, user_attrs)`` (a ``seed`` among the attrs) unless one with the same
         params and seed is complete, running or waiting; the ladder re-runs chosen trials so. A study with
         trials skips ``enqueue_prior``. Returns the trial budget that runs every waiting trial."""
-        def key(params: dict[str, Any], seed: Any) -> str:
+        needed = {f"mix.{n}" for n in self.simplex.domains[:-1]}
+
+        def key(params: dict[str, Any], seed: Any) -> str | None:
+            if not needed <= set(params):  # a trial still being asked (its params half written)
+                return None
             seed = int(seed if seed is not None else self.space.proxy.seed)
             return digest(self.params_to_proposal(params, seed).key())
 
         live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
-        have = {key(t.params or t.system_attrs.get("fixed_params", {}), t.user_attrs.get(Attr.SEED))
+        have = {key(t.system_attrs.get("fixed_params") or t.params, t.user_attrs.get(Attr.SEED))
                 for t in self.study.get_trials(deepcopy=False, states=live)}
         for params, attrs in items:
             if key(params, attrs.get(Attr.SEED)) not in have:

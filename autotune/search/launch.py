@@ -223,7 +223,8 @@ def kill_orphan(folder: Path) -> bool:
     except (ValueError, OSError):
         pid_file.unlink(missing_ok=True)
         return False
-    if b"autotune.search.worker" not in cmdline:  # the pid was reused by something else
+    if b"autotune.search.worker" not in cmdline and b"autotune.worker" not in cmdline:  # the pid was reused
+        # by something else (autotune.worker: a worker started by autotune before the search/ package)
         pid_file.unlink(missing_ok=True)
         return False
     try:

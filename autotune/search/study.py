@@ -350,7 +350,7 @@ class Study:
         attrs = {Attr.RUN_DIR: str(folder.relative_to(self.paths.root)), Attr.STATUS: result.status}
         if result.status == "oom":  # the settings it ran with (a recovered trial may be from an earlier session)
             job = folder / "job.json"
-            attrs[Attr.MEMORY_SETTINGS] = memory_settings(Job.read(job).space if job.exists()
+            attrs[Attr.MEMORY_SETTINGS] = memory_settings(read_json(job)["space"] if job.exists()
                                                           else self.space.model_dump(mode="json"))
         if not result.ok:
             self.log(f"trial {trial.number} {result.status}: {result.reason}")
