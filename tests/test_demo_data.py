@@ -47,8 +47,7 @@ def test_bad_arguments_are_named():
                                     for s in demo.DEMO_SOURCES])
 def test_documents_deterministic_and_non_trivial(source):
     first = {split: demo.demo_documents(source, split) for split in demo.SPLITS}
-    for fn in (demo._records, demo._math_problems, demo._stdlib_files, demo._code_files, demo._prose_docs):
-        fn.cache_clear()
+    demo.clear_caches()
     second = {split: demo.demo_documents(source, split) for split in demo.SPLITS}
     assert first == second
     train, heldout = first["train"], first["heldout"]

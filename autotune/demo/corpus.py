@@ -337,6 +337,13 @@ def _prose_docs() -> tuple[tuple[str, str], ...]:
 # --------------------------------------------------------------------------- documents
 
 
+
+def clear_caches() -> None:
+    """Forget the memoised corpora (tests check that building them again gives the same documents)."""
+    for fn in (records, math_problems, _stdlib_files, _code_files, _prose_docs):
+        fn.cache_clear()
+
+
 @functools.cache
 def records(source: str) -> tuple[Record, ...]:
     """All documents of a source as (key, split, text), in a fixed order."""
