@@ -22,10 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+from autotune.search.protocol import MEMORY_LIMIT_ENV, PROGRESS_PREFIX
+
 ProgressCallback = Callable[[dict], None]
-# the worker's protocol with its launcher: progress lines on stdout start with this; the memory cap it sets
-PROGRESS_PREFIX = "@@progress "
-MEMORY_LIMIT_ENV = "AUTOTUNE_MEMORY_LIMIT"
 
 # glibc returns freed memory to the OS eagerly by default, which costs the tiny-model CPU loop ~30%
 # throughput (measured: 17.5K -> 25K tok/s for a 0.4M-param Llama on 2 threads with these raised).

@@ -33,7 +33,7 @@ from autotune.evaluate.harness import EvalOptions, HeldoutTokens, run_suite, set
 from autotune.evaluate.suite import load_suite
 from autotune.hashing import checkpoint_hash, tokenizer_hash
 from autotune.records import Job, Prepared, RunResult, write_json_atomic
-from autotune.search.launch import MEMORY_LIMIT_ENV, PROGRESS_PREFIX
+from autotune.search.protocol import MEMORY_LIMIT_ENV, PROGRESS_PREFIX
 from autotune.train.schedules import ScheduleParams
 
 
