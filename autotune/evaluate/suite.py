@@ -1,8 +1,7 @@
 """Loading evaluation suites: ``load_suite`` reads a suite file (``evals/*.yaml``) into the schema of
 ``autotune.config.suite`` and checks its entries against the lm-eval task definitions (``taskdefs``).
 
-The schema's names and the metric tables are re-exported here, where they used to live. Pure (no torch,
-no lm_eval import): ``autotune validate`` uses it.
+Pure (no torch, no lm_eval import): ``autotune validate`` uses it.
 """
 
 from __future__ import annotations
@@ -12,33 +11,15 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from autotune.config.load import ErrorStyle, read_yaml, validation_error_to_user_error
-from autotune.config.suite import (  # noqa: F401 (re-exported)
-    BACKENDS,
-    GROUPS,
-    BpbEntry,
-    Entry,
-    FieldMap,
-    HfOptions,
-    Seeds,
-    Suite,
-    TaskData,
-    TaskEntry,
-    VllmOptions,
-)
+from autotune.config.suite import GROUPS, BpbEntry, Suite, TaskEntry
 from autotune.errors import UserError
-from autotune.evaluate.metrics import CHANCE_METRICS, CONTINUOUS_METRICS, LOWER_IS_BETTER  # noqa: F401 (re-exported)
-from autotune.evaluate.taskdefs import check_entry, find_custom_task
+from autotune.evaluate.taskdefs import check_entry
 
 # Union-branch tags in pydantic's error locations (``str | FieldMap``, ``str | PathSource | None``): not
 # levels of the YAML; nor is the entry kind (``task`` / ``bpb``) after ``target[i]``.
 _BRANCH_TAGS = frozenset({"str", "FieldMap", "PathSource", "int", "float", "none"})
 ERRORS = ErrorStyle(branch_tags=_BRANCH_TAGS,
                     skip_level=lambda loc, i: i == 2 and loc[0] in GROUPS and isinstance(loc[1], int))
-
-
-def find_task_yaml(task: str, dirs: list[Path]) -> Path | None:
-    """The custom task YAML that defines ``task`` (by its ``task:`` key) under ``dirs``, or None."""
-    return find_custom_task(task, dirs)
 
 
 def load_suite(path: str | Path, domains: list[str] | None = None) -> Suite:

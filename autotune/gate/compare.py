@@ -33,8 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from autotune.config.gate import GateConfig, Rule, Tolerance, load_gate_config  # noqa: F401 (re-exported)
-from autotune.config.suite import GROUPS  # noqa: F401 (re-exported)
+from autotune.config.gate import GateConfig, Rule, Tolerance
 from autotune.errors import UserError
 from autotune.evaluate.continuous import continuation, gold_indices, logsumexp
 from autotune.evaluate.metrics import CONTINUOUS_METRICS, LIKELIHOOD_METRICS
