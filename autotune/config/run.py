@@ -33,6 +33,13 @@ class DemoBase(Frozen):
         return self
 
 
+class GgufBase(Frozen):
+    """A pretrained base shipped as a GGUF file (``autotune/train/gguf.py``): made into a plain HF folder
+    under ``$AUTOTUNE_HOME/bases/`` on first use. ``gguf``: a path (relative to the space file) or
+    ``PACKAGE/FILE.gguf`` inside an installed Python package."""
+
+    gguf: str = Field(min_length=1)
+
 
 class Proxy(Frozen):
     """The proxy run's budget: ``tokens`` trained per trial, in steps of ``batch_tokens``. Each field says

@@ -25,7 +25,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from autotune.config.base import Frozen, whole_tokens
 from autotune.config.load import ErrorStyle, apply_overrides, read_yaml, validation_error_to_user_error
-from autotune.config.run import SAMPLERS, DemoBase, LauncherSpec, Proxy, Search  # noqa: F401 (re-exported)
+from autotune.config.run import SAMPLERS, DemoBase, GgufBase, LauncherSpec, Proxy, Search  # noqa: F401 (re-exported)
 from autotune.config.sources import HF_FILE_BUILDERS, Domain, HFSource, PathSource  # noqa: F401 (re-exported)
 from autotune.errors import UserError
 
@@ -281,7 +281,7 @@ class SearchSpace(Frozen):
     """A whole search space, as run. ``source_file`` is where it was read from (paths resolve against it)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    base_model: str | DemoBase = "demo:tiny-base"
+    base_model: str | DemoBase | GgufBase = "demo:tiny-base"
     domains: dict[str, Domain]
     mixture: Mixture = Field(default_factory=Mixture)
     schedule: Schedule = Field(default_factory=Schedule)
@@ -296,7 +296,7 @@ class SearchSpace(Frozen):
 
     @field_validator("base_model")
     @classmethod
-    def _base(cls, v: str | DemoBase) -> str | DemoBase:
+    def _base(cls, v: str | DemoBase | GgufBase) -> str | DemoBase | GgufBase:
         if v == "demo:tiny-base":
             return DemoBase()
         if isinstance(v, str) and v.startswith("demo:"):
@@ -419,7 +419,7 @@ class SearchSpace(Frozen):
 _PRESETS: dict[Any, dict[str, Any]] = {"demo:tiny-base": {}}
 # Union-branch tags in pydantic's error locations (``float | FloatRange``, ``str | PathSource | HFSource``,
 # ``str | DemoBase``): not levels of the YAML.
-_BRANCH_TAGS = frozenset({"str", "float", "int", "PathSource", "HFSource", "DemoBase", "FloatRange"})
+_BRANCH_TAGS = frozenset({"str", "float", "int", "PathSource", "HFSource", "DemoBase", "GgufBase", "FloatRange"})
 ERRORS = ErrorStyle(branch_tags=_BRANCH_TAGS, top_level="(top level)",
                     skip_level=lambda loc, i: i == 1 and loc[0] == "mixture" and loc[1] == "bounds")  # no 'bounds' level in the YAML
 
@@ -434,6 +434,13 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSp
         raise validation_error_to_user_error(e, path, data, ERRORS) from None
     if not space.suite_path.exists():
         raise UserError("suite file not found", file=path, field="evals", value=str(space.suite_path))
+    if isinstance(space.base_model, GgufBase):
+        from autotune.train.gguf import resolve_gguf
+
+        try:
+            resolve_gguf(space.base_model.gguf, space.root)
+        except UserError as e:
+            raise UserError(e.problem, file=path, field=e.field, value=e.value) from None
     return space
 
 

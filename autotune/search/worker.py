@@ -24,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from autotune.config.run import DemoBase
+from autotune.config.run import DemoBase, GgufBase
 from autotune.config.space import SearchSpace
 from autotune.data.prepare import PackedDomain, pack_domain
 from autotune.errors import TrialFailed, UserError, is_out_of_memory
@@ -88,6 +88,12 @@ def prepare(space: SearchSpace, progress: PipeProgress) -> Prepared:
         from autotune.demo.base import prepare_demo
 
         tok_dir, base = prepare_demo(space.base_model, [s for s in sources.values() if isinstance(s, str)], progress)
+    elif isinstance(space.base_model, GgufBase):
+        from autotune.train.gguf import gguf_folder, resolve_gguf
+
+        progress.start("base (GGUF -> HF folder, first use only)", 1)
+        tok_dir = base = gguf_folder(resolve_gguf(space.base_model.gguf, space.root))
+        progress.advance()
     else:
         tok_dir = base = space.resolve(space.base_model)
         if not (tok_dir / "config.json").exists():
