@@ -148,6 +148,9 @@ def test_text_files_split_on_two_blank_lines_and_file_format_takes_whole_files(t
     whole = [t for _, t in open_source(PathSource(path=str(d / "*.py"), format="file"), where="domains.x",
                                        cache=home).documents()]
     assert whole == [(d / "c.py").read_text()]
+    lines = [t for _, t in open_source(PathSource(path=str(d / "a.txt"), format="lines"), where="domains.x",
+                                       cache=home).documents()]
+    assert lines == ["first doc", "line two", "one blank line stays inside", "second doc", "third"]
 
 
 # ----------------------------------------------------------------------------------------------- parallel

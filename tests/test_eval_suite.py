@@ -43,6 +43,20 @@ def test_stock_offline_suite_loads():
     assert suite.data_file("gsm8k/test.jsonl") == BENCHMARKS / "gsm8k" / "test.jsonl"
 
 
+@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason=f"benchmark copies not found at {BENCHMARKS} (../shared/data)")
+def test_smollm2_suite_loads_and_quoted_stock_task_names_are_found():
+    """lm-eval's generated YAMLs quote their keys ("task": "mmlu_elementary_mathematics"): the 57 MMLU subjects
+    were unknown to the stock index before it read quoted keys."""
+    from autotune.evaluate.taskdefs import stock_index
+
+    index = stock_index()
+    assert index["mmlu_elementary_mathematics"]["kind"] == "task" and index["mmlu_anatomy"]["kind"] == "task"
+    assert index["mmlu_stem_tasks"]["kind"] == "tag"
+    suite = load_suite(REPO / "evals" / "smollm2_math.yaml", ["math", "general"])
+    assert {e.task for e in suite.tasks} == {"mmlu_elementary_mathematics", "arc_easy", "arc_challenge",
+                                              "lambada_openai", "gsm8k"}
+
+
 @pytest.mark.parametrize("change, field, words", [
     ({"target": [{"task": "demo_math_mc", "metrik": "acc"}]}, "target[0].metrik", "unknown field"),
     ({"target": [{"task": "demo_math_gen", "metric": "gold_logprob"}]}, "target[0].metric", "multiple_choice"),

@@ -46,6 +46,7 @@ class PathSource(_TextOptions):
     * ``json`` (``.json``): an array of such objects (or JSON lines);
     * ``parquet`` (``.parquet``, ``.pq``): the ``text_field`` column(s), read in row batches;
     * ``text`` (``.txt``, ``.md``, ``.text``): documents separated by two or more blank lines;
+    * ``lines``: each non-blank line is one document (e.g. LAMBADA's plain-text passages);
     * ``file``: each file is one document (any extension; e.g. ``{path: src/**/*.py, format: file}``).
 
     ``text_field`` may list several fields (``[question, answer]``), joined with ``join`` (default: a
@@ -54,7 +55,7 @@ class PathSource(_TextOptions):
     """
 
     path: str
-    format: Literal["auto", "jsonl", "json", "parquet", "text", "file"] = "auto"
+    format: Literal["auto", "jsonl", "json", "parquet", "text", "lines", "file"] = "auto"
 
     def resolved(self, root: Path) -> PathSource:
         """This source with ``path`` made absolute against ``root`` (the space file's folder)."""

@@ -235,6 +235,14 @@ def docs_text(path: Path, fields: list[str], join: str, where: str) -> Iterator[
         yield "".join(doc).rstrip("\r\n")
 
 
+def docs_lines(path: Path, fields: list[str], join: str, where: str) -> Iterator[str]:
+    """One document a non-blank line (LAMBADA's plain-text passages, many sentence-per-line corpora)."""
+    for lineno, raw in _lines(path, where):
+        line = _decode(raw, path, where, f"line {lineno}").rstrip("\r\n")
+        if line.strip():
+            yield line
+
+
 def docs_file(path: Path, fields: list[str], join: str, where: str) -> Iterator[str]:
     """The whole file is one document (source code trees, one article a file)."""
     with _open(path) as fh:
@@ -242,7 +250,7 @@ def docs_file(path: Path, fields: list[str], join: str, where: str) -> Iterator[
 
 
 READERS: dict[str, Reader] = {"jsonl": docs_jsonl, "json": docs_json, "parquet": docs_parquet, "text": docs_text,
-                              "file": docs_file}
+                              "lines": docs_lines, "file": docs_file}
 
 
 def _fields(text_field: str | list[str]) -> list[str]:

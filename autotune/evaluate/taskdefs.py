@@ -94,10 +94,11 @@ def stock_tasks_dir() -> Path | None:
     return Path(spec.origin).parent / "tasks"
 
 
-_TASK = re.compile(r"^task\s*:\s*['\"]?([A-Za-z0-9_.\-:]+)['\"]?\s*(?:#.*)?$", re.M)
-_GROUP = re.compile(r"^group\s*:\s*['\"]?([A-Za-z0-9_.\-:]+)['\"]?\s*(?:#.*)?$", re.M)
-_TAG = re.compile(r"^tag\s*:\s*['\"]?([A-Za-z0-9_.\-:]+)['\"]?\s*(?:#.*)?$", re.M)
-_TAG_LIST = re.compile(r"^tag\s*:\s*\n((?:[ \t]+-[^\n]*\n?)+)", re.M)
+# keys may be quoted: lm-eval's generated YAMLs (the 57 MMLU subjects, ...) write "task": "mmlu_anatomy"
+_TASK = re.compile(r"^['\"]?task['\"]?\s*:\s*['\"]?([A-Za-z0-9_.\-:]+)['\"]?\s*(?:#.*)?$", re.M)
+_GROUP = re.compile(r"^['\"]?group['\"]?\s*:\s*['\"]?([A-Za-z0-9_.\-:]+)['\"]?\s*(?:#.*)?$", re.M)
+_TAG = re.compile(r"^['\"]?tag['\"]?\s*:\s*['\"]?([A-Za-z0-9_.\-:]+)['\"]?\s*(?:#.*)?$", re.M)
+_TAG_LIST = re.compile(r"^['\"]?tag['\"]?\s*:\s*\n((?:[ \t]+-[^\n]*\n?)+)", re.M)
 
 
 @functools.lru_cache(maxsize=4)
@@ -109,7 +110,7 @@ def stock_index() -> dict[str, dict[str, str | None]]:
     tasks_dir = stock_tasks_dir()
     if tasks_dir is None:
         return {}
-    key = hashlib.sha256(f"{lm_eval_version()}|{tasks_dir}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"v2|{lm_eval_version()}|{tasks_dir}".encode()).hexdigest()[:16]  # v2: quoted keys
     cached = home() / "lm-eval-index" / f"{key}.json"
     if cached.exists():
         try:
