@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 
 import pytest
@@ -140,21 +141,26 @@ def test_eval_command_table_json_and_cached_rerun(ckpt, tmp_path):
     assert bad.exit_code == 2 and "target[0].bpb" in bad.output and "--space" in bad.output
 
 
-def test_vllm_backend_missing_names_the_install_command(ckpt, tmp_path):
+def test_vllm_backend_missing_names_the_install_command(ckpt, tmp_path, monkeypatch):
     import importlib.util
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
+    monkeypatch.delenv("AUTOTUNE_VLLM_PYTHON", raising=False)
     suite, _ = write_suite(tmp_path, demo_suite(limit=2))
-    with pytest.raises(UserError, match=r"backend: the vllm backend needs vLLM.*pip install 'autotune\[vllm\]'"):
+    with pytest.raises(UserError, match=r"backend: the vllm backend needs vLLM.*pip install 'autotune\[vllm\]'.*"
+                                        r"install-vllm-cpu.sh"):
         run_suite(Checkpoint(ckpt), suite, options=EvalOptions(backend="vllm", use_cache=False))
-    no_vllm = demo_suite(limit=2, vllm={"serve_command": ["vllm", "serve"]})
-    suite, _ = write_suite(tmp_path / "s", no_vllm)
-    import shutil
-
-    if shutil.which("vllm") is None:
-        with pytest.raises(UserError, match=r"vllm-server backend runs `vllm serve`.*pip install"):
-            run_suite(Checkpoint(ckpt), suite, options=EvalOptions(backend="vllm-server", use_cache=False))
+    # vLLM in another environment: the in-process backend cannot use it, and says what to do instead
+    monkeypatch.setenv("AUTOTUNE_VLLM_PYTHON", "/opt/elsewhere/bin/python")
+    with pytest.raises(UserError, match=r"runs vLLM in this process.*run autotune from the vLLM environment.*vllm-server"):
+        run_suite(Checkpoint(ckpt), suite, options=EvalOptions(backend="vllm", use_cache=False))
+    # vllm-server: the Python it would start the server with does not exist / has no vLLM
+    with pytest.raises(UserError, match=r"vllm.python: no such Python.*install-vllm-cpu.sh.*/opt/elsewhere/bin/python"):
+        run_suite(Checkpoint(ckpt), suite, options=EvalOptions(backend="vllm-server", use_cache=False))
+    suite, _ = write_suite(tmp_path / "s", demo_suite(limit=2, vllm={"python": sys.executable}))
+    with pytest.raises(UserError, match=r"vllm.python: the vllm-server backend starts vLLM's server with .*which has no vLLM"):
+        run_suite(Checkpoint(ckpt), suite, options=EvalOptions(backend="vllm-server", use_cache=False))
 
 
 def test_metric_lm_eval_would_fetch_from_the_hub_is_named(ckpt, tmp_path):

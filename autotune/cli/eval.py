@@ -13,8 +13,11 @@ use it as a subprocess).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,7 +46,8 @@ def _run(checkpoint: Path, suite: Path, backend: str | None, output: Path | None
     from autotune.cli import errors
     from autotune.evaluate.checkpoint import evaluate_checkpoint
 
-    result = evaluate_checkpoint(checkpoint, suite, backend, output, allow_code_execution, space, no_cache)
+    with _stdout_to_stderr(json_out):
+        result = evaluate_checkpoint(checkpoint, suite, backend, output, allow_code_execution, space, no_cache)
     doc = {"checkpoint": str(Path(checkpoint).resolve()), "suite": str(Path(suite).resolve()), **result.to_json()}
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
@@ -54,6 +58,26 @@ def _run(checkpoint: Path, suite: Path, backend: str | None, output: Path | None
         sys.stdout.write(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
     else:
         print_table(console or errors.console, doc)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(on: bool) -> Iterator[None]:
+    """With ``--json``, stdout carries the JSON only: while the evaluation runs, what Python code prints and
+    what the file descriptor gets (C libraries, the processes they start: vLLM's engine) goes to stderr."""
+    if not on:
+        yield
+        return
+    sys.stdout.flush()
+    saved_fd, saved_py = os.dup(1), sys.stdout
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
+        sys.stdout = saved_py
 
 
 def _fmt(x: Any, spec: str = ".4f") -> str:
@@ -91,16 +115,67 @@ def eval_cmd(
     space: Annotated[Path | None, typer.Option(help="Search space whose domains give the held-out text for the suite's bpb entries.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON instead of a table.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Evaluate again even when a cached result exists.")] = False,
-) -> None:
+    compare_backends: Annotated[str | None, typer.Option(
+        "--compare-backends", help="Run the suite through each of these backends (e.g. hf,vllm; the first is the "
+        "reference) and compare: per entry both values, per document the log-probability and answer differences. "
+        "Exit 1 when they disagree beyond the tolerances.", show_default=False)] = None,
+    tolerance: Annotated[float, typer.Option(help="--compare-backends: largest difference of an entry's value "
+                                             "(absolute) and of a document's log-probability (relative).")] = 1e-3,
+) -> int | None:
     """Score a checkpoint on an evaluation suite (lm-eval tasks, held-out bits-per-byte): a table, or JSON.
 
     Results are cached by backend, model hash, batch size, few-shot count, template, lm-eval version and limit:
     evaluating an unchanged checkpoint again takes under a second. Exit codes: 0 done, 2 bad input, 3 the
     evaluation failed, 130 interrupted.
 
+    With --compare-backends hf,vllm: both backends' scores side by side and their per-document differences
+    (exit 1 if they disagree beyond --tolerance; compare.json in --output).
+
     Example: autotune eval runs/demo/trials/<hash>/checkpoint --suite evals/demo.yaml --space search_spaces/demo.yaml
     """
-    _run(checkpoint, suite, backend, output, allow_code_execution, space, json_out, no_cache)
+    if compare_backends is None:
+        _run(checkpoint, suite, backend, output, allow_code_execution, space, json_out, no_cache)
+        return None
+    return _compare(checkpoint, suite, compare_backends, output, allow_code_execution, space, json_out, no_cache, tolerance)
+
+
+def _compare(checkpoint: Path, suite: Path, backends: str, output: Path | None, allow_code_execution: bool,
+             space: Path | None, json_out: bool, no_cache: bool, tolerance: float) -> int:
+    from autotune.cli import errors
+    from autotune.evaluate.compare import compare_backends
+
+    with _stdout_to_stderr(json_out):
+        doc = compare_backends(checkpoint, suite, [b.strip() for b in backends.split(",") if b.strip()], output=output,
+                               abs_tol=tolerance, rel_tol=tolerance, space_path=space,
+                               allow_code_execution=allow_code_execution, no_cache=no_cache)
+    if output is not None:
+        from autotune.records import write_json_atomic
+
+        write_json_atomic(output / "compare.json", doc)
+    if json_out:
+        sys.stdout.write(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
+    else:
+        print_comparison(errors.console, doc)
+    return 0 if doc["agree"] else 1
+
+
+def print_comparison(console: Console, doc: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    backends = doc["backends"]
+    table = Table(title=f"{Path(doc['checkpoint']).name}: {' vs '.join(backends)} (reference {doc['reference']})")
+    for col in ("entry", *backends, "docs", "metric differs", "max rel. logprob", "agree"):
+        table.add_column(col, justify="left" if col == "entry" else "right")
+    for e in doc["entries"]:
+        table.add_row(e["key"], *(_fmt(e["values"][b]) for b in backends), str(e["docs"]),
+                      str(e["metric_differs"] + e["answer_differs"]),
+                      "-" if e["max_rel_logprob"] is None else f"{e['max_rel_logprob']:.1e}",
+                      "[red]no[/]: " + "; ".join(e["why"]) if e["disagree"] else "[green]yes[/]")
+    console.print(table)
+    for note in doc["notes"]:
+        console.print(f"note: {note}", style="yellow", highlight=False)
+    console.print(f"tolerance {doc['abs_tol']:g} (values, absolute; log-probabilities, relative); seconds "
+                  + ", ".join(f"{b} {s:.1f}" for b, s in doc["seconds"].items()), style="dim", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - `python -m autotune.cli.eval`

@@ -33,9 +33,9 @@ import hashlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from autotune.config.base import Frozen
+from autotune.config.base import Frozen, parse_bytes
 from autotune.config.identity import RUN, STUDY, run_key
 from autotune.config.sources import PathSource
 from autotune.evaluate.metrics import CHANCE_METRICS, CONTINUOUS_METRICS, higher_is_better
@@ -161,21 +161,36 @@ class HfOptions(Frozen):
 
 
 class VllmOptions(Frozen):
-    """The ``vllm`` (in-process ``vllm.LLM``) and ``vllm-server`` (``vllm serve`` + local-completions) backends."""
+    """The ``vllm`` (in-process ``vllm.LLM``) and ``vllm-server`` (vLLM's OpenAI server + local-completions) backends."""
 
+    python: str | None = Field(None, description="a Python with vLLM (a separate environment: vLLM pins its own torch "
+                               "and transformers); default $AUTOTUNE_VLLM_PYTHON, else this Python. vllm-server starts "
+                               "the server with it; the in-process vllm backend needs vLLM in this Python")
     tensor_parallel_size: int = Field(1, ge=1)
     data_parallel_size: int = Field(1, ge=1, description="vllm backend only; > 1 needs ray")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    kv_cache_memory: int | None = Field(None, ge=1, description="KV-cache size (e.g. 1GiB) instead of "
+                                        "gpu_memory_utilization; default on a machine without a GPU: 1GiB (vLLM's CPU "
+                                        "build otherwise reserves gpu_memory_utilization of the machine's memory)")
+    enforce_eager: bool | None = Field(None, description="no CUDA graphs / torch.compile; default: true without a GPU")
     max_model_len: int | None = Field(None, ge=16)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    serve_command: list[str] = Field(default_factory=lambda: ["vllm", "serve"], min_length=1,
-                                     description="what starts the server; the checkpoint and the flags follow")
-    extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` flags")
+    serve_command: list[str] | None = Field(None, min_length=1, description="what starts the server, the checkpoint "
+                                            "and the flags following it; default: PYTHON -m "
+                                            "vllm.entrypoints.openai.api_server --model")
+    extra_args: list[str] = Field(default_factory=list, description="more server flags")
+    warm: bool = Field(True, description="in a study, one vllm-server engine per controller scores every trial, each "
+                       "trial's weights loaded into it in place (a trial whose model config differs starts its own)")
     startup_timeout_s: float = Field(900, gt=0)
     shutdown_timeout_s: float = Field(30, gt=0)
     num_concurrent: int = Field(1, ge=1, description="concurrent HTTP requests to the server")
     max_retries: int = Field(3, ge=1)
     request_timeout_s: float = Field(600, gt=0)
+
+    @field_validator("kv_cache_memory", mode="before")
+    @classmethod
+    def _bytes(cls, v: Any) -> Any:
+        return parse_bytes(v)
 
 
 class Seeds(Frozen):

@@ -14,8 +14,9 @@ from autotune.config.space import load_space
 from autotune.config.suite import BACKENDS
 from autotune.data.prepare import pack_domain
 from autotune.errors import UserError
-from autotune.evaluate.backends import Checkpoint, ServerError
+from autotune.evaluate.backends import Checkpoint
 from autotune.evaluate.harness import EvalOptions, HeldoutTokens, run_suite
+from autotune.evaluate.server import ServerError
 from autotune.evaluate.suite import load_suite
 from autotune.hashing import tokenizer_hash
 

@@ -8,20 +8,22 @@ study, reuses finished runs, and reruns only an interrupted trial.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from autotune.config.identity import only_what, run_key, without_how
-from autotune.config.run import LauncherSpec, Proxy
+from autotune.config.run import GgufBase, LauncherSpec, Proxy
 from autotune.config.space import SearchSpace, dump_space
 from autotune.config.suite import Suite
 from autotune.errors import UserError
 from autotune.evaluate.noise import noise_floor
 from autotune.evaluate.suite import load_suite
+from autotune.evaluate.vllm_engine import ENGINE_ENV
 from autotune.objective import rung_value, score
 from autotune.records import (
     Attr,
@@ -179,6 +181,8 @@ def job_space(space: SearchSpace) -> dict[str, Any]:
             d["domains"][name]["source"] = dom.source.resolved(space.root).model_dump(mode="json")
     if isinstance(space.base_model, str):
         d["base_model"] = str(space.resolve(space.base_model))
+    elif isinstance(space.base_model, GgufBase) and (space.root / space.base_model.gguf).is_file():
+        d["base_model"] = {"gguf": str((space.root / space.base_model.gguf).resolve())}  # PACKAGE/FILE stays as is
     return d
 
 
@@ -281,6 +285,30 @@ class Study:
             if not folder_locked(folder):
                 kill_orphan(folder)
         self.prepare()
+        with self.warm_engine() as engine:
+            self._search(ctl, engine, trials)
+
+    @contextlib.contextmanager
+    def warm_engine(self) -> Iterator[Any]:
+        """The study's warm vLLM engine (``autotune.evaluate.vllm_engine.WarmEngine``) for a ``vllm-server``
+        suite with ``vllm.warm`` on a launcher whose workers run on this machine; None otherwise."""
+        env = getattr(self.launcher, "env", None)
+        if self.suite.backend != "vllm-server" or not self.suite.vllm.warm or env is None:
+            yield None
+            return
+        from autotune.evaluate.vllm_engine import WarmEngine
+
+        engine = WarmEngine(self.suite.vllm, self.suite.batch_size, self.suite.seed.torch or 0,
+                            Path(self.prepared.base), self.paths.root / "engine")
+        try:
+            env[ENGINE_ENV] = engine.start().to_env()
+            yield engine
+        finally:
+            env.pop(ENGINE_ENV, None)
+            engine.stop()
+
+    def _search(self, ctl, engine, trials: int | None) -> None:
+        launcher_env = getattr(self.launcher, "env", {})
         self.evaluate_base()
         self._recover(ctl)
         with folder_lock(self.paths.root / "prepare"):  # workers starting together enqueue the prior once
@@ -296,6 +324,8 @@ class Study:
                 if ctl.claimed_before(asked.number) >= budget:  # another worker took the last place first
                     ctl.tell_failed(asked.trial, "surplus", "the budget was filled by other workers", counts=False)
                     break
+                if engine is not None:  # a server that a trial's weights broke is started again
+                    launcher_env[ENGINE_ENV] = engine.ensure().to_env()
                 try:
                     with ctl.heartbeat(asked.trial):
                         folder, result = self.run(asked.proposal, f"trial {asked.number}", self._rung_reporter(ctl, asked))

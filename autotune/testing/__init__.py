@@ -43,7 +43,7 @@ from autotune.testing.anchors import (  # noqa: F401
     run_search,
     sampling_speed,
 )
-from autotune.testing.paths import ANCHORS, BENCHMARKS, DEMO_TASKS, MPL, REGMIX, REPO, SHARED_DATA, STANDIN  # noqa: F401
+from autotune.testing.paths import ANCHORS, BENCHMARKS, DEMO_TASKS, MPL, REGMIX, REPO, SHARED_DATA  # noqa: F401
 from autotune.testing.studies import (  # noqa: F401
     OFFLINE,
     SYNTHETIC_LAW,
@@ -63,3 +63,4 @@ from autotune.testing.studies import (  # noqa: F401
     wait_until,
     write_space,
 )
+from autotune.testing.vllm import perturbed_checkpoint, server_pids, vllm_test_python  # noqa: F401

@@ -11,4 +11,3 @@ BENCHMARKS = SHARED_DATA / "benchmarks"  # lm-eval benchmark files (GSM8K, ...),
 ANCHORS = SHARED_DATA / "anchors"  # published runs, read in place
 REGMIX = ANCHORS / "regmix"
 MPL = ANCHORS / "multipowerlaw_lr_schedules"
-STANDIN = REPO / "tests" / "standin_vllm_server.py"  # a stand-in vLLM server (vLLM's HTTP API, lm-eval behind it)

@@ -123,15 +123,16 @@ def set_offline() -> None:
     os.environ.update(OFFLINE)
 
 
-def tiny_checkpoint() -> Path:
+def tiny_checkpoint(head_dim: int = 16) -> Path:
     """A tiny real checkpoint under $AUTOTUNE_HOME/test-models (built on first use, about 5 s).
 
-    A 2-layer, 32-wide Llama (random init, seed 0, 512 positions) with a byte-level BPE tokenizer trained
+    A 2-layer Llama with 2 heads of ``head_dim`` (32 wide by default; vLLM's CPU attention needs head_dim >= 32;
+    random init, seed 0, 512 positions) with a byte-level BPE tokenizer trained
     on the demo eval files: real weights and a real tokenizer that lm-eval loads like any other, small
     enough that GSM8K's 256-token generations run in seconds. Built once per AUTOTUNE_HOME.
     """
     home = Path(os.environ["AUTOTUNE_HOME"])
-    final = home / "test-models" / f"tiny-eval-v{TINY_VERSION}"
+    final = home / "test-models" / (f"tiny-eval-v{TINY_VERSION}" + (f"-hd{head_dim}" if head_dim != 16 else ""))
     if (final / "config.json").exists():
         return final
     set_offline()
@@ -153,7 +154,7 @@ def tiny_checkpoint() -> Path:
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
                                      pad_token="<|endoftext|>")
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(hf_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=len(hf_tok), hidden_size=2 * head_dim, intermediate_size=4 * head_dim, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
                       tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     model = LlamaForCausalLM(cfg)

