@@ -15,11 +15,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from autotune.testing import BENCHMARKS, OFFLINE, REPO, tiny_checkpoint
+from autotune.testing import BENCHMARKS, OFFLINE, REPO, lm_eval_cli_tasks, tiny_checkpoint
 
 pytestmark = [pytest.mark.slow,  # one test, about 40 s: lm-eval's CLI and ours on three stock tasks
               pytest.mark.skipif(not BENCHMARKS.is_dir(),
@@ -27,33 +26,6 @@ pytestmark = [pytest.mark.slow,  # one test, about 40 s: lm-eval's CLI and ours 
                                         "ARC-Easy and LAMBADA from ../shared/data/benchmarks")]
 
 SUITE = REPO / "evals" / "stock_offline.yaml"
-
-
-def _cli_tasks(folder: Path) -> None:
-    """Task YAMLs for lm-eval's CLI: each stock task included unchanged, its dataset pointed at local files."""
-    import importlib.util
-
-    stock = Path(importlib.util.find_spec("lm_eval").origin).parent / "tasks"
-    arc = folder / "arc_data"
-    arc.mkdir(parents=True)
-    for split, name in (("train", "Train"), ("validation", "Dev"), ("test", "Test")):
-        with open(arc / f"{split}.jsonl", "w") as out:
-            for line in open(BENCHMARKS / "arc" / "ARC-Easy" / f"ARC-Easy-{name}.jsonl"):
-                r = json.loads(line)
-                q = r["question"]
-                out.write(json.dumps({"id": r["id"], "question": q["stem"],
-                                      "choices": {"text": [c["text"] for c in q["choices"]],
-                                                  "label": [c["label"] for c in q["choices"]]},
-                                      "answerKey": r["answerKey"]}) + "\n")
-    defs = {
-        "gsm8k": ("gsm8k/gsm8k.yaml", {"train": BENCHMARKS / "gsm8k/train.jsonl", "test": BENCHMARKS / "gsm8k/test.jsonl"}),
-        "arc_easy": ("arc/arc_easy.yaml", {s: arc / f"{s}.jsonl" for s in ("train", "validation", "test")}),
-        "lambada_openai": ("lambada/lambada_openai.yaml", {"test": BENCHMARKS / "lambada/lambada_test_openai.jsonl"}),
-    }
-    for task, (yaml_rel, files) in defs.items():
-        lines = [f"include: {stock / yaml_rel}", f"task: {task}", "dataset_path: json", "dataset_name: null",
-                 "dataset_kwargs:", "  data_files:", *[f"    {s}: {p}" for s, p in files.items()]]
-        (folder / f"{task}.yaml").write_text("\n".join(lines) + "\n")
 
 
 def _printed(table: str) -> dict[tuple[str, str, str], str]:
@@ -74,7 +46,7 @@ def test_stock_tasks_equal_what_the_lm_eval_cli_prints(tmp_path):
     ckpt = tiny_checkpoint()
     tasks = tmp_path / "cli_tasks"
     tasks.mkdir()
-    _cli_tasks(tasks)
+    lm_eval_cli_tasks(tasks)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # three processes on a small machine: one thread each (the same count on both sides: float reductions
     # depend on it), and OpenMP threads that sleep instead of spinning while they wait

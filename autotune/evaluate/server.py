@@ -40,6 +40,15 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def healthy(url: str) -> bool:
+    """Whether ``url`` (a health endpoint) answers 200 now."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
 class ServerError(RuntimeError):
     """The model server did not start, or died; the message carries the tail of its log."""
 
@@ -96,12 +105,8 @@ class ServerProcess:
             if code is not None:
                 raise ServerError(f"the model server exited with code {code} before it was ready "
                                   f"(log {self.log_path}):\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.health_url, timeout=2) as r:
-                    if r.status == 200:
-                        return time.monotonic() - t0
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
+            if healthy(self.health_url):
+                return time.monotonic() - t0
             if time.monotonic() - t0 > self.startup_timeout_s:
                 raise ServerError(f"the model server was not ready after {self.startup_timeout_s:g} s "
                                   f"(vllm.startup_timeout_s; log {self.log_path}):\n{self.log_tail()}")

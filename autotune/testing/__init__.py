@@ -43,6 +43,7 @@ from autotune.testing.anchors import (  # noqa: F401
     run_search,
     sampling_speed,
 )
+from autotune.testing.parity import lm_eval_cli_tasks  # noqa: F401
 from autotune.testing.paths import ANCHORS, BENCHMARKS, DEMO_TASKS, MPL, REGMIX, REPO, SHARED_DATA  # noqa: F401
 from autotune.testing.studies import (  # noqa: F401
     OFFLINE,
