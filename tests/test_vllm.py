@@ -206,3 +206,30 @@ def test_study_scores_every_trial_on_one_warm_engine(tmp_path, monkeypatch):
     # the scores of a warm-loaded trial are those of its checkpoint
     for t in trials:
         assert t.values is not None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_stopped_study_leaves_no_warm_engine_behind(tmp_path, monkeypatch, sig):
+    """The warm engine belongs to the controller: Ctrl-C stops it (exit 130, resumable); SIGKILL of the
+    controller leaves it to the kernel's parent-death signal. Either way no vLLM process is left."""
+    from autotune.testing import TINY_BASE, tiny_space, tiny_suite, write_space
+
+    monkeypatch.setenv("AUTOTUNE_HOME", str(tmp_path / "home"))
+    suite = {**tiny_suite(limit=6), "backend": "vllm-server",
+             "vllm": {"python": VLLM_PY, "dtype": "float32", "startup_timeout_s": 300, "shutdown_timeout_s": 20}}
+    space = tiny_space("stopped", trials=4, base_model={**TINY_BASE, "hidden_size": 64, "intermediate_size": 128})
+    path = write_space(tmp_path, space, suite)
+    proc = subprocess.Popen([sys.executable, "-m", "autotune.cli", "search", str(path)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    engine = tmp_path / "runs" / "stopped" / "engine"
+
+    def serving() -> bool:
+        logs = list(engine.glob("vllm-server-*.log"))
+        return bool(logs) and "POST /collective_rpc" in logs[0].read_text(errors="replace")
+
+    assert wait_until(serving, timeout=300, interval=0.5), proc.stderr.read() if proc.poll() is not None else "no load"
+    port = next(engine.glob("vllm-server-*.log")).stem.rsplit("-", 1)[1]
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), err[-2000:]
+    assert no_server_left(f"--port {port}"), f"vLLM processes survived {sig.name}: {server_pids(f'--port {port}')}"
