@@ -54,7 +54,7 @@ def test_smollm2_suite_loads_and_quoted_stock_task_names_are_found():
     assert index["mmlu_stem_tasks"]["kind"] == "tag"
     suite = load_suite(REPO / "evals" / "smollm2_math.yaml", ["math", "general"])
     assert {e.task for e in suite.tasks} == {"mmlu_elementary_mathematics", "arc_easy", "arc_challenge",
-                                              "lambada_openai", "gsm8k"}
+                                              "lambada_openai"}
 
 
 @pytest.mark.parametrize("change, field, words", [

@@ -42,7 +42,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 # (module, class, exit code, prefix of the message); matched in order
 _FAILURES = (
     ("autotune.evaluate.checkpoint", "EvalFailed", EXIT_EVAL_FAILED, "evaluation failed: "),
-    ("autotune.evaluate.backends", "ServerError", EXIT_EVAL_FAILED, "evaluation failed: "),
+    ("autotune.evaluate.server", "ServerError", EXIT_EVAL_FAILED, "evaluation failed: "),
     ("autotune.search.study", "StudyFailed", EXIT_FAILED, ""),
 )
 _INTERRUPTS = (("autotune.search.study", "Interrupted"),)

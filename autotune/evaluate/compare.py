@@ -65,6 +65,19 @@ def _logprobs(sample: dict) -> list[float] | None:
     return out or None
 
 
+LOGPROB_FLOOR = 1e-3  # relative differences of log-probabilities nearer 0 than this are taken against it
+
+
+def _same(a: Any, b: Any, rel_tol: float) -> bool:
+    """A document's metric on both sides: equal (accuracy, exact match), or within ``rel_tol`` for a
+    continuous one (a per-document perplexity or log-probability rounds differently across backends)."""
+    if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, int | float) or not isinstance(b, int | float):
+        return a == b
+    if float(a).is_integer() and float(b).is_integer() and abs(a) <= 1 and abs(b) <= 1:
+        return a == b  # 0/1 per-document scores
+    return math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-9)
+
+
 def _samples_by_entry(meta: dict) -> dict[str, str | None]:
     return {key: task["samples"] for task in meta.get("tasks", {}).values() for key in task["entries"]}
 
@@ -78,12 +91,12 @@ def compare_docs(cmp: EntryComparison, a: dict[tuple[int, str], dict], b: dict[t
         if sb is None or f != filt:
             continue
         cmp.docs += 1
-        if metric in sa and metric in sb and sa[metric] != sb[metric]:
+        if metric in sa and metric in sb and not _same(sa[metric], sb[metric], rel_tol):
             cmp.metric_differs += 1
         la, lb = _logprobs(sa), _logprobs(sb)
         if la is not None and lb is not None and len(la) == len(lb):
             seen_logprobs = True
-            rel = max((abs(x - y) / max(abs(x), 1e-12) for x, y in zip(la, lb, strict=True)), default=0.0)
+            rel = max((abs(x - y) / max(abs(x), LOGPROB_FLOOR) for x, y in zip(la, lb, strict=True)), default=0.0)
             worst = max(worst, rel)
             if rel > rel_tol:
                 cmp.logprob_differs += 1
@@ -143,6 +156,8 @@ def compare_backends(checkpoint: Path, suite_path: Path, backends: list[str], *,
                 diff = abs(cmp.values[other] - cmp.values[ref])
                 if not math.isfinite(diff) or diff > abs_tol:
                     cmp.why.append(f"{other} - {ref} = {cmp.values[other] - cmp.values[ref]:+.4g}")
+            if cmp.docs == 0:
+                cmp.why.append("no document could be compared (samples missing on one side)")
             if cmp.metric_differs:
                 cmp.why.append(f"{cmp.metric_differs} document(s) score differently")
             if cmp.logprob_differs:

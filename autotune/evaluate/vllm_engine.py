@@ -1,8 +1,7 @@
 """vLLM-served evaluation: the ``vllm`` and ``vllm-server`` backends and the warm engine of a study.
 
 * ``vllm``: lm-eval's ``VLLM`` model (``vllm.LLM``) in this process, so vLLM must be importable here (on a
-  CPU: run autotune from the vLLM environment; see the README). ``keep=True`` keeps the engine for the next
-  checkpoint with the same model signature and loads that checkpoint's weights into it in place.
+  CPU: run autotune from the vLLM environment; see the README); one engine per evaluation.
 * ``vllm-server``: vLLM's OpenAI-compatible server in a child process, started with ``vllm.python`` (a
   separate environment: vLLM pins its own torch and transformers, which must not hold the rest of autotune
   back), lm-eval's ``local-completions`` model against it (log-likelihoods through ``echo`` + ``logprobs``).
@@ -36,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from autotune.config.suite import VllmOptions
 from autotune.errors import UserError
@@ -85,6 +84,29 @@ def engine_settings(options: VllmOptions) -> dict[str, Any]:
     return {"kv_cache_memory_bytes": kv, "enforce_eager": eager}
 
 
+@functools.lru_cache(maxsize=8)
+def extension_path(python: str) -> str | None:
+    """A folder to put on the server's PYTHONPATH so that its Python imports the reload extension, or None when
+    it already can (autotune installed there too, as the CPU install script does). The folder holds only a
+    link to this ``autotune`` package: never this environment's site-packages, whose torch and transformers
+    would shadow the vLLM environment's own."""
+    probe = subprocess.run([python, "-I", "-c", f"import {EXTENSION.rsplit('.', 1)[0]}"], capture_output=True, timeout=120,
+                           cwd="/")
+    if probe.returncode == 0:
+        return None
+    from autotune.paths import home
+    from autotune.records import digest
+
+    package = Path(__file__).resolve().parents[1]
+    folder = home() / "vllm-pythonpath" / digest({"package": str(package)})
+    link = folder / "autotune"
+    if not link.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            link.symlink_to(package, target_is_directory=True)
+    return str(folder)
+
+
 def cpu_threads_env() -> dict[str, str]:
     """Without a GPU, vLLM's CPU build keeps one core for its front end (``VLLM_CPU_NUM_OF_RESERVED_CPU``)
     and binds the model to the rest: on a 2-core machine, one. While an evaluation scores, the front end and
@@ -95,11 +117,13 @@ def cpu_threads_env() -> dict[str, str]:
     return {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
 
-def model_signature(path: Path) -> str:
+def model_signature(path: Path, dtype: str = "auto") -> str:
     """What must match for weights to load into an engine built for another checkpoint: the model config
     (every key but bookkeeping) and the tokenizer's vocabulary and special tokens (``tokenizer.json`` and the
     special-token settings; a re-saved tokenizer adds bookkeeping such as ``local_files_only`` to
-    ``tokenizer_config.json``). Without a ``tokenizer.json``, every tokenizer file."""
+    ``tokenizer_config.json``). Without a ``tokenizer.json``, every tokenizer file. With ``dtype: auto`` the
+    checkpoint's own dtype too (vLLM resolves ``auto`` from the config: a bf16 base and an fp32 trial would
+    run in different precisions), and always its ``generation_config.json`` (vLLM's default sampling settings)."""
     from autotune.hashing import tokenizer_hash
     from autotune.records import digest
 
@@ -120,15 +144,20 @@ def model_signature(path: Path) -> str:
                           **{k: tok_cfg.get(k) for k in _TOKENIZER_KEYS}}
     else:
         tokenizer = tokenizer_hash(folder)
-    return digest({"config": {k: v for k, v in cfg.items() if k not in _SIGNATURE_IGNORES}, "tokenizer": tokenizer})
+    ignored = _SIGNATURE_IGNORES if dtype != "auto" else tuple(k for k in _SIGNATURE_IGNORES if "dtype" not in k)
+    return digest({"config": {k: v for k, v in cfg.items() if k not in ignored}, "tokenizer": tokenizer,
+                   "generation": read("generation_config.json")})
 
 
 def _post(url: str, body: dict | None, timeout: float) -> Any:
     data = json.dumps(body or {}).encode()
     req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as r:
-        text = r.read().decode() or "null"
-    return json.loads(text)
+        text = r.read().decode(errors="replace") or "null"
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ServerError(f"{url} answered something that is not JSON: {text[:300]!r}") from None
 
 
 def check_reload(results: Any, path: Path) -> None:
@@ -143,19 +172,17 @@ def check_reload(results: Any, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- vllm (in-process)
 class VLLMBackend:
     name = "vllm"
-    _live: ClassVar[dict[str, Any]] = {}  # the engine kept by ``keep`` (one per process): {"key": ..., "lm": ...}
-
-    def __init__(self, options: VllmOptions, batch_size: int, seed: int, keep: bool = False) -> None:
+    def __init__(self, options: VllmOptions, batch_size: int, seed: int) -> None:
         self.options = options
         self.batch_size = batch_size
         self.seed = seed
-        self.keep = keep
 
     def fingerprint(self, target: ModelRef) -> dict[str, Any]:
         o = self.options
         return {"backend": "vllm", "dtype": o.dtype, "tensor_parallel_size": o.tensor_parallel_size,
                 "data_parallel_size": o.data_parallel_size, "max_model_len": o.max_model_len,
-                "batch_size": self.batch_size, "seed": self.seed, "vllm": vllm_version(sys.executable)}
+                "batch_size": self.batch_size, "seed": self.seed, "vllm": vllm_version(sys.executable),
+                **engine_settings(o)}
 
     def model_args(self, path: Path) -> dict[str, Any]:
         o = self.options
@@ -191,32 +218,13 @@ class VLLMBackend:
         if self.options.data_parallel_size > 1 and find_spec("ray") is None:
             raise UserError("vllm.data_parallel_size > 1 needs ray: pip install ray", field="vllm.data_parallel_size",
                             value=self.options.data_parallel_size)
-        args = self.model_args(path)
-        key = json.dumps({"signature": model_signature(path), **{k: v for k, v in args.items() if k != "pretrained"}},
-                         sort_keys=True)
-        live = VLLMBackend._live
-        if live.get("key") == key:
-            lm = live.pop("lm")
-            live.clear()
-            try:
-                check_reload(lm.model.collective_rpc("reload_checkpoint", kwargs={"path": str(path)}), path)
-            except BaseException:
-                close_vllm(lm)
-                raise
-        else:
-            close_kept()
-            for k, v in cpu_threads_env().items():
-                os.environ.setdefault(k, v)
-            lm = lm_eval_vllm_class()(**args)
-        ok = False
+        for k, v in cpu_threads_env().items():
+            os.environ.setdefault(k, v)
+        lm = lm_eval_vllm_class()(**self.model_args(path))
         try:
             yield lm
-            ok = True
         finally:
-            if self.keep and ok:
-                live.update(key=key, lm=lm)
-            else:
-                close_vllm(lm)
+            close_vllm(lm)
 
 
 def lm_eval_vllm_class() -> type:
@@ -255,14 +263,6 @@ def close_vllm(lm: Any) -> None:
     free_accelerator_memory()
 
 
-def close_kept() -> None:
-    """Stop the engine ``VLLMBackend(keep=True)`` kept, if any."""
-    lm = VLLMBackend._live.pop("lm", None)
-    VLLMBackend._live.clear()
-    if lm is not None:
-        close_vllm(lm)
-
-
 # ----------------------------------------------------------------------------------------------- vllm-server
 @dataclass(frozen=True)
 class EngineHandle:
@@ -274,6 +274,7 @@ class EngineHandle:
     lock: str  # a file: one worker loads and scores at a time
     log: str
     startup_timeout_s: float
+    pid: int | None = None  # the server process: a worker fails fast when it is gone
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -288,9 +289,17 @@ class EngineHandle:
         except (ValueError, TypeError):
             return None
 
+    @property
+    def dirty(self) -> Path:
+        """Marks an engine whose in-place load failed part-way (mixed weights): the controller restarts it."""
+        return Path(self.lock + ".dirty")
+
     def wait_ready(self) -> None:
         t0 = time.monotonic()
         while not healthy(f"{self.url}/health"):
+            if self.pid is not None and not _alive(self.pid):
+                raise ServerError(f"the study's warm vLLM engine (pid {self.pid}) exited before it was ready "
+                                  f"(log {self.log}):\n{_tail(self.log)}")
             if time.monotonic() - t0 > self.startup_timeout_s:
                 raise ServerError(f"the study's warm vLLM engine at {self.url} was not ready after "
                                   f"{self.startup_timeout_s:g} s (log {self.log})")
@@ -299,6 +308,7 @@ class EngineHandle:
     def load(self, path: Path, timeout: float) -> float:
         """Load ``path``'s weights into the engine; seconds it took."""
         t0 = time.perf_counter()
+        self.dirty.touch()  # until the load is known to be whole
         try:
             out = _post(f"{self.url}/collective_rpc", {"method": "reload_checkpoint", "kwargs": {"path": str(path)}},
                         timeout)
@@ -307,7 +317,8 @@ class EngineHandle:
             raise ServerError(f"{path}: the warm vLLM engine could not load these weights (HTTP {e.code}): {detail}") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
             raise ServerError(f"{path}: the warm vLLM engine at {self.url} did not answer ({e}; log {self.log})") from None
-        check_reload((out or {}).get("results"), path)
+        check_reload((out or {}).get("results") if isinstance(out, dict) else out, path)
+        self.dirty.unlink(missing_ok=True)
         with contextlib.suppress(Exception):
             _post(f"{self.url}/reset_prefix_cache", None, 30)  # prefix caching is off; a server started otherwise
         return time.perf_counter() - t0
@@ -320,6 +331,21 @@ class EngineHandle:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _tail(path: str, n: int = 15) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
 
 
 class VLLMServerBackend:
@@ -338,7 +364,7 @@ class VLLMServerBackend:
         return {"backend": "vllm-server", "dtype": o.dtype, "tensor_parallel_size": o.tensor_parallel_size,
                 "max_model_len": o.max_model_len, "batch_size": self.batch_size, "seed": self.seed,
                 "serve_command": o.serve_command, "extra_args": o.extra_args,
-                "vllm": None if o.serve_command else vllm_version(vllm_python(o))}
+                "vllm": None if o.serve_command else vllm_version(vllm_python(o)), **engine_settings(o)}
 
     def command(self, path: Path, port: int, served_name: str) -> list[str]:
         o = self.options
@@ -363,10 +389,10 @@ class VLLMServerBackend:
         loading; the server listens on 127.0.0.1 only), offline."""
         from autotune.evaluate.harness import OFFLINE_ENV
 
-        root = str(Path(__file__).resolve().parents[2])
-        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        return {**OFFLINE_ENV, **cpu_threads_env(), "PYTHONPATH": path, "VLLM_SERVER_DEV_MODE": "1",
-                "VLLM_NO_USAGE_STATS": "1"}
+        extra = extension_path(vllm_python(self.options)) if not self.options.serve_command else None
+        path = os.pathsep.join(p for p in (extra, os.environ.get("PYTHONPATH", "")) if p)
+        return {**OFFLINE_ENV, **cpu_threads_env(), **({"PYTHONPATH": path} if path else {}),
+                "VLLM_SERVER_DEV_MODE": "1", "VLLM_NO_USAGE_STATS": "1"}
 
     def max_length(self, path: Path) -> int:
         if self.options.max_model_len:
@@ -386,11 +412,14 @@ class VLLMServerBackend:
                                    max_retries=self.options.max_retries, timeout=int(self.options.request_timeout_s),
                                    seed=self.seed)
 
-    def check_installed(self) -> None:
+    def check_api_extra(self) -> None:
         missing = [m for m in ("aiohttp", "tenacity", "requests") if find_spec(m) is None]
         if missing:
             raise UserError(f"the vllm-server backend needs lm-eval's API extra (missing {missing}): {API_INSTALL}",
                             field="backend", value=self.name)
+
+    def check_installed(self) -> None:
+        self.check_api_extra()
         if self.options.serve_command:
             return
         python = vllm_python(self.options)
@@ -412,7 +441,12 @@ class VLLMServerBackend:
     def open(self, target: ModelRef, log_dir: Path | None = None) -> Iterator[Any]:
         path = checkpoint_path(target, self.name).resolve()
         handle = EngineHandle.from_env() if self.options.warm else None
-        if handle is not None and handle.signature == model_signature(path):
+        if handle is not None and handle.signature != model_signature(path, self.options.dtype):
+            print(f"autotune: {path} differs from the warm engine's model (config, dtype or tokenizer): a server of "
+                  "its own is started for it", file=sys.stderr)
+            handle = None
+        if handle is not None:
+            self.check_api_extra()
             with handle.locked():
                 handle.wait_ready()
                 self.warm_load_s = handle.load(path, self.options.request_timeout_s)
@@ -442,8 +476,8 @@ class WarmEngine:
 
     ``start()`` returns at once (the server loads while the first trial trains); workers wait for health.
     ``ensure()`` before each trial restarts a server that died (a trial whose weights broke it fails alone).
-    ``stop()``, also on Ctrl-C, SIGTERM and errors (``ServerProcess``); the kernel stops it if the
-    controller is killed outright.
+    ``stop()`` on success, errors and Ctrl-C (``Study.warm_engine``); when the controller is killed (SIGTERM,
+    SIGKILL) the kernel's parent-death signal stops the server.
     """
 
     served_name = "autotune-warm"
@@ -462,13 +496,17 @@ class WarmEngine:
         server, url = self.backend.server_process(self.base, self.folder, self.served_name)
         server.start()
         self.server, self.starts = server, self.starts + 1
-        self.handle = EngineHandle(url=url, model=self.served_name, signature=model_signature(self.base),
+        self.handle = EngineHandle(url=url, model=self.served_name,
+                                   signature=model_signature(self.base, self.backend.options.dtype),
                                    lock=str(self.folder / "engine.lock"), log=str(server.log_path),
-                                   startup_timeout_s=self.backend.options.startup_timeout_s)
+                                   startup_timeout_s=self.backend.options.startup_timeout_s, pid=server.pid)
+        self.handle.dirty.unlink(missing_ok=True)
         return self.handle
 
     def ensure(self) -> EngineHandle:
-        if self.server is None or self.server.proc is None or self.server.proc.poll() is not None:
+        """The engine, started again if it died or a failed in-place load left it with mixed weights."""
+        dead = self.server is None or self.server.proc is None or self.server.proc.poll() is not None
+        if dead or (self.handle is not None and self.handle.dirty.exists()):
             self.stop()
             return self.start()
         assert self.handle is not None

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,6 +286,10 @@ class Study:
         for folder in [*self.paths.root.glob("*"), *self.paths.root.glob("*/*")]:  # workers of a killed controller
             if not folder_locked(folder):
                 kill_orphan(folder)
+        if self.suite.backend == "vllm-server":  # a missing vLLM fails now, not after the prepare job
+            from autotune.evaluate.backends import make_backend
+
+            make_backend(self.suite.backend, self.suite).check_installed()
         self.prepare()
         with self.warm_engine() as engine:
             self._search(ctl, engine, trials)
@@ -292,14 +298,22 @@ class Study:
     def warm_engine(self) -> Iterator[Any]:
         """The study's warm vLLM engine (``autotune.evaluate.vllm_engine.WarmEngine``) for a ``vllm-server``
         suite with ``vllm.warm`` on a launcher whose workers run on this machine; None otherwise."""
+        from autotune.evaluate.backends import gpu_present
+
         env = getattr(self.launcher, "env", None)
         if self.suite.backend != "vllm-server" or not self.suite.vllm.warm or env is None:
             yield None
             return
+        if gpu_present() and self.suite.vllm.kv_cache_memory is None:
+            # a server sized by gpu_memory_utilization would hold most of the GPU the trials train on
+            self.log("vllm.warm: on a GPU, give the engine a size (vllm.kv_cache_memory, e.g. 4GiB, and a "
+                     "gpu_memory_utilization that leaves room for training); each trial starts its own server")
+            yield None
+            return
         from autotune.evaluate.vllm_engine import WarmEngine
 
-        engine = WarmEngine(self.suite.vllm, self.suite.batch_size, self.suite.seed.torch or 0,
-                            Path(self.prepared.base), self.paths.root / "engine")
+        engine = WarmEngine(self.suite.vllm, self.suite.batch_size, self.suite.seed.torch or 0, Path(self.prepared.base),
+                            self.paths.root / "engine" / f"{socket.gethostname()}-{os.getpid()}")  # one per controller
         try:
             env[ENGINE_ENV] = engine.start().to_env()
             yield engine
