@@ -159,7 +159,7 @@ def test_startup_timeout_stops_the_real_server(ckpts, tmp_path):
 def test_signalled_eval_leaves_no_server_behind(ckpts, tmp_path, sig):
     """``autotune eval`` stopped while the real server scores: Ctrl-C (exit 130), SIGTERM (what a launcher
     sends a worker) and SIGKILL (no cleanup at all: the kernel's parent-death signal stops the server)."""
-    _, path = write_suite(tmp_path / "s", limit=40)
+    _, path = write_suite(tmp_path / "s", limit=200)  # every document: scoring lasts well past the first request
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "autotune.cli.eval", str(ckpts[0]), "--suite", str(path),
                              "--backend", "vllm-server", "--no-cache", "--output", str(out)],
@@ -169,7 +169,8 @@ def test_signalled_eval_leaves_no_server_behind(ckpts, tmp_path, sig):
         logs = list(out.glob("vllm-server-*.log"))
         return bool(logs) and "POST /v1/completions" in logs[0].read_text(errors="replace")
 
-    assert wait_until(scoring, timeout=300, interval=0.2), proc.stderr.read() if proc.poll() is not None else "no request"
+    assert wait_until(scoring, timeout=300, interval=0.05), proc.stderr.read() if proc.poll() is not None else "no request"
+    assert proc.poll() is None, "the evaluation finished before it could be stopped"
     port = next(out.glob("vllm-server-*.log")).stem.rsplit("-", 1)[1]
     assert server_pids(f"--port {port}")
     proc.send_signal(sig)
