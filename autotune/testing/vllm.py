@@ -48,6 +48,7 @@ def server_pids(marker: str) -> list[int]:
     process groups (vLLM's engine-core children)."""
     groups, out = set(), set()
     procs = {}
+    own = {os.getpid(), os.getppid()}  # this process (a pytest whose arguments may name the port) is no server
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -59,7 +60,7 @@ def server_pids(marker: str) -> list[int]:
         if stat[0] == "Z":
             continue
         procs[int(d)] = int(stat[2])  # process group
-        if marker in cmd and "pytest" not in cmd:
+        if marker in cmd and int(d) not in own:
             out.add(int(d))
             groups.add(int(stat[2]))
     out |= {pid for pid, pgrp in procs.items() if pgrp in groups}
