@@ -173,11 +173,12 @@ def test_metric_lm_eval_would_fetch_from_the_hub_is_named(ckpt, tmp_path):
                metric_list=[{"metric": "sacrebleu_xyz", "aggregation": "mean", "higher_is_better": True}])
     (tasks / "t.yaml").write_text(yaml.safe_dump(cfg))
     suite, _ = write_suite(tmp_path, {"name": "m", "task_dirs": ["tasks", str(DEMO_TASKS)],
-                                      "target": [{"task": "demo_math_gen_sacre", "metric": "sacrebleu_xyz", "limit": 2}],
+                                      "target": [{"task": "demo_math_gen_sacre", "metric": "sacrebleu_xyz",
+                                                  "filter": "first-number", "limit": 2}],
                                       "general": [{"task": "demo_prose_next_word", "limit": 2}]})
     with pytest.raises(UserError, match=r"target\[0\].task: task demo_math_gen_sacre: metric 'sacrebleu_xyz' is not "
-                                        r"one lm-eval provides.*NoneType"):
-        run_suite(Checkpoint(ckpt), suite, options=EvalOptions(use_cache=False))
+                                        r"one lm-eval provides.*NoneType"):  # (a metric HF evaluate loads runs code)
+        run_suite(Checkpoint(ckpt), suite, options=EvalOptions(use_cache=False, allow_code_execution=True))
 
 
 def test_code_execution_task_offline_names_what_its_metric_needs(ckpt, tmp_path):

@@ -101,4 +101,4 @@ def test_server_that_exits_early_is_reported_with_its_log(tmp_path):
     suite = load_suite(tmp_path / "suite.yaml")
     with pytest.raises(ServerError, match=r"(?s)exited with code 3 before it was ready.*CUDA out of memory"):
         run_suite(Checkpoint(tiny_checkpoint()), suite, out_dir=tmp_path / "out",
-                  options=EvalOptions(backend="vllm-server", use_cache=False))
+                  options=EvalOptions(backend="vllm-server", use_cache=False, allow_code_execution=True))  # a custom serve_command

@@ -26,6 +26,13 @@ from rich.console import Console
 
 from autotune.cli.errors import cli_errors, guarded
 
+# what --allow-code-execution allows (eval, gate, search, ladder); the check is evaluate.suite.code_uses
+ALLOW_CODE_HELP = ("Allow the suite to run code on this machine: tasks that execute model-generated code "
+                   "(HumanEval, MBPP), Python from the suite's own task_dirs (!function task code, Python task "
+                   "classes, metrics Hugging Face evaluate loads as scripts) and a custom vllm.serve_command. "
+                   "lm-eval's stock tasks need no flag. Without it such a suite is refused (exit 2); use it "
+                   "only for suites you trust, ideally in a sandbox.")
+
 _INTERRUPTED = ("finished tasks stay cached, unfinished ones were dropped; a model server, if one was started, "
                 "was stopped.")
 
@@ -110,8 +117,7 @@ def eval_cmd(
                                         show_default=False)],
     backend: Annotated[str | None, typer.Option(help="hf | vllm | vllm-server (default: the suite's backend).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder to write eval.json and samples/<task>.jsonl to.")] = None,
-    allow_code_execution: Annotated[bool, typer.Option("--allow-code-execution",
-                                                       help="Allow tasks that execute model-generated code (HumanEval, MBPP).")] = False,
+    allow_code_execution: Annotated[bool, typer.Option("--allow-code-execution", help=ALLOW_CODE_HELP)] = False,
     space: Annotated[Path | None, typer.Option(help="Search space whose domains give the held-out text for the suite's bpb entries.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON instead of a table.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Evaluate again even when a cached result exists.")] = False,

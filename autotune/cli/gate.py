@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 
 from autotune.cli.errors import cli_errors, console, err
+from autotune.cli.eval import ALLOW_CODE_HELP
 
 _INTERRUPTED = "finished tasks stay cached; nothing was compared."
 
@@ -75,8 +76,8 @@ def gate_cmd(
         help="Search space whose domains give the held-out text of the suite's bpb entries, "
              "e.g. --space search_spaces/demo.yaml.", show_default=False)] = None,
     allow_code_execution: Annotated[bool, typer.Option(
-        "--allow-code-execution", help="Allow tasks that execute model-generated code (HumanEval, MBPP), "
-                                       "e.g. a suite with humaneval: --allow-code-execution.")] = False,
+        "--allow-code-execution", help=ALLOW_CODE_HELP + " Not needed by the suites in evals/; "
+                                                 "e.g. a suite with humaneval: --allow-code-execution.")] = False,
     no_cache: Annotated[bool, typer.Option(
         "--no-cache", help="Evaluate again even when cached results exist (e.g. to rule out a stale cache: "
                            "--no-cache).")] = False,

@@ -17,7 +17,7 @@ from autotune.errors import UserError
 from autotune.evaluate.backends import Checkpoint
 from autotune.evaluate.harness import EvalOptions, HeldoutTokens, run_suite
 from autotune.evaluate.server import ServerError
-from autotune.evaluate.suite import load_suite
+from autotune.evaluate.suite import load_suite, require_code_permission
 from autotune.hashing import tokenizer_hash
 
 
@@ -53,6 +53,7 @@ def evaluate_checkpoint(checkpoint: Path, suite_path: Path, backend: str | None 
 
             space = load_space(space_path)
         suite = load_suite(suite_path, list(space.domains) if space else None)
+        require_code_permission(suite, allow_code_execution, backend)  # before held-out text is packed
         heldout = heldout_tokens(suite, checkpoint, space)
         options = EvalOptions(backend=backend, use_cache=not no_cache, allow_code_execution=allow_code_execution)
         return run_suite(Checkpoint(checkpoint), suite, heldout=heldout, out_dir=output, options=options)

@@ -24,6 +24,7 @@ Everything stays offline (``set_offline``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -44,6 +45,7 @@ from autotune.evaluate.backends import (
 from autotune.evaluate.cache import Cache, NullCache, ResultCache, cache_key
 from autotune.evaluate.continuous import chance_corrected, derived_metrics, sample_stderr
 from autotune.evaluate.metrics import CONTINUOUS_METRICS
+from autotune.evaluate.suite import require_code_permission
 from autotune.evaluate.taskdata import data_files
 from autotune.evaluate.taskdefs import (
     TaskDef,
@@ -80,7 +82,7 @@ class EvalOptions:
     backend: str | None = None  # overrides the suite's backend
     use_cache: bool = True
     cache_dir: Path | None = None  # default: $AUTOTUNE_HOME/eval-cache
-    allow_code_execution: bool = False  # HumanEval, MBPP: tasks that run model-generated code
+    allow_code_execution: bool = False  # anything that runs code beyond lm-eval's own: suite.code_uses
     model_hash: str | None = None  # the target's hash when the caller knows it (skips hashing)
 
 
@@ -124,6 +126,7 @@ def run_suite(target: ModelRef, suite: Suite, *, heldout: dict[str, HeldoutToken
     set_offline()
     t0 = time.perf_counter()
     progress = progress or _NullProgress()
+    require_code_permission(suite, options.allow_code_execution, options.backend)  # before lm-eval imports any
     backend = make_backend(options.backend or suite.backend, suite)
     cache: Cache = NullCache() if not options.use_cache else ResultCache(options.cache_dir) if options.cache_dir \
         else ResultCache.default()
@@ -169,10 +172,6 @@ def _plan(suite: Suite, options: EvalOptions) -> list[_TaskRun]:
         tdef = check_entry(entry, suite, file=file, where=where)
         if tdef is None:
             raise UserError("lm-eval is not installed: pip install lm-eval", file=file, field=f"{where}.task",
-                            value=entry.task)
-        if tdef.unsafe_code and not options.allow_code_execution:
-            raise UserError(f"{entry.task} executes model-generated code on this machine; run it only with "
-                            "--allow-code-execution (ideally in a sandbox)", file=file, field=f"{where}.task",
                             value=entry.task)
         runs[ident] = _TaskRun(entry, tdef, where, template_hash(tdef, entry, suite), entries=[entry])
     return list(runs.values())
@@ -268,7 +267,7 @@ def _run_tasks(target: ModelRef, suite: Suite, backend, todo: list[_TaskRun], ca
     if backend.name != "hf" and isinstance(target, InMemoryModel):
         target.model.to("cpu")  # the accelerator's memory goes to vLLM, which loads the saved copy
         free_accelerator_memory()
-    with backend.open(target, log_dir=out_dir) as lm:
+    with backend.open(target, log_dir=out_dir) as lm, _quiet_git_hash():
         for call in calls:
             tm, objs = _build_tasks(call, specs, suite)
             t = time.perf_counter()
@@ -282,6 +281,35 @@ def _run_tasks(target: ModelRef, suite: Suite, backend, todo: list[_TaskRun], ca
                 cache.put(run.key, run.record, samples)
                 run.samples = samples
                 progress.advance()
+
+
+@contextlib.contextmanager
+def _quiet_git_hash():
+    """lm-eval's results record ``git describe --always`` of the working directory, run with the terminal's
+    stderr: outside a git checkout every evaluation printed "fatal: not a git repository". lm-eval offers no
+    switch, so for the call its one lookup (``lm_eval.evaluator.get_git_commit_hash``) runs the same command
+    with git's stderr discarded; restored afterwards. Nothing else of lm-eval's changes."""
+    import subprocess
+
+    from lm_eval import evaluator
+
+    original = getattr(evaluator, "get_git_commit_hash", None)
+    if original is None:  # another lm-eval: leave it as it is
+        yield
+        return
+
+    def git_hash() -> str | None:
+        try:
+            out = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)  # noqa: S607
+        except OSError:
+            return None
+        return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+    evaluator.get_git_commit_hash = git_hash
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
 
 
 def _build_tasks(call: list[_TaskRun], specs: dict[int, Any], suite: Suite):

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from autotune.config.load import ErrorStyle, read_yaml, validation_error_to_user_error
 from autotune.config.suite import GROUPS, BpbEntry, Suite, TaskEntry
 from autotune.errors import UserError
-from autotune.evaluate.taskdefs import check_entry
+from autotune.evaluate.taskdefs import check_entry, resolve_task, user_code
 
 # Union-branch tags in pydantic's error locations (``str | FieldMap``, ``str | PathSource | None``): not
 # levels of the YAML; nor is the entry kind (``task`` / ``bpb``) after ``target[i]``.
@@ -50,3 +50,36 @@ def load_suite(path: str | Path, domains: list[str] | None = None) -> Suite:
                 check_entry(entry, suite, file=path, where=where)
     return suite
 
+
+def code_uses(suite: Suite, backend: str | None = None) -> list[tuple[str, object, str]]:
+    """Everything in ``suite`` that runs code beyond lm-eval's own, as (field, value, what): tasks that
+    execute model-generated code, Python from the suite's ``task_dirs`` (``taskdefs.user_code``), and a custom
+    ``vllm.serve_command`` when the backend (``backend`` overrides the suite's) is vllm-server. Pure: no import."""
+    uses: list[tuple[str, object, str]] = []
+    if (backend or suite.backend) == "vllm-server" and suite.vllm.serve_command:
+        uses.append(("vllm.serve_command", " ".join(suite.vllm.serve_command), "starts this command as the model server"))
+    for entry in suite.tasks:
+        tdef = resolve_task(entry, suite)
+        if tdef is None:
+            continue  # unknown tasks are check_entry's error
+        where = f"{suite.where(entry)}.task"
+        if tdef.unsafe_code:
+            uses.append((where, entry.task, f"{entry.task} executes model-generated code on this machine"))
+        code = user_code(tdef, suite)
+        if code:
+            uses.append((where, entry.task, f"{entry.task} runs Python from the suite's task_dirs: " + "; ".join(code)))
+    return uses
+
+
+def require_code_permission(suite: Suite, allowed: bool, backend: str | None = None) -> None:
+    """Refuse (``UserError``, exit 2) a suite that runs code (``code_uses``) unless ``allowed``
+    (``--allow-code-execution``). Called by eval, gate and search before anything is imported or started:
+    ``autotune gate`` runs on pull requests, whose suite and task files are anyone's."""
+    if allowed:
+        return
+    uses = code_uses(suite, backend)
+    if uses:
+        field, value, what = uses[0]
+        more = f" (and {len(uses) - 1} more)" if len(uses) > 1 else ""
+        raise UserError(f"{what}{more}; run it only with --allow-code-execution (ideally in a sandbox)",
+                        file=suite.source_file, field=field, value=value)

@@ -249,6 +249,8 @@ def check_entry(entry: TaskEntry, suite: Suite, *, file: Path | None, where: str
     if entry.metric in CONTINUOUS_METRICS and out not in CONTINUOUS_METRICS[entry.metric]:
         raise UserError(f"{entry.metric} needs a {' or '.join(CONTINUOUS_METRICS[entry.metric])} task; "
                         f"{entry.task} is {out}", file=file, field=f"{where}.metric", value=entry.metric)
+    if tdef.is_yaml_task and entry.metric not in CONTINUOUS_METRICS:
+        _check_reported(entry, tdef, file=file, where=where)
     if entry.normalize == "chance" and out != "multiple_choice":
         raise UserError(f"chance normalisation needs a multiple_choice task; {entry.task} is {out}",
                         file=file, field=f"{where}.normalize", value=entry.normalize)
@@ -262,6 +264,113 @@ def check_entry(entry: TaskEntry, suite: Suite, *, file: Path | None, where: str
             raise UserError(f"{entry.task} reads the split(s) {missing}: name a file for each",
                             file=file, field=f"{where}.data.files", value=sorted(entry.data.files))
     return tdef
+
+
+# lm-eval's metrics for a task without ``metric_list`` (``lm_eval.api.registry.DEFAULT_METRIC_REGISTRY``)
+DEFAULT_METRICS = {"loglikelihood": ("perplexity", "acc"),
+                   "loglikelihood_rolling": ("word_perplexity", "byte_perplexity", "bits_per_byte"),
+                   "multiple_choice": ("acc", "acc_norm"), "generate_until": ("exact_match",)}
+
+
+def reported(tdef: TaskDef) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """The metric and filter names a YAML task reports (None where the YAML cannot tell: a metric or filter
+    given as code, or an output type lm-eval adds later)."""
+    cfg = tdef.config or {}
+    listed = cfg.get("metric_list")
+    if listed is None:
+        metrics = DEFAULT_METRICS.get(cfg.get("output_type") or "generate_until")
+    elif isinstance(listed, list) and all(isinstance(m, dict) and _plain(m.get("metric")) for m in listed):
+        metrics = tuple(m["metric"] for m in listed)
+    else:
+        metrics = None
+    flist = cfg.get("filter_list")
+    if flist is None:
+        filters: tuple[str, ...] | None = ("none",)
+    elif isinstance(flist, list) and all(isinstance(f, dict) and _plain(f.get("name")) for f in flist):
+        filters = tuple(f["name"] for f in flist)
+    else:
+        filters = None
+    return metrics, filters
+
+
+def _plain(name: Any) -> bool:
+    """A name written in the YAML (not a ``!function`` reference, whose reported name lm-eval decides)."""
+    return isinstance(name, str) and not isinstance(name, FunctionRef)
+
+
+def _check_reported(entry: TaskEntry, tdef: TaskDef, *, file: Path | None, where: str) -> None:
+    """A metric or filter the task never reports would only fail after the whole evaluation: refuse it now."""
+    metrics, filters = reported(tdef)
+    if metrics is not None and entry.metric not in metrics:
+        raise UserError(f"{entry.task} reports the metrics {list(metrics)} (and autotune's continuous "
+                        f"{sorted(CONTINUOUS_METRICS)})", file=file, field=f"{where}.metric", value=entry.metric)
+    if filters is not None and entry.filter not in filters:
+        raise UserError(f"{entry.task} reports the filters {list(filters)}", file=file, field=f"{where}.filter",
+                        value=entry.filter)
+
+
+# ----------------------------------------------------------------------------------------------- user code
+def is_library_file(path: Path) -> bool:
+    """A file (or folder) inside the installed lm-eval's ``lm_eval/tasks``: the library's own code, not the suite's."""
+    root = stock_tasks_dir()
+    return root is not None and Path(path).resolve().is_relative_to(root.resolve())
+
+
+@functools.lru_cache(maxsize=1)
+def builtin_metrics() -> frozenset[str]:
+    """lm-eval's registered metric names, read from its ``api/metrics.py`` as text (no import). lm-eval hands
+    any other metric name to Hugging Face ``evaluate.load``, which runs a metric script (a local file too)."""
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or spec.origin is None:
+        return frozenset()
+    try:
+        text = (Path(spec.origin).parent / "api" / "metrics.py").read_text(encoding="utf-8")
+    except OSError:
+        return frozenset()
+    return frozenset(re.findall(r"register_metric\(\s*metric\s*=\s*[\"']([^\"']+)[\"']", text))
+
+
+def user_code(tdef: TaskDef, suite: Suite) -> list[str]:
+    """What of a task would run Python from the user's files, as ``key: value`` lines; [] when nothing does.
+
+    Counted: ``!function`` references resolved next to a YAML outside lm-eval's own tasks folder (the task's
+    ``include:`` chain merged), ``class:`` Python tasks among them, and metrics lm-eval would hand to HF
+    ``evaluate`` (``hf_evaluate: true`` or a name lm-eval does not register). lm-eval's stock tasks (its
+    ``utils.py`` functions) are the library's code: not counted. A group or tag is resolved by lm-eval over
+    the whole include path, so for one every YAML under the suite's ``task_dirs`` counts.
+    """
+    files: list[Path] = []
+    if not tdef.stock and tdef.path is not None:
+        files.append(tdef.path)
+    if not tdef.is_yaml_task:
+        files += [f for d in suite.task_paths if d.is_dir() for f in sorted(d.rglob("*.yaml"))]
+    found: list[str] = []
+    for f in dict.fromkeys(files):
+        try:
+            cfg, _ = read_task_yaml(f)
+        except (yaml.YAMLError, UnicodeDecodeError, ValueError, OSError):
+            continue  # lm-eval skips what it cannot read too
+        found += [line for line in _code_in(cfg, "") if line not in found]
+    return found
+
+
+def _code_in(obj: Any, key: str):
+    if isinstance(obj, FunctionRef):
+        if not is_library_file(obj.base_dir):  # the folder of the YAML that holds it
+            yield f"{key}: !function {obj} ({obj.module_file})"
+    elif isinstance(obj, dict):
+        metrics = obj.get("metric_list")
+        for m in metrics if isinstance(metrics, list) else []:
+            name = m.get("metric") if isinstance(m, dict) else None
+            if isinstance(name, str) and not isinstance(name, FunctionRef) and (
+                    m.get("hf_evaluate") is True or name not in builtin_metrics()):
+                yield (f"metric_list.metric: {name} (a code-executing metric: lm-eval hands it to Hugging Face "
+                       "evaluate, which runs its metric script)")
+        for k, v in obj.items():
+            yield from _code_in(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _code_in(v, f"{key}[{i}]")
 
 
 # ----------------------------------------------------------------------------------------------- hashing

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 from pathlib import Path
 
 import torch
 
 from autotune.errors import TrialFailed
+from autotune.paths import write_text_atomic
+from autotune.records import read_jsonl
 
 
 # ----------------------------------------------------------------------------------------------- state
@@ -22,7 +25,10 @@ class TrainState:
     """A resumable state in ``folder/state.pt``: weights, optimizer, step, and the summary so far.
 
     Written to a temp file and renamed, so a kill leaves the previous state whole. A state made by a
-    different run (other config, mixture or data) is ignored, never loaded.
+    different run (other config, mixture or data) is ignored, never loaded. It holds only tensors and plain
+    containers of numbers and strings, so it is read with ``weights_only=True``: a ``train_state/`` in a
+    shared ``runs/`` folder is a file anyone may have written, and a pickle that would run code (or any
+    other Python object) is refused, never unpickled, and the run trains afresh.
     """
 
     def __init__(self, folder: Path | None, key: str) -> None:
@@ -34,11 +40,16 @@ class TrainState:
         if self.path is None or not self.path.exists():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # weights_only refused a Python object: never unpickled
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"autotune: ignoring train state {self.path}: not a plain train state (it holds Python objects, "
+                  f"which are never loaded: {first[:200]}); training from the start", file=sys.stderr)
+            return None
         except Exception as e:  # a state we cannot read is not worth failing the run for
             print(f"autotune: ignoring unreadable train state {self.path}: {e}", file=sys.stderr)
             return None
-        if state.get("key") != self.key:
+        if not isinstance(state, dict) or state.get("key") != self.key:
             print(f"autotune: ignoring train state {self.path}: made by a different run", file=sys.stderr)
             return None
         return state
@@ -52,12 +63,14 @@ class TrainState:
 
 
 def truncate_log(path: Path, steps_done: int) -> None:
-    """Keep the log lines of steps already in the resumed state; later ones will be written again."""
+    """Keep the log lines of steps already in the resumed state; later ones will be written again. A line
+    that is not JSON (cut by a kill in the middle of a write, bad bytes) is dropped: kept, it would fail this
+    resume and every later one. Rewritten atomically: a kill here leaves the old log."""
     path = Path(path)
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < steps_done]
-    path.write_text("".join(line + "\n" for line in keep))
+    keep = [row for row in read_jsonl(path) if isinstance(row.get("step"), int) and row["step"] < steps_done]
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in keep))
 
 
 # ----------------------------------------------------------------------------------------------- FSDP
