@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from autotune.config.base import Frozen
+from autotune.config.base import Float, Int, Seed, Spec
 from autotune.config.load import PLAIN_ERRORS, read_yaml, validation_error_to_user_error
 from autotune.config.suite import GROUPS
 from autotune.errors import UserError
@@ -61,7 +61,7 @@ class Rule:
 
 
 # ----------------------------------------------------------------------------------------------- config
-class GateConfig(Frozen):
+class GateConfig(Spec):
     """The gate's settings (``--config gate.yaml``; every field has a default, CLI options override).
 
     ``tolerance`` maps entry-key patterns (shell-style: ``bpb/*``, ``*/gold_logprob``) to tolerances; the
@@ -69,11 +69,11 @@ class GateConfig(Frozen):
     ``skip`` patterns leave entries out; ``groups`` names the suite groups gated.
     """
 
-    confidence: float = Field(0.95, gt=0.5, lt=1.0,
+    confidence: Float = Field(0.95, gt=0.5, lt=1.0,
                               description="one-sided confidence that the drop exceeds the tolerance")
-    resamples: int = Field(2000, ge=100, le=100_000, description="paired bootstrap resamples")
-    seed: int = Field(0, description="seed of the bootstrap's resampling (the gate is deterministic)")
-    tolerance: dict[str, float | str] = Field(default_factory=dict)
+    resamples: Int = Field(2000, ge=100, le=100_000, description="paired bootstrap resamples")
+    seed: Seed = Field(0, description="seed of the bootstrap's resampling (the gate is deterministic)")
+    tolerance: dict[str, Float | str] = Field(default_factory=dict)
     skip: list[str] = Field(default_factory=list)
     groups: list[Literal["target", "general", "report"]] = Field(default_factory=lambda: list(GROUPS), min_length=1)
     source_file: str | None = Field(None, exclude=True)

@@ -67,6 +67,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], file: Path,
 # Unions (float | FloatRange, str | PathSource) report one error per branch: prefer our own checks, then
 # unknown / missing fields, over "not a number" from the branch the user did not mean.
 _RANK = {"value_error": 0, "extra_forbidden": 1, "missing": 1, "literal_error": 1}
+
+
+def _rank(error: dict[str, Any]) -> int:
+    """An error's rank (lower says more); "not a number" for a mapping or a list comes from a union branch
+    the user did not mean (``float`` of ``float | FloatRange``): after the errors inside the branch they meant."""
+    if error["type"].endswith("_type") and isinstance(error.get("input"), dict | list):
+        return 3
+    return _RANK.get(error["type"], 2)
 # Tags pydantic puts in ``loc`` for validators and union branches it names itself.
 _GENERATED_TAGS = ("function-", "literal[", "list[")
 
@@ -130,7 +138,7 @@ def validation_error_to_user_error(err: ValidationError, file: Path, data: Any =
                                    style: ErrorStyle = YAML_ERRORS) -> UserError:
     """One of pydantic's errors as one line naming the file, the field and the value."""
     errors = err.errors()
-    first = min(errors, key=lambda e: _RANK.get(e["type"], 2)) if style.ranked else errors[0]
+    first = min(errors, key=_rank) if style.ranked else errors[0]
     loc = tuple(first["loc"])
     field = _field(loc, style)
     if style.template is not None:

@@ -6,34 +6,48 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from autotune.config.base import Frozen, parse_bytes, whole_tokens
+from autotune.config.base import (
+    MAX_SECONDS,
+    MAX_TOKENS,
+    Bool,
+    Float,
+    Int,
+    Seed,
+    Spec,
+    parse_bytes,
+    whole_tokens,
+)
 from autotune.config.identity import HOW, RUN, RUN_UNLESS_DEFAULT, STUDY
 
 SAMPLERS = ("tpe", "random", "qmc", "cmaes", "gp")
 
 
-class DemoBase(Frozen):
+class DemoBase(Spec):
     """The demo's base model: a tiny Llama that autotune pre-trains on prose + code on first use (cached)."""
 
-    hidden_size: int = Field(128, ge=8)
-    num_layers: int = Field(4, ge=1)
-    num_heads: int = Field(4, ge=1)
-    intermediate_size: int = Field(384, ge=8)
-    vocab_size: int = Field(2048, ge=300, le=65535)
-    pretrain_tokens: int = Field(1_000_000, ge=1000)
-    seq_len: int = Field(256, ge=16)
-    batch_tokens: int = Field(4096, ge=16)
-    peak_lr: float = Field(3e-3, gt=0)
-    seed: int = 0
+    # pre-trained on this machine's CPU on first use: the bounds keep it a demo
+    hidden_size: Int = Field(128, ge=8, le=4096)
+    num_layers: Int = Field(4, ge=1, le=64)
+    num_heads: Int = Field(4, ge=1, le=256)
+    intermediate_size: Int = Field(384, ge=8, le=16384)
+    vocab_size: Int = Field(2048, ge=300, le=65535)
+    pretrain_tokens: Int = Field(1_000_000, ge=1000, le=10**10)
+    seq_len: Int = Field(256, ge=16, le=8192)
+    batch_tokens: Int = Field(4096, ge=16, le=10**7)
+    peak_lr: Float = Field(3e-3, gt=0)
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _check(self) -> DemoBase:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.batch_tokens < self.seq_len or self.pretrain_tokens < self.batch_tokens:
+            raise ValueError(f"need seq_len <= batch_tokens <= pretrain_tokens (got {self.seq_len}, {self.batch_tokens}, "
+                             f"{self.pretrain_tokens})")
         return self
 
 
-class GgufBase(Frozen):
+class GgufBase(Spec):
     """A pretrained base shipped as a GGUF file (``autotune/train/gguf.py``): made into a plain HF folder
     under ``$AUTOTUNE_HOME/bases/`` on first use. ``gguf``: a path (relative to the space file) or
     ``PACKAGE/FILE.gguf`` inside an installed Python package."""
@@ -41,27 +55,27 @@ class GgufBase(Frozen):
     gguf: str = Field(min_length=1)
 
 
-class Proxy(Frozen):
+class Proxy(Spec):
     """The proxy run's budget: ``tokens`` trained per trial, in steps of ``batch_tokens``. Each field says
     whether it keys a run, the study, or only how runs are computed (``autotune/config/identity.py``)."""
 
-    tokens: Annotated[int, RUN] = Field(ge=1)
-    seq_len: Annotated[int, RUN] = Field(256, ge=8)
-    batch_tokens: Annotated[int, RUN] = Field(4096, ge=8)
-    seed: Annotated[int, STUDY] = 0  # each proposal carries its own seed
-    replicates: Annotated[int, STUDY] = Field(1, ge=1, description="runs of the prior mixture with seeds seed, seed+1, ...: the noise floor")
-    threads: Annotated[int | None, HOW] = Field(None, ge=1, description="torch threads in the worker (default: all cores)")
-    micro_batch_seqs: Annotated[int | None, HOW] = Field(None, ge=1, description=(
+    tokens: Annotated[Int, RUN] = Field(ge=1, le=MAX_TOKENS)
+    seq_len: Annotated[Int, RUN] = Field(256, ge=8)
+    batch_tokens: Annotated[Int, RUN] = Field(4096, ge=8)
+    seed: Annotated[Seed, STUDY] = 0  # each proposal carries its own seed
+    replicates: Annotated[Int, STUDY] = Field(1, ge=1, le=100, description="runs of the prior mixture with seeds seed, seed+1, ...: the noise floor")
+    threads: Annotated[Int | None, HOW] = Field(None, ge=1, le=4096, description="torch threads in the worker (default: all cores)")
+    micro_batch_seqs: Annotated[Int | None, HOW] = Field(None, ge=1, description=(
         "sequences per forward/backward on each process; a step of batch_tokens accumulates gradients over "
         "micro-batches (default: the whole step at once). Lower it when a trial ends with status oom"))
     precision: Annotated[Literal["auto", "fp32", "bf16"], RUN_UNLESS_DEFAULT] = Field("auto", description="bf16 autocast on GPU (auto), fp32 on CPU")
-    compile: Annotated[Literal["auto"] | bool, HOW] = Field("auto", description="torch.compile the model: on GPU by default, off on CPU")
-    max_epochs: Annotated[float, STUDY] = Field(4.0, gt=0, description=(
+    compile: Annotated[Literal["auto"] | Bool, HOW] = Field("auto", description="torch.compile the model: on GPU by default, off on CPU")
+    max_epochs: Annotated[Float, STUDY] = Field(4.0, gt=0, description=(
         "warn when a proxy run draws a domain more than this many times over (repeated data inflates gains)"))
-    save_state_every_s: Annotated[float, HOW] = Field(300.0, ge=0, description=(
+    save_state_every_s: Annotated[Float, HOW] = Field(300.0, ge=0, le=MAX_SECONDS, description=(
         "save a resumable training state this often (seconds; 0: never): a crashed or interrupted trial "
         "resumes mid-run, drawing the same batches"))
-    rungs: Annotated[list[float] | None, STUDY] = Field(None, description="fractions of tokens with a cheap held-out bits-per-byte "
+    rungs: Annotated[list[Float] | None, STUDY] = Field(None, description="fractions of tokens with a cheap held-out bits-per-byte "
                                       "evaluation reported to Optuna (multi-fidelity), e.g. [0.25, 0.5, 1.0]")
 
     @field_validator("tokens", "batch_tokens", mode="before")
@@ -95,7 +109,7 @@ class Proxy(Frozen):
         return sorted({max(1, round(f * self.steps)) for f in (self.rungs or [])[:-1]} - {self.steps})
 
 
-class LauncherSpec(Frozen):
+class LauncherSpec(Spec):
     """Where trials run: ``local`` (a subprocess here), ``accelerate`` (``accelerate launch`` with
     ``num_processes`` data-parallel processes per trial) or ``slurm`` (a Slurm job per trial through submitit;
     ``cluster: local`` runs submitit's local executor; other keys go to submitit's ``update_parameters``).
@@ -108,12 +122,12 @@ class LauncherSpec(Frozen):
     model_config = ConfigDict(frozen=True, extra="allow")
     kind: Annotated[Literal["local", "accelerate", "slurm"], HOW] = "local"
     cluster: Annotated[str | None, HOW] = None
-    num_processes: Annotated[int, HOW] = Field(1, ge=1)
+    num_processes: Annotated[Int, HOW] = Field(1, ge=1, le=4096)
     mixed_precision: Annotated[Literal["no", "bf16", "fp16"], STUDY] = Field("no", description=(
         "accelerate's autocast around DDP's forward (accelerate launch --mixed_precision); usually leave it "
         "'no' and set proxy.precision, which every launcher and sharding honours"))
     sharding: Annotated[Literal["ddp", "fsdp"], HOW] = "ddp"
-    memory_limit: Annotated[int | None, HOW] = Field(None, gt=0, description="bytes per worker process, or 8GiB, 512MiB, 8e9")
+    memory_limit: Annotated[Int | None, HOW] = Field(None, gt=0, description="bytes per worker process, or 8GiB, 512MiB, 8e9")
 
     @field_validator("memory_limit", mode="before")
     @classmethod
@@ -135,17 +149,17 @@ class LauncherSpec(Frozen):
         return self
 
 
-class Search(Frozen):
+class Search(Spec):
     sampler: Literal["tpe", "random", "qmc", "cmaes", "gp"] = "tpe"
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
     launcher: LauncherSpec = Field(default_factory=LauncherSpec)
-    trials: int = Field(16, ge=1)
+    trials: Int = Field(16, ge=1)
     storage: str = Field("sqlite", description="sqlite (runs/<study>/study.db), an RDB URL, or journal:PATH")
-    seed: int = 0
+    seed: Seed = 0
     runs_dir: str = "runs"
-    trial_timeout_s: float | None = Field(None, gt=0, description="stop a trial's worker after this long: a failed trial 'timeout'")
-    heartbeat_s: int = Field(10, ge=1, description="a running trial's heartbeat interval (RDB storages)")
-    grace_s: int = Field(60, ge=2, description="a trial silent this long is lost: failed and retried once")
+    trial_timeout_s: Float | None = Field(None, gt=0, le=MAX_SECONDS, description="stop a trial's worker after this long: a failed trial 'timeout'")
+    heartbeat_s: Int = Field(10, ge=1, le=3600, description="a running trial's heartbeat interval (RDB storages)")
+    grace_s: Int = Field(60, ge=2, le=MAX_SECONDS, description="a trial silent this long is lost: failed and retried once")
 
     @model_validator(mode="after")
     def _check(self) -> Search:

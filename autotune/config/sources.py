@@ -8,11 +8,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from autotune.config.base import Frozen
+from autotune.config.base import Float, Int, Spec
 from autotune.demo.corpus import DEMO_SOURCES
 
 # Builders of HF `datasets` that read local files: with ``hf: json`` etc., ``data_files`` are local paths.
 HF_FILE_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas")
+
+# Memory bounds of reading and tokenizing (issue 15 #9: one 20 MB document took ~4 GB). A fast tokenizer holds
+# ~200 bytes per byte of text while it encodes (measured on a byte-level BPE: 1 MB -> ~220 MB), so a
+# document is tokenized in pieces of ``piece_bytes``, 16 to a 1 MiB batch (one 1 MiB text a batch ran at half
+# the speed of many short ones: the tokenizer parallelises across a batch's texts); a record that must be
+# parsed whole (a JSON line, a JSON array file) is refused above ``max_record_bytes`` (json.loads holds
+# ~3-4x a line's size).
+PIECE_BYTES = 64 << 10
+MAX_RECORD_BYTES = 64 << 20
+MIN_BOUND_BYTES = 1 << 10
 
 
 def _text_fields(v: str | list[str]) -> str | list[str]:
@@ -23,12 +33,17 @@ def _text_fields(v: str | list[str]) -> str | list[str]:
     return v
 
 
-class _TextOptions(Frozen):
-    """What both file and HF sources take: the text field(s), how to join them, the held-out share."""
+class _TextOptions(Spec):
+    """What both file and HF sources take: the text field(s), how to join them, the held-out share, and
+    ``piece_bytes``: a document longer than this is read and tokenized in pieces of about this size, cut
+    before a whitespace character where there is one. It stays one document (one EOS at its end, one split,
+    decided by its first piece), and a byte-level BPE gives the same tokens as for the whole text; the bound
+    only keeps memory flat (a tokenization batch holds 1 MiB of text, ~220 MB while tokenizing)."""
 
     text_field: str | list[str] = "text"
     join: str | None = Field(None, description="between the fields of a text_field list (default: a newline)")
-    heldout_fraction: float = Field(0.05, gt=0, lt=0.5)
+    heldout_fraction: Float = Field(0.05, gt=0, lt=0.5)
+    piece_bytes: Int = Field(PIECE_BYTES, ge=MIN_BOUND_BYTES, description="tokenize longer documents in pieces")
 
     @field_validator("text_field")
     @classmethod
@@ -52,10 +67,16 @@ class PathSource(_TextOptions):
     ``text_field`` may list several fields (``[question, answer]``), joined with ``join`` (default: a
     newline). A document goes
     to the held-out split when the hash of its text falls in the first ``heldout_fraction``.
+
+    Memory stays bounded whatever the files hold: text, lines and whole files are streamed, and a document
+    longer than ``piece_bytes`` is tokenized in pieces (see above); what must be parsed whole, a JSON line or a
+    JSON array file, is refused above ``max_record_bytes`` (default 64 MiB) as it is read.
     """
 
     path: str
     format: Literal["auto", "jsonl", "json", "parquet", "text", "lines", "file"] = "auto"
+    max_record_bytes: Int = Field(MAX_RECORD_BYTES, ge=MIN_BOUND_BYTES,
+                                  description="the longest JSON line (or JSON array file) read")
 
     def resolved(self, root: Path) -> PathSource:
         """This source with ``path`` made absolute against ``root`` (the space file's folder)."""
@@ -126,7 +147,7 @@ DomainSource = Annotated[Annotated[str, Tag("str")] | Annotated[PathSource, Tag(
                          | Annotated[HFSource, Tag("HFSource")], Discriminator(_source_kind)]
 
 
-class Domain(Frozen):
+class Domain(Spec):
     """A data domain: where its text comes from, and whether it is a target or a general (replay) ability."""
 
     source: DomainSource

@@ -18,12 +18,12 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
-from autotune.config.base import Frozen, whole_tokens
+from autotune.config.base import MAX_TOKENS, Bool, Float, Int, Spec, whole_tokens
 from autotune.config.load import ErrorStyle, apply_overrides, read_yaml, validation_error_to_user_error
 from autotune.config.run import SAMPLERS, DemoBase, GgufBase, LauncherSpec, Proxy, Search  # noqa: F401 (re-exported)
 from autotune.config.sources import HF_FILE_BUILDERS, Domain, HFSource, PathSource  # noqa: F401 (re-exported)
@@ -35,12 +35,12 @@ SCHEDULE_KINDS = ("wsd", "cosine", "linear", "constant")
 _EPS = 1e-9
 
 
-class FloatRange(Frozen):
+class FloatRange(Spec):
     """A searched float: uniform on [low, high], or log-uniform when ``log`` is true."""
 
-    low: float
-    high: float
-    log: bool = False
+    low: Float
+    high: Float
+    log: Bool = False
 
     @model_validator(mode="after")
     def _check(self) -> FloatRange:
@@ -51,7 +51,7 @@ class FloatRange(Frozen):
         return self
 
 
-SearchFloat = float | FloatRange
+SearchFloat = Float | FloatRange
 DecayShape = Literal["linear", "cosine", "1-sqrt"]
 
 
@@ -62,9 +62,9 @@ def _in_unit(name: str, value: SearchFloat, *, high_open: bool = False) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- mixture
-class Bounds(Frozen):
-    min: float = Field(0.0, ge=0, le=1)
-    max: float = Field(1.0, ge=0, le=1)
+class Bounds(Spec):
+    min: Float = Field(0.0, ge=0, le=1)
+    max: Float = Field(1.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _check(self) -> Bounds:
@@ -73,11 +73,11 @@ class Bounds(Frozen):
         return self
 
 
-class Phase(Frozen):
+class Phase(Spec):
     """A fixed mixture for the steps before ``until`` (a fraction of the run, after the previous phase)."""
 
-    until: float = Field(gt=0, lt=1)
-    shares: dict[str, float]
+    until: Float = Field(gt=0, lt=1)
+    shares: dict[str, Float]
 
     @field_validator("shares")
     @classmethod
@@ -87,7 +87,7 @@ class Phase(Frozen):
         return v
 
 
-class Mixture(Frozen):
+class Mixture(Spec):
     """Shares of the proxy's training tokens per domain: a point on the simplex within bounds.
 
     YAML: one key per domain with ``{min, max}``; ``floors: {general: 0.2}`` puts a floor under the sum of
@@ -96,8 +96,8 @@ class Mixture(Frozen):
     """
 
     bounds: dict[str, Bounds] = Field(default_factory=dict)
-    floors: dict[Literal["target", "general"], float] = Field(default_factory=dict)
-    prior: dict[str, float] | None = None
+    floors: dict[Literal["target", "general"], Float] = Field(default_factory=dict)
+    prior: dict[str, Float] | None = None
     phases: list[Phase] = Field(default_factory=list, description=(
         "fixed mixtures trained before the searched one (multi-phase mid-training, as OLMo 2 and Marin): "
         "[{until: 0.5, shares: {general: 1.0}}] trains only general data for the first half of the steps; "
@@ -124,7 +124,7 @@ class Mixture(Frozen):
 
 
 # ----------------------------------------------------------------------------------------------- schedule
-class Schedule(Frozen):
+class Schedule(Spec):
     """The proxy run's learning-rate schedule; each field fixed or searched.
 
     ``wsd``: warmup, stable at ``peak_lr``, then a linear decay over the last ``decay_fraction`` of the
@@ -139,7 +139,7 @@ class Schedule(Frozen):
     final_lr_ratio: SearchFloat = 0.0
     decay_shape: DecayShape | list[DecayShape] = Field("linear", description=(
         "shape of the WSD decay: linear, cosine or 1-sqrt (Hägele et al. 2024); a list is searched"))
-    start_lr: float | Literal["base"] | None = Field(None, description=(
+    start_lr: Float | Literal["base"] | None = Field(None, description=(
         "first LR of the warmup: a number, `base` (the base run's final LR, read from its trainer_state.json "
         "or pretrain_log.jsonl: re-warm from where pre-training ended), or unset (peak_lr / warmup steps)"))
 
@@ -161,7 +161,7 @@ class Schedule(Frozen):
 
 
 # ----------------------------------------------------------------------------------------------- context
-class Context(Frozen):
+class Context(Spec):
     """Long-context extension knobs, searched like the schedule (a list is a choice, {low, high} a range).
 
     ``seq_len``: training sequence length of the proxy (``proxy.batch_tokens`` stays fixed, so every
@@ -170,8 +170,8 @@ class Context(Frozen):
     it is the usual first step of a long-context stage: Code Llama, Llama 3).
     """
 
-    seq_len: int | list[int] | None = None
-    rope_theta: SearchFloat | list[float] | None = None
+    seq_len: Int | list[Int] | None = None
+    rope_theta: SearchFloat | list[Float] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Context:
@@ -191,7 +191,7 @@ class Context(Frozen):
 _CONSTRAINT = re.compile(r"^\s*general\s*>=\s*(base\s*(?P<sign>[-+])\s*)?(?P<num>[0-9.eE+-]+)\s*$|^\s*general\s*>=\s*base\s*$")
 
 
-class Objective(Frozen):
+class Objective(Spec):
     """What the study optimises over the suite's group scores (each relative to the base model).
 
     Either ``maximize: target`` with ``subject_to: "general >= base - 0.01"`` (a general-retention
@@ -201,7 +201,7 @@ class Objective(Frozen):
     maximize: Literal["target", "general"] | None = None
     subject_to: str | None = None
     pareto: list[Literal["target", "general"]] | None = None
-    beyond_noise: float | None = Field(None, gt=0, description="feasible only if the target gain over the base "
+    beyond_noise: Float | None = Field(None, gt=0, le=100, description="feasible only if the target gain over the base "
                                        "exceeds k * sqrt(2) * its seed std (from proxy.replicates >= 2 of the prior)")
 
     @model_validator(mode="after")
@@ -210,41 +210,51 @@ class Objective(Frozen):
             raise ValueError("give exactly one of 'maximize' or 'pareto'")
         if self.pareto is not None and sorted(self.pareto) != ["general", "target"]:
             raise ValueError(f"pareto must be [target, general] (got {self.pareto})")
-        if self.subject_to is not None:
-            self.general_floor  # noqa: B018  (parses, raising on a bad expression)
         return self
+
+    @field_validator("subject_to")
+    @classmethod
+    def _constraint(cls, v: str | None) -> str | None:
+        if v is not None:
+            _general_floor(v)  # parses, raising on a bad expression
+        return v
 
     @property
     def general_floor(self) -> float | None:
         """The constraint as a floor on the general score relative to base (base = 0), or None."""
-        if self.subject_to is None:
-            return None
-        m = _CONSTRAINT.match(self.subject_to)
-        if not m:
-            raise ValueError(
-                f"subject_to must read 'general >= base - X' or 'general >= X' (got {self.subject_to!r})"
-            )
-        if m.group("num") is None:
-            return 0.0
-        try:
-            num = float(m.group("num"))
-        except ValueError as e:
-            raise ValueError(f"subject_to: {m.group('num')!r} is not a number") from e
-        # relative to base: the group scores are deltas against the base model, so "base" is 0
-        return -num if m.group("sign") == "-" else num
+        return None if self.subject_to is None else _general_floor(self.subject_to)
+
+
+def _general_floor(subject_to: str) -> float:
+    """``general >= base - X`` -> -X; ``general >= X`` -> X; ``general >= base`` -> 0."""
+    m = _CONSTRAINT.match(subject_to)
+    if not m:
+        raise ValueError(
+            f"subject_to must read 'general >= base - X' or 'general >= X' (got {subject_to!r})"
+        )
+    if m.group("num") is None:
+        return 0.0
+    try:
+        num = float(m.group("num"))
+    except ValueError as e:
+        raise ValueError(f"subject_to: {m.group('num')!r} is not a number") from e
+    if not math.isfinite(num):
+        raise ValueError(f"subject_to: {m.group('num')!r} is not a finite number")
+    # relative to base: the group scores are deltas against the base model, so "base" is 0
+    return -num if m.group("sign") == "-" else num
 
 
 # ----------------------------------------------------------------------------------------------- scale
-class Ladder(Frozen):
+class Ladder(Spec):
     """Scale transfer (``autotune ladder SPACE``): the prior mixture and the ``top_k`` best other trials of
     the study are re-run as complete proxy runs (a whole schedule each, not a mid-run rung) at each budget in
     ``tokens``; the search's own ``proxy.tokens`` is one more rung, for free. ``autotune extrapolate`` then
     fits a power law in tokens per mixture and warns in recipe.yaml when the rungs rank the mixtures
     differently (Kendall tau below ``min_kendall``, or another best mixture)."""
 
-    tokens: list[int] = Field(min_length=1, description="proxy token budgets of the rungs, increasing, e.g. [1e5, 1e6]")
-    top_k: int = Field(4, ge=2, description="best trials (besides the prior) re-run at every rung")
-    min_kendall: float = Field(0.6, ge=-1, le=1, description="Kendall tau between two rungs below this: a warning")
+    tokens: list[Int] = Field(min_length=1, description="proxy token budgets of the rungs, increasing, e.g. [1e5, 1e6]")
+    top_k: Int = Field(4, ge=2, description="best trials (besides the prior) re-run at every rung")
+    min_kendall: Float = Field(0.6, ge=-1, le=1, description="Kendall tau between two rungs below this: a warning")
 
     @field_validator("tokens", mode="before")
     @classmethod
@@ -256,17 +266,24 @@ class Ladder(Frozen):
     def _increasing(cls, t: list[int]) -> list[int]:
         if any(x <= 0 for x in t) or any(a >= b for a, b in zip(t, t[1:], strict=False)):
             raise ValueError("token budgets must be positive and increasing")
+        if t[-1] > MAX_TOKENS:
+            raise ValueError(f"token budgets must be at most {MAX_TOKENS:.0e} (got {t[-1]})")
         return t
 
 
-class Extrapolate(Frozen):
+class Extrapolate(Spec):
     """The full-scale run ``autotune search`` (and ``autotune ladder``) write ``runs/<study>/recipe.yaml``
     for when they finish, as ``autotune extrapolate runs/<study> --tokens ... --available DOMAIN=N`` does."""
 
-    tokens: float = Field(gt=0, description="training tokens of the full mid-training run, e.g. 2e10")
-    available_tokens: dict[str, float] = Field(default_factory=dict, description="unique tokens per domain (any subset)")
-    max_epochs: float = Field(4.0, gt=0, description="warn above this many epochs of a domain (refused above 16)")
-    batch_tokens: int | None = Field(None, ge=1, description="tokens per step of the full run (default: the proxy's)")
+    tokens: Float = Field(gt=0, le=MAX_TOKENS, description="training tokens of the full mid-training run, e.g. 2e10")
+    available_tokens: dict[str, Float] = Field(default_factory=dict, description="unique tokens per domain (any subset)")
+    max_epochs: Float = Field(4.0, gt=0, description="warn above this many epochs of a domain (refused above 16)")
+    batch_tokens: Int | None = Field(None, ge=1, description="tokens per step of the full run (default: the proxy's)")
+
+    @field_validator("batch_tokens", mode="before")
+    @classmethod
+    def _int_from_float(cls, v: Any) -> Any:
+        return whole_tokens(v)
 
     @field_validator("available_tokens")
     @classmethod
@@ -277,11 +294,23 @@ class Extrapolate(Frozen):
         return v
 
 
-class SearchSpace(Frozen):
+def _base_kind(v: Any) -> str:
+    if isinstance(v, dict):
+        return "GgufBase" if "gguf" in v else "DemoBase"
+    return type(v).__name__ if isinstance(v, DemoBase | GgufBase) else "str"
+
+
+# YAML: a checkpoint folder or ``demo:tiny-base``, ``{gguf: ...}``, or the demo's ``{hidden_size: ...}``: the
+# keys pick the kind, so an error is reported against the kind the user meant.
+BaseModelSpec = Annotated[Annotated[str, Tag("str")] | Annotated[DemoBase, Tag("DemoBase")]
+                          | Annotated[GgufBase, Tag("GgufBase")], Discriminator(_base_kind)]
+
+
+class SearchSpace(Spec):
     """A whole search space, as run. ``source_file`` is where it was read from (paths resolve against it)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    base_model: str | DemoBase | GgufBase = "demo:tiny-base"
+    base_model: BaseModelSpec = "demo:tiny-base"
     domains: dict[str, Domain]
     mixture: Mixture = Field(default_factory=Mixture)
     schedule: Schedule = Field(default_factory=Schedule)
@@ -370,6 +399,10 @@ class SearchSpace(Frozen):
                 raise ValueError(f"ladder.tokens {self.ladder.tokens} round to the same number of steps of "
                                  f"{self.proxy.batch_tokens} tokens; space the rungs further apart")
         if self.extrapolate is not None:
+            batch = self.extrapolate.batch_tokens or self.proxy.batch_tokens
+            if self.extrapolate.tokens < batch:  # the recipe would be refused after the whole search
+                raise ValueError(f"extrapolate.tokens: {self.extrapolate.tokens:g} is below one batch of {batch} tokens "
+                                 f"(extrapolate.batch_tokens, else proxy.batch_tokens)")
             for name in self.extrapolate.available_tokens:
                 if name not in self.domains:
                     raise ValueError(f"extrapolate.available_tokens.{name}: not a domain of this space "
@@ -424,6 +457,23 @@ ERRORS = ErrorStyle(branch_tags=_BRANCH_TAGS, top_level="(top level)",
                     skip_level=lambda loc, i: i == 1 and loc[0] == "mixture" and loc[1] == "bounds")  # no 'bounds' level in the YAML
 
 
+def recorded_source_file(study_root: Path, source: str | None) -> Path | None:
+    """The space file a study was started from (``space.json``'s ``source_file``), when it still exists.
+
+    Newer studies record it absolute. Older ones recorded it relative to the directory ``autotune search``
+    ran in, which is not recorded: it is looked for above the study folder (with the default ``runs_dir``
+    the search ran in the folder above ``runs/``), then in the working directory."""
+    if not source:
+        return None
+    path = Path(source).expanduser()
+    if path.is_absolute():
+        return path if path.is_file() else None
+    for base in [*Path(study_root).resolve().parents, Path.cwd()]:
+        if (base / path).is_file():
+            return base / path
+    return None
+
+
 def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSpace:
     """Load and validate a search space; raises UserError naming file, field and value."""
     path = Path(path)
@@ -445,5 +495,9 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSp
 
 
 def dump_space(space: SearchSpace) -> str:
-    """The resolved space as YAML (defaults filled in), as ``validate`` prints it."""
-    return yaml.safe_dump(space.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    """The resolved space as YAML (defaults filled in), as ``validate`` prints it and ``space.yaml`` keeps it:
+    for people and shared folders, so a storage URL's password is redacted (the study connects with the
+    space file's or ``--storage``'s own URL)."""
+    from autotune.redact import redact_data
+
+    return yaml.safe_dump(redact_data(space.model_dump(mode="json", exclude_none=True)), sort_keys=False)

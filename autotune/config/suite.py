@@ -35,7 +35,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from autotune.config.base import Frozen, parse_bytes
+from autotune.config.base import MAX_SECONDS, MAX_WEIGHT, Bool, Float, Int, Seed, Spec, parse_bytes
 from autotune.config.identity import RUN, STUDY, run_key
 from autotune.config.sources import PathSource
 from autotune.evaluate.metrics import CHANCE_METRICS, CONTINUOUS_METRICS, higher_is_better
@@ -44,7 +44,7 @@ GROUPS = ("target", "general", "report")  # scored, scored, recorded only
 
 
 # ----------------------------------------------------------------------------------------------- task data
-class FieldMap(Frozen):
+class FieldMap(Spec):
     """A field built from a record: one ``path``, or a list from several ``paths``; ``map`` translates values.
 
     A path is dotted (``question.stem``); ``[*]`` maps over a list (``question.choices[*].text``);
@@ -62,7 +62,7 @@ class FieldMap(Frozen):
         return self
 
 
-class TaskData(Frozen):
+class TaskData(Spec):
     """Run a task on local files instead of its hub dataset (``dataset_path`` / ``dataset_name``).
 
     ``files`` names one file per split the task uses (its ``test_split`` / ``validation_split``, and the
@@ -80,7 +80,7 @@ class TaskData(Frozen):
 
 
 # ----------------------------------------------------------------------------------------------- entries
-class TaskEntry(Frozen):
+class TaskEntry(Spec):
     """One lm-eval task run and the metric read from it (``acc`` reads ``acc,none``)."""
 
     # RUN: what the lm-eval run behind the entry computes (entries that share it share one run); STUDY: what
@@ -88,9 +88,9 @@ class TaskEntry(Frozen):
     task: Annotated[str, RUN]
     metric: Annotated[str, STUDY] = "acc"
     filter: Annotated[str, STUDY] = "none"
-    weight: Annotated[float, STUDY] = Field(1.0, gt=0)
-    num_fewshot: Annotated[int | None, RUN] = Field(None, ge=0, description="None: the task's own default")
-    limit: Annotated[int | None, RUN] = Field(None, ge=1, description="first N documents (lm-eval --limit)")
+    weight: Annotated[Float, STUDY] = Field(1.0, gt=0, le=MAX_WEIGHT)
+    num_fewshot: Annotated[Int | None, RUN] = Field(None, ge=0, description="None: the task's own default")
+    limit: Annotated[Int | None, RUN] = Field(None, ge=1, description="first N documents (lm-eval --limit)")
     normalize: Annotated[Literal["none", "chance"], STUDY] = "none"
     data: Annotated[TaskData | None, RUN] = None
     label: Annotated[str | None, STUDY] = Field(None, description="names the entry instead of the task (one task, two settings)")
@@ -116,7 +116,7 @@ class TaskEntry(Frozen):
         return run_key(self)
 
 
-class BpbEntry(Frozen):
+class BpbEntry(Spec):
     """Bits-per-byte of the model on a domain's held-out split (lower is better; continuous, low-noise).
 
     ``source`` (``demo:<name>`` or ``{path: ...}``) makes the suite self-contained for ``autotune eval``;
@@ -124,7 +124,7 @@ class BpbEntry(Frozen):
     """
 
     bpb: str
-    weight: float = Field(1.0, gt=0)
+    weight: Float = Field(1.0, gt=0, le=MAX_WEIGHT)
     source: str | PathSource | None = None
 
     @model_validator(mode="after")
@@ -153,39 +153,39 @@ Entry = Annotated[Annotated[TaskEntry, Tag("task")] | Annotated[BpbEntry, Tag("b
 
 
 # ----------------------------------------------------------------------------------------------- backends
-class HfOptions(Frozen):
+class HfOptions(Spec):
     """The ``hf`` backend (lm-eval's HFLM): a checkpoint folder, or the model already in memory."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str | None = Field(None, description="cuda, cuda:1, cpu; default: cuda when there is one")
 
 
-class VllmOptions(Frozen):
+class VllmOptions(Spec):
     """The ``vllm`` (in-process ``vllm.LLM``) and ``vllm-server`` (vLLM's OpenAI server + local-completions) backends."""
 
     python: str | None = Field(None, description="a Python with vLLM (a separate environment: vLLM pins its own torch "
                                "and transformers); default $AUTOTUNE_VLLM_PYTHON, else this Python. vllm-server starts "
                                "the server with it; the in-process vllm backend needs vLLM in this Python")
-    tensor_parallel_size: int = Field(1, ge=1)
-    data_parallel_size: int = Field(1, ge=1, description="vllm backend only; > 1 needs ray")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    kv_cache_memory: int | None = Field(None, ge=1, description="KV-cache size (e.g. 1GiB) instead of "
+    tensor_parallel_size: Int = Field(1, ge=1)
+    data_parallel_size: Int = Field(1, ge=1, description="vllm backend only; > 1 needs ray")
+    gpu_memory_utilization: Float = Field(0.9, gt=0, le=1)
+    kv_cache_memory: Int | None = Field(None, ge=1, description="KV-cache size (e.g. 1GiB) instead of "
                                         "gpu_memory_utilization; default on a machine without a GPU: 1GiB (vLLM's CPU "
                                         "build otherwise reserves gpu_memory_utilization of the machine's memory)")
-    enforce_eager: bool | None = Field(None, description="no CUDA graphs / torch.compile; default: true without a GPU")
-    max_model_len: int | None = Field(None, ge=16)
+    enforce_eager: Bool | None = Field(None, description="no CUDA graphs / torch.compile; default: true without a GPU")
+    max_model_len: Int | None = Field(None, ge=16)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     serve_command: list[str] | None = Field(None, min_length=1, description="what starts the server, the checkpoint "
                                             "and the flags following it; default: PYTHON -m "
                                             "vllm.entrypoints.openai.api_server --model")
     extra_args: list[str] = Field(default_factory=list, description="more server flags")
-    warm: bool = Field(True, description="in a study, one vllm-server engine per controller scores every trial, each "
+    warm: Bool = Field(True, description="in a study, one vllm-server engine per controller scores every trial, each "
                        "trial's weights loaded into it in place (a trial whose model config differs starts its own)")
-    startup_timeout_s: float = Field(900, gt=0)
-    shutdown_timeout_s: float = Field(30, gt=0)
-    num_concurrent: int = Field(1, ge=1, description="concurrent HTTP requests to the server")
-    max_retries: int = Field(3, ge=1)
-    request_timeout_s: float = Field(600, gt=0)
+    startup_timeout_s: Float = Field(900, gt=0, le=MAX_SECONDS)
+    shutdown_timeout_s: Float = Field(30, gt=0, le=MAX_SECONDS)
+    num_concurrent: Int = Field(1, ge=1, description="concurrent HTTP requests to the server")
+    max_retries: Int = Field(3, ge=1)
+    request_timeout_s: Float = Field(600, gt=0, le=MAX_SECONDS)
 
     @field_validator("kv_cache_memory", mode="before")
     @classmethod
@@ -193,26 +193,26 @@ class VllmOptions(Frozen):
         return parse_bytes(v)
 
 
-class Seeds(Frozen):
+class Seeds(Spec):
     """lm-eval's four seeds; the defaults are its CLI's (``--seed 0,1234,1234,1234``)."""
 
-    python: int | None = 0
-    numpy: int | None = 1234
-    torch: int | None = 1234
-    fewshot: int | None = 1234
+    python: Seed | None = 0
+    numpy: Seed | None = 1234
+    torch: Seed | None = 1234
+    fewshot: Seed | None = 1234
 
 
 BACKENDS = ("hf", "vllm", "vllm-server")
 
 
-class Suite(Frozen):
+class Suite(Spec):
     name: str
     backend: Literal["hf", "vllm", "vllm-server"] = "hf"
-    batch_size: int = Field(32, ge=1, description="scores move with the batch size: it is part of the cache key")
+    batch_size: Int = Field(32, ge=1, description="scores move with the batch size: it is part of the cache key")
     task_dirs: list[str] = Field(default_factory=list)
     data_root: str = Field(".", description="folder that relative data.files paths resolve against")
-    bpb_tokens: int = Field(16384, ge=64, description="held-out tokens scored per domain for bits-per-byte")
-    bpb_seq_len: int | None = Field(None, ge=8, description="window; default: the proxy seq_len (study), 1024 (autotune eval)")
+    bpb_tokens: Int = Field(16384, ge=64, description="held-out tokens scored per domain for bits-per-byte")
+    bpb_seq_len: Int | None = Field(None, ge=8, description="window; default: the proxy seq_len (study), 1024 (autotune eval)")
     hf: HfOptions = HfOptions()
     vllm: VllmOptions = VllmOptions()
     seed: Seeds = Seeds()
