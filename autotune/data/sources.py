@@ -19,6 +19,7 @@ copying or touching the data reuses the packed tokens and editing it does not (`
 
 from __future__ import annotations
 
+import functools
 import glob
 import gzip
 import hashlib
@@ -28,14 +29,18 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from autotune.config.sources import MAX_RECORD_BYTES, PIECE_BYTES
 from autotune.data.fingerprints import file_sha256
 from autotune.errors import UserError
 
 # Bump when the demo corpus, what a document is (reading rules, the split rule) or the packing format
-# changes: it is part of every source's cache key.
+# changes: it is part of every source's cache key. (Tokenizing long documents in pieces did not bump it, as
+# that would retrain the demo base, whose key holds it too: file and HF sources carry ``piece_bytes`` in
+# their keys instead, since a document longer than it is assigned its split by its first piece.)
 DATA_VERSION = 1
 
 # Extension -> format; a trailing ``.gz`` is decompressed first (not for parquet, which compresses inside).
@@ -47,7 +52,9 @@ _ROWS_PER_BATCH = 1024
 class DocumentSource(Protocol):
     """A domain's text. Life cycle: ``open_source`` checks what is cheap to check (files exist, formats are
     known) -> ``key()`` identifies the content for the token cache (hashes files the first time) ->
-    ``documents()`` streams ``(heldout, text)`` pairs, once per packing, always in the same order."""
+    ``pieces()`` streams ``(heldout, text, last)`` triples, once per packing, always in the same order: a
+    document longer than the source's ``piece_bytes`` comes in several pieces, ``last`` true on its final one,
+    so that no document is ever held whole (``documents()`` joins them, for small sources)."""
 
     field: str  # the dotted spec field that names the data, for errors ("domains.math.source.path")
 
@@ -60,8 +67,45 @@ class DocumentSource(Protocol):
     def size_bytes(self) -> int:
         """About how many bytes ``documents()`` reads: chooses in-process or parallel tokenization."""
 
+    def pieces(self) -> Iterator[tuple[bool, str, bool]]:
+        """``(is_heldout, text, last)`` for every piece of every document, in a fixed order."""
+
     def documents(self) -> Iterator[tuple[bool, str]]:
-        """``(is_heldout, text)`` for every document, in a fixed order."""
+        """``(is_heldout, text)`` for every document, whole (``whole_documents(self.pieces())``)."""
+
+
+def whole_documents(pieces: Iterator[tuple[bool, str, bool]]) -> Iterator[tuple[bool, str]]:
+    """Pieces joined into documents: holds each document whole, so for small sources (the demo) only."""
+    parts: list[str] = []
+    for held, text, last in pieces:
+        parts.append(text)
+        if last:
+            yield held, "".join(parts)
+            parts = []
+
+
+def _assign(pieces: Iterator[tuple[str, bool]], fraction: float) -> Iterator[tuple[bool, str, bool]]:
+    """A reader's pieces -> ``(heldout, text, last)``: blank documents (and a long document's leading blank
+    pieces) are dropped; a document's split is decided by its first piece, which for a document in one piece
+    is the whole text (``is_heldout``), so all pieces of a long document land in the same split."""
+    held: bool | None = None
+    for text, last in pieces:
+        if held is None:
+            if not text.strip():
+                continue
+            held = is_heldout(text, fraction)
+        yield held, text, last
+        if last:
+            held = None
+
+
+def _bounds(spec) -> Bounds:
+    return Bounds(spec.piece_bytes, getattr(spec, "max_record_bytes", MAX_RECORD_BYTES))
+
+
+def _bounds_key(spec) -> dict[str, Any]:
+    """``piece_bytes`` in a cache key: a document longer than it is split by its first piece's hash."""
+    return {"piece_bytes": spec.piece_bytes}
 
 
 def open_source(source, *, where: str, cache: Path) -> DocumentSource:
@@ -103,6 +147,9 @@ class DemoSource:
     def size_bytes(self) -> int:
         return 12 << 20  # about 10 MB of text all told: in-process
 
+    def pieces(self) -> Iterator[tuple[bool, str, bool]]:
+        return ((held, d, True) for held, d in self.documents())
+
     def documents(self) -> Iterator[tuple[bool, str]]:
         from autotune.demo.corpus import demo_documents
 
@@ -112,18 +159,39 @@ class DemoSource:
 
 
 # ----------------------------------------------------------------------------------------------- readers
-# A reader turns one file into document texts: (file, fields, join, where) -> texts.
-Reader = Callable[[Path, list[str], str, str], Iterator[str]]
+# A reader turns one file into pieces of document text: (file, fields, join, where, bounds) -> (text, last)
+# pairs, ``last`` closing a document. A document no longer than ``bounds.piece_bytes`` is one piece; a longer
+# one is read (where the format allows) and yielded in pieces, so no reader holds a huge document whole.
+Piece = tuple[str, bool]
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A source's memory bounds (``config/sources.py``): pieces of ``piece_bytes``; a JSON line or JSON array
+    file above ``max_record_bytes`` is refused as it is read."""
+
+    piece_bytes: int = PIECE_BYTES
+    max_record_bytes: int = MAX_RECORD_BYTES
+
+
+Reader = Callable[[Path, list[str], str, str, Bounds], Iterator[Piece]]
+_WHITESPACE = (b" ", b"\n", b"\t", b"\r")
 
 
 def _open(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")  # noqa: SIM115
 
 
-def _lines(path: Path, where: str) -> Iterator[tuple[int, bytes]]:
+def _lines(path: Path, where: str, limit: int) -> Iterator[tuple[int, bytes, bool]]:
+    """``(line number, part, ends)`` for each line of a file, read at most ``limit`` bytes at a time: a longer
+    line comes in several parts, ``ends`` true on its last (a file without newlines is never read whole)."""
     try:
         with _open(path) as fh:
-            yield from enumerate(fh, 1)
+            lineno = 1
+            while part := fh.readline(limit):
+                ends = part.endswith(b"\n") or len(part) < limit  # shorter than asked: the end of the file
+                yield lineno, part, ends
+                lineno += ends
     except (gzip.BadGzipFile, EOFError) as e:
         raise UserError(f"not a readable gzip file ({e})", file=path, field=f"{where}.source.path") from None
 
@@ -134,6 +202,63 @@ def _decode(raw: bytes, path: Path, where: str, loc: str) -> str:
     except UnicodeDecodeError as e:
         raise UserError(f"not UTF-8 text ({e.reason} at byte {e.start} of {loc})", file=path,
                         field=f"{where}.source.path") from None
+
+
+def _cut(buf: bytes, limit: int) -> int:
+    """Where to end a piece of ``buf`` (at most ``limit`` bytes): at the start of the last whitespace run in
+    its second half, so that a byte-level BPE's pre-tokens (`` word``, ``\\r\\n``) are those of the whole text;
+    else at the last UTF-8 character start."""
+    lo = limit // 2
+    at = max(buf.rfind(w, lo, limit) for w in _WHITESPACE)
+    if at > lo:
+        while at > lo and buf[at - 1:at] in _WHITESPACE:
+            at -= 1
+        return at
+    at = limit
+    while at > lo and buf[at] & 0xC0 == 0x80:  # a UTF-8 continuation byte: not a character start
+        at -= 1
+    return at
+
+
+class _Pieces:
+    """One document's bytes, added in parts, out as decoded pieces of at most ``limit`` bytes (``_cut``)."""
+
+    def __init__(self, limit: int, decode: Callable[[bytes], str]) -> None:
+        self.limit, self.decode = limit, decode
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, part: bytes) -> Iterator[Piece]:
+        self.parts.append(part)
+        self.size += len(part)
+        if self.size < self.limit:
+            return
+        buf = b"".join(self.parts)
+        while len(buf) >= self.limit:
+            at = _cut(buf, self.limit)
+            yield self.decode(buf[:at]), False
+            buf = buf[at:]
+        self.parts, self.size = [buf], len(buf)
+
+    def finish(self, strip: bytes = b"") -> Iterator[Piece]:
+        """The last piece (``strip``: trailing bytes to drop from the document)."""
+        buf = b"".join(self.parts)
+        self.parts, self.size = [], 0
+        yield self.decode(buf.rstrip(strip) if strip else buf), True
+
+
+def split_text(text: str, piece_bytes: int) -> Iterator[Piece]:
+    """A document already in memory (a parsed record, a dataset row) as pieces for tokenization."""
+    if len(text) * 4 <= piece_bytes:  # UTF-8 takes at most 4 bytes a character: one piece, no encoding
+        yield text, True
+        return
+    raw = text.encode("utf-8", "surrogatepass")  # a lone surrogate (JSON "\ud800") stays for _pack to replace
+    if len(raw) <= piece_bytes:
+        yield text, True
+        return
+    pieces = _Pieces(piece_bytes, lambda b: b.decode("utf-8", "surrogatepass"))
+    yield from pieces.add(raw)
+    yield from pieces.finish()
 
 
 def _text_of(record: Any, fields: list[str], join: str, path: Path, where: str, loc: str) -> str:
@@ -152,9 +277,19 @@ def _text_of(record: Any, fields: list[str], join: str, path: Path, where: str, 
     return join.join(parts)
 
 
-def docs_jsonl(path: Path, fields: list[str], join: str, where: str) -> Iterator[str]:
-    """One JSON object a line; blank lines are skipped."""
-    for lineno, raw in _lines(path, where):
+def _too_long(what: str, size: str, path: Path, where: str, bounds: Bounds) -> UserError:
+    return UserError(f"{what} is longer than max_record_bytes ({size}; a JSON record is parsed whole, and "
+                     f"holding it takes ~4x its size): raise max_record_bytes, or store the text as plain text "
+                     f"(format: text or file), which is read in pieces", file=path,
+                     field=f"{where}.source.max_record_bytes", value=bounds.max_record_bytes)
+
+
+def docs_jsonl(path: Path, fields: list[str], join: str, where: str, bounds: Bounds) -> Iterator[Piece]:
+    """One JSON object a line; blank lines are skipped; a line above ``max_record_bytes`` is refused when
+    that many bytes of it have been read."""
+    for lineno, raw, ends in _lines(path, where, bounds.max_record_bytes + 1):
+        if not ends:
+            raise _too_long(f"line {lineno}", f"{bounds.max_record_bytes} bytes", path, where, bounds)
         if not raw.strip():
             continue
         line = _decode(raw, path, where, f"line {lineno}")
@@ -162,27 +297,34 @@ def docs_jsonl(path: Path, fields: list[str], join: str, where: str) -> Iterator
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"line {lineno} is not JSON ({e.msg})", file=path, field=f"{where}.source.path") from None
-        yield _text_of(record, fields, join, path, where, f"line {lineno}")
+        del raw, line
+        yield from split_text(_text_of(record, fields, join, path, where, f"line {lineno}"), bounds.piece_bytes)
 
 
-def docs_json(path: Path, fields: list[str], join: str, where: str) -> Iterator[str]:
-    """A JSON array of objects (read whole: use jsonl or parquet for large data), or JSON lines."""
+def docs_json(path: Path, fields: list[str], join: str, where: str, bounds: Bounds) -> Iterator[Piece]:
+    """A JSON array of objects (read whole, so refused above ``max_record_bytes``: use jsonl or parquet for
+    large data), or JSON lines."""
     with _open(path) as fh:
         head = fh.read(4096).lstrip()
     if not head.startswith(b"["):
-        yield from docs_jsonl(path, fields, join, where)
+        yield from docs_jsonl(path, fields, join, where, bounds)
         return
     with _open(path) as fh:
-        text = _decode(fh.read(), path, where, "the file")
+        raw = fh.read(bounds.max_record_bytes + 1)
+    if len(raw) > bounds.max_record_bytes:
+        raise _too_long("this JSON array file", f"{bounds.max_record_bytes} bytes; JSON lines are read a line at "
+                        "a time", path, where, bounds)
+    text = _decode(raw, path, where, "the file")
+    del raw
     try:
         records = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"not JSON ({e.msg} at line {e.lineno})", file=path, field=f"{where}.source.path") from None
     for i, record in enumerate(records):
-        yield _text_of(record, fields, join, path, where, f"item {i}")
+        yield from split_text(_text_of(record, fields, join, path, where, f"item {i}"), bounds.piece_bytes)
 
 
-def docs_parquet(path: Path, fields: list[str], join: str, where: str) -> Iterator[str]:
+def docs_parquet(path: Path, fields: list[str], join: str, where: str, bounds: Bounds) -> Iterator[Piece]:
     """The ``fields`` columns (strings), streamed in row batches."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -202,51 +344,84 @@ def docs_parquet(path: Path, fields: list[str], join: str, where: str) -> Iterat
             raise UserError(f"column {f!r} holds {t}, not text", file=path, field=f"{where}.source.text_field", value=f)
     row = 0
     try:
-        for batch in pf.iter_batches(batch_size=_ROWS_PER_BATCH, columns=fields):
+        for batch in pf.iter_batches(batch_size=_rows_per_batch(pf, bounds), columns=fields):
             columns = [batch.column(f).to_pylist() for f in fields]
             for values in zip(*columns, strict=True):
                 if any(v is None for v in values):
                     f = fields[[v is None for v in values].index(True)]
                     raise UserError(f"row {row} has no string field {f!r} (it is null)", file=path,
                                     field=f"{where}.source.text_field", value=f)
-                yield join.join(values)
+                yield from split_text(join.join(values), bounds.piece_bytes)
                 row += 1
     except (pa.ArrowException, OSError) as e:
         raise UserError(f"a damaged Parquet file ({e}) near row {row}", file=path, field=f"{where}.source.path") from None
 
 
-def docs_text(path: Path, fields: list[str], join: str, where: str) -> Iterator[str]:
-    """Plain text: documents separated by two or more blank lines (a file without one is one document)."""
-    doc: list[str] = []
-    blanks: list[str] = []
-    for lineno, raw in _lines(path, where):
-        line = _decode(raw, path, where, f"line {lineno}")
-        if not line.strip():
-            blanks.append(line)
+def _rows_per_batch(pf, bounds: Bounds) -> int:
+    """Rows per Parquet batch: ``_ROWS_PER_BATCH``, fewer where rows are large (by the file's own row-group
+    sizes), so that a batch holds about ``max_record_bytes`` at most."""
+    md = pf.metadata
+    rows = sum(md.row_group(i).num_rows for i in range(md.num_row_groups))
+    size = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+    per_row = size / rows if rows else 0
+    return max(1, min(_ROWS_PER_BATCH, int(bounds.max_record_bytes // per_row) if per_row else _ROWS_PER_BATCH))
+
+
+def docs_text(path: Path, fields: list[str], join: str, where: str, bounds: Bounds) -> Iterator[Piece]:
+    """Plain text: documents separated by two or more blank lines (a file without one is one document),
+    streamed: a long document comes in pieces, a long line in parts."""
+    limit = bounds.piece_bytes
+    doc: _Pieces | None = None
+    blank: bytes | None = None  # the first blank line since the last text line, and how many there were
+    blanks = 0
+    continued = False  # the last part read did not end its line
+    for lineno, part, ends in _lines(path, where, limit):
+        if not continued and ends and not part.strip():
+            blank, blanks = blank if blanks else part, blanks + 1
             continue
-        if doc and len(blanks) >= 2:
-            yield "".join(doc).rstrip("\r\n")
-            doc = []
-        elif doc:
-            doc.extend(blanks)
-        blanks = []
-        doc.append(line)
-    if doc:
-        yield "".join(doc).rstrip("\r\n")
+        if not continued:  # a text line begins
+            if doc is not None and blanks >= 2:
+                yield from doc.finish(b"\r\n")
+                doc = None
+            elif doc is not None and blanks:
+                yield from doc.add(blank)
+            blank, blanks = None, 0
+            if doc is None:
+                doc = _Pieces(limit, functools.partial(_decode, path=path, where=where,
+                                                       loc=f"the document at line {lineno}"))
+        yield from doc.add(part)
+        continued = not ends
+    if doc is not None:
+        yield from doc.finish(b"\r\n")
 
 
-def docs_lines(path: Path, fields: list[str], join: str, where: str) -> Iterator[str]:
-    """One document a non-blank line (LAMBADA's plain-text passages, many sentence-per-line corpora)."""
-    for lineno, raw in _lines(path, where):
-        line = _decode(raw, path, where, f"line {lineno}").rstrip("\r\n")
-        if line.strip():
-            yield line
+def docs_lines(path: Path, fields: list[str], join: str, where: str, bounds: Bounds) -> Iterator[Piece]:
+    """One document a non-blank line (LAMBADA's plain-text passages, many sentence-per-line corpora); a line
+    longer than ``piece_bytes`` comes in pieces."""
+    doc: _Pieces | None = None
+    for lineno, part, ends in _lines(path, where, bounds.piece_bytes):
+        if doc is None:
+            if ends:  # a whole line: the common case
+                line = _decode(part, path, where, f"line {lineno}").rstrip("\r\n")
+                if line.strip():
+                    yield line, True
+                continue
+            doc = _Pieces(bounds.piece_bytes, functools.partial(_decode, path=path, where=where, loc=f"line {lineno}"))
+        yield from doc.add(part)
+        if ends:
+            yield from doc.finish(b"\r\n")
+            doc = None
+    if doc is not None:
+        yield from doc.finish(b"\r\n")
 
 
-def docs_file(path: Path, fields: list[str], join: str, where: str) -> Iterator[str]:
-    """The whole file is one document (source code trees, one article a file)."""
+def docs_file(path: Path, fields: list[str], join: str, where: str, bounds: Bounds) -> Iterator[Piece]:
+    """The whole file is one document (source code trees, one article a file), read in pieces."""
+    doc = _Pieces(bounds.piece_bytes, functools.partial(_decode, path=path, where=where, loc="the file"))
     with _open(path) as fh:
-        yield _decode(fh.read(), path, where, "the file")
+        while block := fh.read(bounds.piece_bytes):
+            yield from doc.add(block)
+    yield from doc.finish()
 
 
 READERS: dict[str, Reader] = {"jsonl": docs_jsonl, "json": docs_json, "parquet": docs_parquet, "text": docs_text,
@@ -304,7 +479,7 @@ class FileSource:
     def key(self) -> dict[str, Any]:
         files = [[fmt, p.stat().st_size, sha] for (p, fmt), sha in zip(self.paths, self._sha(), strict=True)]
         return {"files": files, "text_field": self.fields, "join": self.join,
-                "heldout": self.spec.heldout_fraction, "version": DATA_VERSION}
+                "heldout": self.spec.heldout_fraction, "version": DATA_VERSION, **_bounds_key(self.spec)}
 
     def files(self) -> list[dict[str, Any]]:
         return [{"file": str(p), "format": fmt, "bytes": p.stat().st_size, "sha256": sha}
@@ -313,12 +488,13 @@ class FileSource:
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p, _ in self.paths)
 
-    def documents(self) -> Iterator[tuple[bool, str]]:
-        fraction = self.spec.heldout_fraction
+    def pieces(self) -> Iterator[tuple[bool, str, bool]]:
+        bounds = _bounds(self.spec)
         for p, fmt in self.paths:
-            for text in READERS[fmt](p, self.fields, self.join, self.where):
-                if text.strip():
-                    yield is_heldout(text, fraction), text
+            yield from _assign(READERS[fmt](p, self.fields, self.join, self.where, bounds), self.spec.heldout_fraction)
+
+    def documents(self) -> Iterator[tuple[bool, str]]:
+        return whole_documents(self.pieces())
 
 
 # ----------------------------------------------------------------------------------------------- HF datasets
@@ -380,7 +556,8 @@ class HFDatasetSource:
         from autotune.config.sources import HF_FILE_BUILDERS
 
         s = self.spec
-        common = {"text_field": self.fields, "join": self.join, "heldout": s.heldout_fraction, "version": DATA_VERSION}
+        common = {"text_field": self.fields, "join": self.join, "heldout": s.heldout_fraction, "version": DATA_VERSION,
+                  **_bounds_key(s)}
         if s.from_disk is not None:  # arrow files as saved: independent of the datasets version
             return {"from_disk": [[n, p.stat().st_size, file_sha256(p, self.cache)] for n, p in self.local_files],
                     "split": s.split, **common}
@@ -408,11 +585,17 @@ class HFDatasetSource:
         return int(self._load(self.cache).data.nbytes)
 
     def documents(self) -> Iterator[tuple[bool, str]]:
+        return whole_documents(self.pieces())
+
+    def pieces(self) -> Iterator[tuple[bool, str, bool]]:
+        """Rows in batches of ``_ROWS_PER_BATCH``, each row's text in pieces of ``piece_bytes``."""
+        return _assign(self._texts(), self.spec.heldout_fraction)
+
+    def _texts(self) -> Iterator[tuple[str, bool]]:
         hub = self.spec.hf is not None and self.local_files is None
         tmp = None if hub or self.spec.from_disk else Path(tempfile.mkdtemp(dir=_mkdir(self.cache), prefix=".hf-"))
         try:
             ds = self._load(tmp)
-            fraction = self.spec.heldout_fraction
             row = 0
             for batch in ds.select_columns(self.fields).iter(batch_size=_ROWS_PER_BATCH):
                 for values in zip(*(batch[f] for f in self.fields), strict=True):
@@ -420,9 +603,7 @@ class HFDatasetSource:
                         f = self.fields[[not isinstance(v, str) for v in values].index(True)]
                         raise UserError(f"row {row} has no string field {f!r}", field=f"{self.where}.source.text_field",
                                         value=f)
-                    text = self.join.join(values)
-                    if text.strip():
-                        yield is_heldout(text, fraction), text
+                    yield from split_text(self.join.join(values), self.spec.piece_bytes)
                     row += 1
         finally:
             self._ds = None
