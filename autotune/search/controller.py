@@ -30,6 +30,7 @@ from autotune.config.space import FloatRange, SearchSpace
 from autotune.errors import UserError
 from autotune.objective import Score, directions
 from autotune.records import Attr, Proposal, digest
+from autotune.redact import MASK, redact  # redact: also this module's for its importers
 from autotune.search.simplex import SimplexMap
 
 _SCHEDULE_FIELDS = ("kind", "peak_lr", "warmup_fraction", "decay_fraction", "final_lr_ratio", "decay_shape", "start_lr")
@@ -46,10 +47,13 @@ def worker_host() -> str:
     return os.environ.get("AUTOTUNE_HOST") or socket.gethostname()
 
 
-def storage_spec(space: SearchSpace, study_dir: Path, override: str | None = None) -> str:
+def storage_spec(space: SearchSpace, study_dir: Path, override: str | None = None, *, make_dir: bool = True) -> str:
+    """The storage URL the study opens (``sqlite``: ``runs/<name>/study.db``, its folder made unless
+    ``make_dir`` is false). The real URL, password included: print it only through ``redact``."""
     s = override or space.search.storage
     if s == "sqlite":
-        study_dir.mkdir(parents=True, exist_ok=True)
+        if make_dir:
+            study_dir.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{study_dir / 'study.db'}"
     return s
 
@@ -83,21 +87,89 @@ def open_storage(space: SearchSpace, study_dir: Path, override: str | None = Non
     raise AssertionError("unreachable")
 
 
+def storage_exists(space: SearchSpace, study_dir: Path, override: str | None = None) -> bool:
+    """For readers (status, export), before anything is opened: whether the storage is there and holds
+    Optuna's tables, checked without creating or migrating anything (opening an RDB storage creates its
+    tables, connecting to SQLite creates the file). False only for the default ``runs/<name>/study.db``
+    not made yet (no trial recorded); any other missing, empty or foreign storage is a ``UserError``."""
+    s = storage_spec(space, study_dir, override, make_dir=False)
+    field = "--storage" if override else "search.storage"
+
+    def refuse(problem: str) -> UserError:
+        return UserError(f"{problem}; `autotune search` creates a study, the readers only read one (check the URL)",
+                         file=space.source_file, field=field, value=redact(s))
+
+    if s.startswith("journal:"):
+        path = Path(s.removeprefix("journal:")).expanduser()
+        if not path.is_file() or path.stat().st_size == 0:
+            raise refuse(f"the journal file {path} {'is empty' if path.is_file() else 'does not exist'}: it holds no study")
+        return True
+    if "://" not in s:
+        raise UserError("storage must be 'sqlite', an RDB URL (postgresql://...) or 'journal:PATH'",
+                        file=space.source_file, field=field, value=redact(s))
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(s)
+        if url.get_backend_name() == "sqlite":
+            path = Path(url.database or ":memory:")
+            if not path.is_file():
+                if (override or space.search.storage) == "sqlite":  # runs/<name>/study.db: not made yet
+                    return False
+                raise refuse(f"{path} does not exist: it holds no study")
+            if path.stat().st_size == 0:
+                raise UserError(f"{path} is empty (0 bytes): it holds no study (a full disk or a cut copy?); the trials "
+                                "of the last finished search are in summary.json (autotune report reads them), or give "
+                                "the study's storage with --storage", file=space.source_file, field=field, value=redact(s))
+        engine = sqlalchemy.create_engine(s)  # imports the driver; connects on first use
+        try:
+            with engine.connect() as conn:
+                tables = sqlalchemy.inspect(conn).get_table_names()
+        finally:
+            engine.dispose()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001  (driver errors vary: OperationalError, ArgumentError, ImportError ...)
+        raise _storage_error(e, s, space, field) from None
+    if "studies" not in tables:
+        raise refuse("this storage holds no Optuna study (no 'studies' table)")
+    return True
+
+
+# the pip package of each SQLAlchemy driver a storage URL may select
+_DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "pg8000": "pg8000",
+                    "mysqldb": "mysqlclient", "pymysql": "pymysql", "mysqlconnector": "mysql-connector-python",
+                    "mariadbconnector": "mariadb", "oracledb": "oracledb", "cx_oracle": "cx_Oracle", "pyodbc": "pyodbc"}
+
+
+def driver_hint(url: str) -> str:
+    """What to install for the driver ``url`` selects, as SQLAlchemy resolves it: a bare ``postgresql://`` is
+    psycopg 3 with SQLAlchemy 2.x (the ``[postgres]`` extra installs psycopg2: write ``postgresql+psycopg2://``),
+    ``mysql://`` is mysqlclient."""
+    import importlib.util
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        u = make_url(url)
+        driver = u.get_dialect().driver
+    except Exception:  # noqa: BLE001  (an unknown dialect: its own error says so)
+        return ""
+    hint = f" (the URL selects the driver {driver}: pip install {_DRIVER_PACKAGES.get(driver, driver)}"
+    if u.get_backend_name() == "postgresql" and driver != "psycopg2" and importlib.util.find_spec("psycopg2"):
+        hint += ", or write the URL as postgresql+psycopg2://... to use the installed psycopg2"
+    return hint + ")"
+
+
 def _storage_error(e: Exception, url: str, space: SearchSpace, field: str) -> UserError:
-    first = (str(e).splitlines()[0][:200] if str(e) else "").replace(url, redact(url))
-    hint = " (pip install psycopg2-binary)" if isinstance(e, ImportError | ModuleNotFoundError) else ""
+    first = redact(str(e).splitlines()[0][:200] if str(e) else "")
+    hint = driver_hint(url) if isinstance(e, ImportError | ModuleNotFoundError) else ""
+    if f":{MASK}@" in url and not hint:  # a space.yaml's copy of the URL: its password was never written
+        hint = (" (this URL's password was redacted when the study folder was written: give the study's space file, "
+                "or the URL with --storage)")
     return UserError(f"cannot open the study storage: {type(e).__name__}: {first}{hint}",
                      file=space.source_file, field=field, value=redact(url))
-
-
-def redact(url: str) -> str:
-    """A storage URL without its password, for printing."""
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        user = cred.split(":", 1)[0]
-        return f"{scheme}://{user}{':***' if ':' in cred else ''}@{host}"
-    return url
 
 
 def trial_seed(seed: int, number: int) -> int:
@@ -199,11 +271,29 @@ class Asked:
 class Controller:
     """Ask/tell over one Optuna study, resumable: the same space and storage reload the same study."""
 
-    def __init__(self, space: SearchSpace, study_dir: Path, storage: str | None = None) -> None:
+    def __init__(self, space: SearchSpace, study_dir: Path, storage: str | None = None, *, create: bool = True,
+                 log: Callable[[str], None] | None = None) -> None:
+        """``create``: a search makes its study (and storage) when missing; a reader (``create=False``: status,
+        export) only opens an existing one, and a storage that holds no such study is a ``UserError``. A
+        reader of a study whose default study.db was never made sees no trials, with a note to ``log``."""
         self.space = space
         self.simplex = SimplexMap.from_space(space)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.storage = open_storage(space, study_dir, storage, on_stale=self._on_stale)
+        field = "--storage" if storage else "search.storage"
+        spec = storage_spec(space, study_dir, storage, make_dir=create)
+        if create or storage_exists(space, study_dir, storage):
+            self.storage = open_storage(space, study_dir, storage, on_stale=self._on_stale)
+        else:
+            (log or print)(f"no trial recorded yet: {study_dir / 'study.db'} does not exist (if this study's storage "
+                           "is elsewhere, give it with --storage URL)")
+            self.storage = optuna.storages.InMemoryStorage()
+        if not create and not isinstance(self.storage, optuna.storages.InMemoryStorage):
+            try:
+                self.storage.get_study_id_from_name(space.name)
+            except KeyError:
+                raise UserError(f"this storage holds no study named {space.name!r}; `autotune search` creates it, the "
+                                "readers only read one (check the URL and the space's name)",
+                                file=space.source_file, field=field, value=redact(spec)) from None
         try:
             self.host, self.pid = worker_host(), os.getpid()
             self.study = optuna.create_study(
@@ -211,9 +301,8 @@ class Controller:
                 directions=directions(space.objective), sampler=optuna.samplers.RandomSampler(),
                 pruner=make_pruner(space))
         except (optuna.exceptions.StorageInternalError, ValueError) as e:
-            spec = storage_spec(space, study_dir, storage)
-            raise UserError(f"cannot open the study: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
-                            file=space.source_file, field="search.storage", value=redact(spec)) from None
+            raise UserError(f"cannot open the study: {type(e).__name__}: {redact(str(e).splitlines()[0][:200])}",
+                            file=space.source_file, field=field, value=redact(spec)) from None
         self.study.sampler = make_sampler(space, space.search.seed)
 
     # ------------------------------------------------------------------ distributions
