@@ -307,7 +307,7 @@ def test_not_a_study_is_a_user_error(tmp_path):
     assert str(tmp_path / "empty") in str(e.value)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "space.json").write_text("{not json")
-    with pytest.raises(UserError, match="unreadable study record"):
+    with pytest.raises(UserError, match="space.json: the file is damaged: not valid JSON"):
         write_report(tmp_path / "bad", tmp_path / "out")
 
 

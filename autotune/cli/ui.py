@@ -61,6 +61,7 @@ def _fmt(x: float | None, spec: str = "+.4f") -> str:
 def print_summary(console: Console, study) -> None:  # study: autotune.search.study.Study
     ctl = study.controller()
     rows = study.rows(ctl)
+    dead = _dead_running(ctl)
     domains = list(study.space.domains)
     table = Table(title=f"study {study.space.name}: target and general are improvements over the base model (base = 0)")
     for col in ("trial", "state", *domains, "schedule", "seed", "target", "general", "feasible", "time"):
@@ -74,7 +75,12 @@ def print_summary(console: Console, study) -> None:  # study: autotune.search.st
         ctx = r.context
         if ctx:
             kind += " " + " ".join(f"{'T' if k == 'seq_len' else 'θ'}={v:.3g}" for k, v in sorted(ctx.items()))
-        state = r.state if r.state == "complete" else f"{r.status or r.state}: {r.reason[:40]}"
+        if r.state == "running" and r.number in dead:
+            state = "interrupted: its controller is gone (rerun search)"
+        elif r.state == "complete" or not (r.status or r.reason):
+            state = r.state
+        else:
+            state = f"{r.status or r.state}: {r.reason[:40]}"
         table.add_row(f"{r.number}{'p' if r.prior else ''}", state, *mix, kind, str(r.seed), _fmt(r.target),
                       _fmt(r.general), {True: "yes", False: "no"}.get(r.feasible, "-"),
                       f"{r.duration_s:.0f}s" if r.duration_s is not None else "-")
@@ -103,4 +109,24 @@ def print_summary(console: Console, study) -> None:  # study: autotune.search.st
                       highlight=False)
     elif done:
         console.print("no trial met the general-retention constraint", style="yellow")
-    console.print(f"tables: {study.paths.root / 'ratios.csv'}, {study.paths.root / 'metrics.csv'}", highlight=False)
+    tables = [p for p in (study.paths.root / "ratios.csv", study.paths.root / "metrics.csv") if p.is_file()]
+    if tables:  # written at the end of a search: a study that never finished one has none
+        console.print(f"tables: {', '.join(map(str, tables))}", highlight=False)
+
+
+def _dead_running(ctl) -> set[int]:
+    """Numbers of RUNNING trials whose controller is gone: on this host, its pid has exited; on any host, its
+    heartbeat is older than ``search.grace_s`` (RDB storages). Their state in the storage says running until
+    a search recovers them, which status must not repeat."""
+    dead = {t.number for t in ctl.dead_owner_trials()}
+    try:
+        from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+        from optuna.trial import TrialState
+
+        if isinstance(ctl.storage, BaseHeartbeat) and is_heartbeat_enabled(ctl.storage):
+            stale = set(ctl.storage._get_stale_trial_ids(ctl.study._study_id))
+            dead |= {t.number for t in ctl.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                     if t._trial_id in stale}
+    except Exception:  # noqa: BLE001  (optuna's private heartbeat API moved: the pid check still holds)
+        pass
+    return dead

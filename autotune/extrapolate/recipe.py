@@ -291,8 +291,9 @@ def _rank_schedules(study: FinishedStudy, curves: list[LossCurve], kinds: list[s
                                   kinds=kinds, decay_fractions=_grid(spec.decay_fraction, 11),
                                   final_lr_ratios=_grid(spec.final_lr_ratio, 5), group=group,
                                   decay_shapes=("linear", "cosine", "1-sqrt"))
-    except ValueError as e:
-        return None, [], [f"the Multi-Power Law fit failed ({e}); the schedule is the best trial's"]
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as e:  # numeric trouble too: never the whole recipe
+        return None, [], [f"the Multi-Power Law fit failed ({type(e).__name__}: {e}); the schedule is the best "
+                          "trial's"]
     return law, options, []
 
 

@@ -215,6 +215,8 @@ def _forward(theta: np.ndarray, p: _Prepared, offset: float, jac: bool = False):
 # residuals) moved the held-out error by < 0.01 points between 1e-4 and 1e-2 (docs/LOG.md, 2026-11-26).
 PRIOR_LOG_CBG = np.log([1.0, 0.5, 0.5])
 PRIOR_WEIGHT = 1e-3
+# the simplified law's log-parameters are clipped to exp's float range; its objective's value for overflow
+_MAX_LOG, _WORST = 700.0, 1e300
 
 
 def fit_multi_power_law(curves: Sequence[LossCurve], *, offset_per_group: bool = False,
@@ -281,8 +283,13 @@ def fit_multi_power_law(curves: Sequence[LossCurve], *, offset_per_group: bool =
     spread = max(float(y.max() - lmin), 1e-3)
 
     def simple(q):
-        pred = q[0] + math.exp(q[1]) * s1 ** -math.exp(q[2]) - math.exp(q[3]) * drop
-        return float(np.sum(_huber(np.log(np.maximum(pred, 1e-12)) - np.log(y))))
+        # L-BFGS-B's line search may try exponents past 709 (curves that jump, tiny LRs): math.exp would raise
+        # OverflowError; np.exp of clipped logs stays finite, and a non-finite objective reads as very bad
+        with np.errstate(all="ignore"):
+            A, alpha, B = np.exp(np.clip(q[1:4], -_MAX_LOG, _MAX_LOG))
+            pred = q[0] + A * s1 ** -alpha - B * drop
+            value = float(np.sum(_huber(np.log(np.maximum(pred, 1e-12)) - np.log(y))))
+        return value if math.isfinite(value) else _WORST
 
     starts = []
     for L0 in lmin - spread * np.array([0.0, 0.25, 0.5, 1.0]):
@@ -292,7 +299,8 @@ def fit_multi_power_law(curves: Sequence[LossCurve], *, offset_per_group: bool =
                 q0 = [L0, math.log(A0), math.log(alpha), math.log(b * spread / max(peak, 1e-30))]
                 with np.errstate(all="ignore"):
                     res = minimize(simple, q0, method="L-BFGS-B")
-                starts.append((res.fun, res.x))
+                if math.isfinite(res.fun) and np.all(np.isfinite(res.x)):
+                    starts.append((res.fun, res.x))
     starts.sort(key=lambda s: s[0])
     best = None
     for _, q in starts[:3]:

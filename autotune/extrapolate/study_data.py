@@ -19,7 +19,7 @@ from autotune.config.identity import proposal_key
 from autotune.config.load import PLAIN_ERRORS, validation_error_to_user_error
 from autotune.config.space import SearchSpace
 from autotune.errors import UserError
-from autotune.records import TrialRecord, read_jsonl
+from autotune.records import FIX_SPACE_JSON, FIX_SUMMARY, TrialRecord, read_json, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,8 @@ class FinishedStudy:
 def _read_json(path: Path, what: str) -> Any:
     if not path.exists():
         raise UserError(f"{what} not found: is this a finished autotune study folder (runs/<study>)?", file=path)
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{what} is not valid JSON ({e})", file=path) from None
+    fix = {"space.json": FIX_SPACE_JSON, Path(LADDER_MANIFEST).name: "run `autotune ladder` again to rewrite it"}
+    return read_json(path, fix=fix.get(path.name, FIX_SUMMARY))
 
 
 def load_study(study_dir: str | Path) -> FinishedStudy:
@@ -114,7 +112,7 @@ def read_train_log(path: Path) -> TrainLog | None:
     """A trial's per-step log, or None when it is missing or has fewer than 4 steps with an LR."""
     if not path.exists():
         return None
-    rows = [r for r in read_jsonl(path)  # a line cut by a kill is skipped: the rest is still usable
+    rows = [r for r in read_jsonl(path, warn=True)  # a line cut by a kill is skipped: the rest is still usable
             if isinstance(r.get("step"), int) and isinstance(r.get("lr"), (int, float))]
     rows.sort(key=lambda r: r["step"])
     if len(rows) < 4 or rows[0]["step"] != 0 or rows[-1]["step"] != len(rows) - 1:

@@ -376,11 +376,25 @@ def read_baseline(path: Path) -> dict[str, Any]:
             raise UserError("damaged entry", file=path, field=f"entries[{key}]")
         if e.get("docs") is not None:
             try:
-                DocValues.from_json(e["docs"])
+                docs = DocValues.from_json(e["docs"])
             except (KeyError, TypeError, ValueError) as err:
                 raise UserError(f"damaged per-document values ({err})", file=path,
                                 field=f"entries[{key}].docs") from None
+            check_finite_baseline(key, docs, file=path)
     return data
+
+
+def check_finite_baseline(key: str, docs: DocValues, *, file: str | Path | None) -> None:
+    """Refuse (UserError, exit 2) baseline values that are not finite numbers: a damaged or tampered file, or
+    a diverged baseline model. Compared, such an entry could only be skipped, and a baseline whose entries
+    are all skipped would turn the gate off."""
+    bad = int(np.count_nonzero(~(np.isfinite(docs.num) & np.isfinite(docs.den))))
+    with np.errstate(all="ignore"):
+        finite_score = math.isfinite(docs.value())
+    if bad or not finite_score:
+        what = f"the values of {bad} of {len(docs)} documents are" if bad else f"the score ({docs.value()}) is"
+        raise UserError(f"damaged baseline: {what} not finite (NaN or infinite), so this entry cannot be "
+                        f"compared; {_REDO.removeprefix('not comparable; ')}", file=file, field=f"entries[{key}].docs")
 
 
 def check_comparable(baseline: dict[str, Any], current: dict[str, Any], *, file: str | Path | None) -> None:
@@ -434,6 +448,7 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], config: GateConfi
             out.append(Verdict(**common, status="skip", baseline=base["value"], note=f"not gateable: {reason}"))
             continue
         b_docs, c_docs = DocValues.from_json(base["docs"]), DocValues.from_json(cur["docs"])
+        check_finite_baseline(key, b_docs, file=file)  # a baseline checkpoint folder's values come unchecked
         try:
             c_docs = c_docs.aligned_to(b_docs)
         except ValueError as e:
@@ -443,4 +458,16 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], config: GateConfi
         out.append(decide(key, cur["group"], cur["metric"], cur["higher_is_better"], b_docs, c_docs, tolerance=tol,
                           tolerance_from=where, confidence=config.confidence, resamples=config.resamples,
                           seed=config.seed))
+    check_compared(out, file=file)
     return out
+
+
+def check_compared(verdicts: Sequence[Verdict], *, file: str | Path | None) -> None:
+    """A gate that compared no entry (all skipped: groups, skip patterns, no per-document values) would
+    pass whatever the checkpoint is: refuse it (UserError, exit 2), saying why each entry was skipped."""
+    if any(v.status != "skip" for v in verdicts):
+        return
+    reasons = "; ".join(f"{v.key}: {v.note}" for v in verdicts[:4]) + ("; ..." if len(verdicts) > 4 else "")
+    raise UserError(f"the gate compared no entry, so it would pass any checkpoint: all {len(verdicts)} entries were "
+                    f"skipped ({reasons or 'the suite has no entries'}); gate at least one entry (gate config "
+                    "groups and skip, --skip) or write a new baseline", file=file, field="entries")

@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from autotune.paths import write_text_atomic
 from autotune.records import write_json_atomic
 
 _ICON = {"pass": "✅", "fail": "❌", "skip": "⏭️"}
@@ -120,15 +119,7 @@ def print_table(console: Console, report: dict[str, Any]) -> None:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)  # (the umask's mode, as everything autotune writes)
 
 
 def write_outputs(folder: Path, report: dict[str, Any]) -> None:

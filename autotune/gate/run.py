@@ -34,6 +34,7 @@ from autotune.gate.compare import (
     NotGateable,
     bpb_doc_values,
     check_comparable,
+    check_finite_baseline,
     check_patterns,
     compare,
     read_baseline,
@@ -157,7 +158,14 @@ def _check_inputs(args: GateArgs) -> _Plan:
 
 
 def _write_baseline(path: Path, current: dict[str, Any], console: Console, err: Console) -> None:
-
+    """Entries whose values are not finite (a diverged model) are recorded as not gateable: ``read_baseline``
+    refuses non-finite values, so a baseline written here always reads back."""
+    for key, e in current["entries"].items():
+        if e["docs"] is not None:
+            try:
+                check_finite_baseline(key, DocValues.from_json(e["docs"]), file=path)
+            except UserError:
+                e["docs"], e["not_gateable"] = None, "non-finite per-document values (diverged weights?)"
     write_json_atomic(path, current)
     gateable = sum(e["docs"] is not None for e in current["entries"].values())
     console.print(f"baseline written: {path} ({len(current['entries'])} entries, {gateable} with per-document "

@@ -7,13 +7,12 @@ opens offline from ``file://``: plotly.js is inlined, figures are JSON in the pa
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from autotune.errors import UserError
 from autotune.evaluate.metrics import key_higher_is_better
+from autotune.paths import write_text_atomic
 from autotune.report import figures as F
 from autotune.report.analysis import best_feasible, is_feasible, noise_of
 from autotune.report.load import ReportTrial, StudyData, load_study_data
@@ -43,17 +42,8 @@ def write_report(study_dir: Path, out_dir: Path | None = None) -> Path:
     data = load_study_data(Path(study_dir))
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(data.name)
     html = render(data)
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".index.html.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, html)  # whole or absent; the umask's mode, as everything autotune writes
     return path
 
 

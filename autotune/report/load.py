@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from autotune.errors import UserError
-from autotune.records import TrialRecord, load_trials, read_jsonl
+from autotune.records import FIX_SPACE_JSON, DamagedFile, TrialRecord, load_trials, read_json, read_jsonl
 
 
 @dataclass
@@ -82,8 +82,11 @@ class StudyData:
 
 def _read_json(path: Path, notes: list[str]) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        return read_json(path, fix="the report leaves it out")
+    except DamagedFile as e:
+        notes.append(str(e))
+        return None
+    except OSError as e:
         notes.append(f"{path}: unreadable ({type(e).__name__}: {e})")
         return None
 
@@ -99,8 +102,8 @@ def load_study_data(root: Path) -> StudyData:
     if not space_json.exists():
         raise UserError("not a study folder: it has no space.json (autotune search writes it)", file=root)
     try:
-        space = json.loads(space_json.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        space = read_json(space_json, fix=FIX_SPACE_JSON)  # damaged: names the file and what to do
+    except OSError as e:
         raise UserError(f"unreadable study record: {e}", file=space_json) from None
     identity = space.get("identity") if isinstance(space, dict) else None
     if not isinstance(identity, dict) or not isinstance(identity.get("name"), str):
@@ -213,7 +216,11 @@ def _read_recipe(root: Path, data: StudyData) -> None:
     path = root / "recipe.yaml"
     if not path.exists():
         return
-    data.recipe_text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        data.recipe_text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:  # a folder, unreadable: the report goes on without the recipe
+        data.notes.append(f"{path}: unreadable ({type(e).__name__}: {e.strerror}); the report has no recipe")
+        return
     try:
         data.recipe = yaml.safe_load(data.recipe_text)
     except yaml.YAMLError as e:
