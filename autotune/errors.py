@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
+
+from autotune.redact import redact
 
 _MISSING = object()
 
@@ -29,7 +32,7 @@ class UserError(Exception):
         text = f"{where}: {self.problem}" if where else self.problem
         if self.value is not _MISSING:
             text += f" (got {self.value!r})"
-        return text
+        return redact(text)  # a storage URL's password, wherever a message quotes it
 
 
 class TrialFailed(Exception):
@@ -48,3 +51,36 @@ def is_out_of_memory(e: BaseException) -> bool:
         return True
     msg = str(e).lower()
     return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """No space left on a filesystem, in ``e`` or an exception it wraps (``__cause__`` / ``__context__``, e.g.
+    Optuna's StorageInternalError around SQLAlchemy's around sqlite3's): an OSError ENOSPC or EDQUOT (over
+    quota), SQLite's "database or disk is full", PostgreSQL's disk full (SQLSTATE 53100), or a library's
+    message "No space left on device". Checked without importing those libraries."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        msg = str(cur).lower()
+        if "no space left on device" in msg or "database or disk is full" in msg or getattr(cur, "pgcode", None) == "53100":
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def disk_full_reason(e: BaseException) -> str:
+    """The innermost disk-full error of ``e`` in one line: ``No space left on device: '/path'``."""
+    cur: BaseException | None = e
+    found = e
+    seen: set[int] = set()
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if is_disk_full(cur):
+            found = cur
+        cur = cur.__cause__ or cur.__context__
+    if isinstance(found, OSError) and found.strerror:
+        return found.strerror + (f": {found.filename}" if found.filename else "")
+    return (str(found).splitlines() or [type(found).__name__])[0][:300]

@@ -8,7 +8,11 @@ code    meaning
         or base model could not be prepared)
 2       bad input (``autotune.errors.UserError``): one line on stderr naming file, field and value, no traceback
 3       an evaluation failed (eval, gate: a model server that would not start, a crash: its traceback, then one line)
+4       out of disk space (errno ENOSPC, a full SQLite or PostgreSQL storage): one line naming what could not be
+        written, no traceback; nothing finished is lost: free some space and rerun to resume
 130     interrupted (Ctrl-C): one line on stderr
+143     terminated (SIGTERM to ``search`` / ``ladder``, e.g. a preempted Slurm or Kubernetes job): stopped as
+        after Ctrl-C (workers stopped, the running trial left to rerun), one line on stderr
 ======  =================================================================================================
 
 Exceptions of modules that are not imported yet cannot have been raised, so they are matched through
@@ -26,14 +30,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from autotune.errors import UserError
+from autotune.errors import UserError, disk_full_reason, is_disk_full
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_EVAL_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_EVAL_FAILED, EXIT_NO_SPACE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_TERMINATED = 128 + 15  # SIGTERM
 EXIT_REGRESSION = EXIT_FAILED
 
 EXIT_CODES = ("Exit codes (every command): 0 done (gate: pass); 1 regression (gate) or a study that cannot go on "
               "(search, ladder); 2 bad input (one line naming file, field and value); 3 an evaluation failed "
-              "(eval, gate); 130 interrupted (Ctrl-C).")
+              "(eval, gate); 4 out of disk space (free some and rerun to resume); 130 interrupted (Ctrl-C); 143 "
+              "terminated (SIGTERM; search and ladder stop cleanly, rerun to resume).")
 
 # off a terminal (CI logs, pipes) rich would wrap tables at 80 columns
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -41,6 +47,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 # (module, class, exit code, prefix of the message); matched in order
 _FAILURES = (
+    ("autotune.search.study", "OutOfSpace", EXIT_NO_SPACE, ""),
     ("autotune.evaluate.checkpoint", "EvalFailed", EXIT_EVAL_FAILED, "evaluation failed: "),
     ("autotune.evaluate.server", "ServerError", EXIT_EVAL_FAILED, "evaluation failed: "),
     ("autotune.search.study", "StudyFailed", EXIT_FAILED, ""),
@@ -58,7 +65,7 @@ def _is(e: BaseException, module: str, name: str) -> bool:
     return cls is not None and isinstance(e, cls)
 
 
-def error_line(e: BaseException, err_console: Console | None = None, prefix: str = "") -> None:
+def error_line(e: BaseException | str, err_console: Console | None = None, prefix: str = "") -> None:
     """``error: <message>`` on stderr, one line however long (the message is not rich markup)."""
     (err_console or err).print(f"[bold red]error:[/] {escape(prefix + str(e))}", highlight=False, soft_wrap=True)
 
@@ -75,13 +82,11 @@ def guarded(fn: Callable[[], int | None], *, interrupted: str | None = None, err
     except UserError as e:
         error_line(e, out)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        _interrupted(out, interrupted)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:  # autotune.procs.Terminated (SIGTERM) too
+        return _interrupted(out, interrupted, getattr(e, "signum", None))
     except Exception as e:
         if any(_is(e, m, n) for m, n in _INTERRUPTS):
-            _interrupted(out, interrupted)
-            return EXIT_INTERRUPTED
+            return _interrupted(out, interrupted, getattr(e, "signum", None))
         for module, name, code, prefix in _FAILURES:
             if _is(e, module, name):
                 detail = getattr(e, "detail", None)
@@ -89,11 +94,25 @@ def guarded(fn: Callable[[], int | None], *, interrupted: str | None = None, err
                     out.print(detail.rstrip("\n"), highlight=False, markup=False)
                 error_line(e, out, prefix)
                 return code
+        if is_disk_full(e):  # e.g. Optuna's StorageInternalError on a full disk: no traceback, what to do
+            error_line(f"{no_space_message(disk_full_reason(e))}; free some space and run the same command "
+                       "again to resume", out)
+            return EXIT_NO_SPACE
         raise
 
 
-def _interrupted(out: Console, text: str | None) -> None:
-    out.print("[yellow]interrupted[/]" + (f": {escape(text)}" if text else ""), highlight=False, soft_wrap=True)
+def no_space_message(reason: str) -> str:
+    """``no space left on device``, with what could not be written when the reason says more."""
+    if reason.lower().startswith("no space left on device"):
+        return "n" + reason[1:]
+    return f"no space left on device ({reason})"
+
+
+def _interrupted(out: Console, text: str | None, signum: int | None = None) -> int:
+    """One line after Ctrl-C (exit 130) or SIGTERM (``signum`` 15: exit 143, "terminated")."""
+    word = "terminated (SIGTERM)" if signum == 15 else "interrupted"
+    out.print(f"[yellow]{word}[/]" + (f": {escape(text)}" if text else ""), highlight=False, soft_wrap=True)
+    return EXIT_TERMINATED if signum == 15 else EXIT_INTERRUPTED
 
 
 def cli_errors(interrupted: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., None]]:

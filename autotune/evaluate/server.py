@@ -10,12 +10,10 @@ it even when that process is killed outright.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import UserError
+from autotune.procs import set_parent_death_signal
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -31,26 +30,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def _prctl():
-    """libc's prctl, looked up here in the parent: the child between fork and exec only calls it (no dlopen
-    after fork in a process that may have threads)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _prctl()
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the kernel sends SIGTERM to the server if the process that started it dies (even by SIGKILL)."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def healthy(url: str) -> bool:
@@ -96,7 +75,7 @@ class ServerProcess:
         with open(self.log_path, "ab") as log:
             try:
                 self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                             start_new_session=True, preexec_fn=_die_with_parent,
+                                             start_new_session=True, preexec_fn=set_parent_death_signal,
                                              env={**os.environ, **(self.env or {})})
             except FileNotFoundError:
                 raise UserError(f"cannot start the model server: {self.command[0]!r} not found",

@@ -3,7 +3,9 @@
 Life cycle: ``run(job_file, on_progress)`` starts the worker, feeds its progress lines to
 ``on_progress`` until it exits, and returns its exit code; the result is the ``result.json`` the worker
 wrote beside the job file. A worker that dies (segfault, kill) leaves no result: the caller fails the
-trial with the exit code as the reason. Ctrl-C stops the worker's whole process group, then re-raises.
+trial with the exit code as the reason. Ctrl-C (and SIGTERM, as ``autotune.procs.Terminated``) stops the
+worker's whole process group, then re-raises. A local worker dies with its controller even when the
+controller is SIGKILLed (``autotune.procs``: the kernel's parent-death signal), so no trial outlives it.
 Slurm (submitit) and ``accelerate launch`` join this protocol with the scale-out work.
 """
 
@@ -22,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+from autotune.procs import dying_with_parent
 from autotune.search.protocol import MEMORY_LIMIT_ENV, PROGRESS_PREFIX
 
 ProgressCallback = Callable[[dict], None]
@@ -43,6 +46,9 @@ class Launcher(Protocol):
 class LocalLauncher:
     """One subprocess per job on this machine; stderr goes to ``worker.log`` beside the job file.
 
+    The worker starts through ``python -m autotune.procs``, which makes it die with this process (SIGTERM
+    from the kernel when the thread that started it is gone); ``run`` blocks in that thread until it exits.
+
     ``prefix`` runs the worker under another launcher, e.g. ``accelerate_prefix(4)``: ``accelerate launch``
     with 4 data-parallel processes per trial (the process group is stopped as one).
     """
@@ -54,7 +60,7 @@ class LocalLauncher:
         self.env = {MEMORY_LIMIT_ENV: str(memory_limit)} if memory_limit else {}
 
     def command(self, job_file: Path) -> list[str]:
-        return [self.python, *self.prefix, "-m", "autotune.search.worker", str(job_file)]
+        return dying_with_parent([self.python, *self.prefix, "-m", "autotune.search.worker", str(job_file)], self.python)
 
     def run(self, job_file: Path, on_progress: ProgressCallback, timeout_s: float | None = None) -> int:
         env = {**os.environ, **_WORKER_ENV, **self.env}
