@@ -14,13 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from autotune.config.identity import proposal_key
+from autotune.errors import UserError
+from autotune.paths import write_text_atomic
+from autotune.redact import redact
 
 
 @dataclass(frozen=True)
@@ -77,36 +79,55 @@ def digest(obj: Any, n: int = 16) -> str:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a temp file + rename, so a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write JSON through a temp file + rename, so a kill never leaves half a file (mode: the umask's)."""
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True), fsync=True)
+
+
+class DamagedFile(UserError, ValueError):
+    """A JSON file autotune wrote cannot be parsed (cut by a kill or a full disk, edited, foreign bytes).
+    A ``UserError`` (one line naming the file and what to do; exit 2) and a ``ValueError``, so that readers
+    of caches that can be recomputed catch it as they catch a parse error."""
+
+
+# what to do about a damaged study file (``read_json``'s ``fix``)
+FIX_SPACE_JSON = ("it records the space the study ran; if the space file is unchanged, delete it and run "
+                  "`autotune search SPACE.yaml` again to rewrite it (finished trials are kept)")
+FIX_SUMMARY = "run `autotune search` on the study's space again to rewrite it (finished trials do not run again)"
+FIX_RECOMPUTE = "delete it: it is recomputed"
+
+
+def read_json(path: Path, fix: str = "restore it, or delete it if autotune can recompute it") -> Any:
+    """The JSON in ``path``. Not JSON or not UTF-8: ``DamagedFile`` naming the file and ``fix`` (what to do)."""
+    path = Path(path)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        problem = f"not UTF-8 text (byte {e.start})"
+    except json.JSONDecodeError as e:
+        problem = f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+    raise DamagedFile(f"the file is damaged: {problem}; {fix}", file=path) from None
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSON-lines file; a half-written last line (a killed writer) is skipped."""
+def read_jsonl(path: Path, *, warn: bool = False) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file; lines that are not JSON (a half-written last line of a killed
+    writer, foreign bytes) are skipped, with a warning on stderr naming the file and lines when ``warn``."""
     if not Path(path).exists():
         return []
-    out = []
-    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+    out, skipped = [], []
+    # bad bytes inside a string leave the line's numbers usable: decoded as U+FFFD, the line is kept
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         try:
             row = json.loads(line)
         except ValueError:
+            if line.strip():
+                skipped.append(number)
             continue
         if isinstance(row, dict):
             out.append(row)
+    if warn and skipped:
+        lines = ", ".join(map(str, skipped[:5])) + (" ..." if len(skipped) > 5 else "")
+        print(f"autotune: warning: {path}: skipped {len(skipped)} line(s) that are not JSON objects in UTF-8 "
+              f"(line {lines})", file=sys.stderr)
     return out
 
 
@@ -152,7 +173,10 @@ class Job:
     keep_checkpoint: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"kind": self.kind, "space": self.space, "space_file": self.space_file}
+        space, search = self.space, self.space.get("search")
+        if isinstance(search, dict) and isinstance(search.get("storage"), str):  # the worker opens no storage:
+            space = {**space, "search": {**search, "storage": redact(search["storage"])}}  # no password in job.json
+        d: dict[str, Any] = {"kind": self.kind, "space": space, "space_file": self.space_file}
         if self.kind == "trial":
             d.update(prepared=self.prepared.to_json() if self.prepared else None,
                      proposal=self.proposal.to_json() if self.proposal else None,
@@ -176,8 +200,12 @@ class Job:
 
 
 def read_result(path: Path) -> RunResult | Prepared:
-    """A worker's ``result.json``: a prepare job's ``Prepared`` when it succeeded, else a ``RunResult``."""
-    d = read_json(path)
+    """A worker's ``result.json``: a prepare job's ``Prepared`` when it succeeded, else a ``RunResult`` (a
+    damaged file is a ``crashed`` run: the worker died writing it, it is not the user's input)."""
+    try:
+        d = read_json(path)
+    except DamagedFile as e:
+        return RunResult(status="crashed", reason=str(e))
     if not isinstance(d, dict) or "status" not in d:
         return RunResult(status="failed", reason=f"{path} holds no status")
     if d.get("status") == "ok" and "base_hash" in d:
@@ -296,32 +324,108 @@ class Trials:
     notes: list[str] = field(default_factory=list)
 
 
+STORAGE_HERE = "study.db"  # summary.json's ``storage`` when the study's storage is this folder's study.db
+
+
+def storage_record(spec: str, study_dir: Path) -> str:
+    """What ``summary.json`` records as the study's storage: ``study.db`` for this folder's SQLite file, else the
+    URL with its password redacted (readers of a moved study learn where its trials are, never a secret)."""
+    if spec == "sqlite" or spec == f"sqlite:///{Path(study_dir) / STORAGE_HERE}" \
+            or spec == f"sqlite:///{(Path(study_dir) / STORAGE_HERE).resolve()}":
+        return STORAGE_HERE
+    return redact(spec)
+
+
 def load_trials(study_dir: Path, *, storage: bool = True, waiting: bool = False) -> Trials:
     """Every trial of ``runs/<study>``: from its Optuna storage ``study.db`` (also while a study runs) when
     ``storage`` and the file loads, else from ``summary.json`` (written at the end of each search). Queued
-    trials (``waiting``) are in the storage only."""
+    trials (``waiting``) are in the storage only.
+
+    A study whose storage moved (``--storage postgresql://...`` after runs on SQLite) leaves an old study.db
+    behind: when ``summary.json`` records another storage and study.db was not written after it, or (older
+    summaries, which record none) it lists finished trials study.db lacks, the trials come from summary.json
+    and a note says which source was used and why. The other storage is not opened: its URL on disk has no
+    password, and a reader connects nowhere."""
     root = Path(study_dir)
     notes: list[str] = []
-    if storage:
-        records = _trials_from_db(root, notes, waiting)
-        if records is not None:
-            return Trials(records, "study.db", notes)
     path = root / "summary.json"
-    if not path.exists():
-        return Trials([], "none", notes)
-    try:
-        summary = read_json(path)
-    except (OSError, ValueError) as e:
-        return Trials([], "none", [*notes, f"{path}: unreadable ({type(e).__name__}: {e})"])
+    summary, problem = _read_summary(path)
+    if storage:
+        moved = _moved_storage(root, summary)
+        if moved:
+            notes.append(moved)
+        else:
+            records = _trials_from_db(root, notes, waiting)
+            if records is not None:
+                stale = _older_than_summary(root, records, summary)
+                if not stale:
+                    return Trials(records, "study.db", notes)
+                notes.append(stale)
+    if summary is None:
+        return Trials([], "none", [*notes, *([problem] if problem else [])])
     rows = summary.get("trials") if isinstance(summary, dict) else None
     records = [TrialRecord.from_row(r, i) for i, r in enumerate(rows or []) if isinstance(r, dict)]
     return Trials(sorted(records, key=lambda t: t.number), "summary.json", notes)
+
+
+def _read_summary(path: Path) -> tuple[Any, str]:
+    """``summary.json``'s content (None when missing or unreadable) and what went wrong."""
+    if not path.exists():
+        return None, ""
+    try:
+        return read_json(path), ""
+    except (OSError, ValueError) as e:
+        return None, f"{path}: unreadable ({type(e).__name__}: {e})"
+
+
+def _summary_rows(summary: Any) -> list[dict[str, Any]]:
+    rows = summary.get("trials") if isinstance(summary, dict) else None
+    return [r for r in rows or [] if isinstance(r, dict)]
+
+
+def _db_written_after(root: Path, summary_path: Path) -> bool:
+    db = root / STORAGE_HERE
+    return db.exists() and db.stat().st_mtime_ns > summary_path.stat().st_mtime_ns
+
+
+def _moved_storage(root: Path, summary: Any) -> str:
+    """A note when ``summary.json`` records a storage other than study.db and study.db was not written since
+    (the last search used that storage); "" otherwise."""
+    where = summary.get("storage") if isinstance(summary, dict) else None
+    if not isinstance(where, str) or where == STORAGE_HERE or _db_written_after(root, root / "summary.json"):
+        return ""
+    n = len(_summary_rows(summary))
+    old = ("this folder's study.db is an older storage the study no longer uses, and is not read"
+           if (root / STORAGE_HERE).exists() else "this folder has no study.db")
+    return (f"the study's storage is {where} (recorded in summary.json by the last search); {old}: the {n} trials "
+            f"are read from summary.json, as that search left them (trials running since are not shown; "
+            f"`autotune status {root} --storage URL` lists them)")
+
+
+def _older_than_summary(root: Path, records: list[TrialRecord], summary: Any) -> str:
+    """A note when summary.json (written after study.db) lists finished trials that study.db lacks: the storage
+    moved before summaries recorded it; "" when they agree."""
+    path = root / "summary.json"
+    if summary is None or _db_written_after(root, path):
+        return ""
+    have = {(r.number, r.run_dir) for r in records if r.state == "complete"}
+    missing = [r for r in _summary_rows(summary)
+               if r.get("state") == "complete" and (r.get("trial"), str(r.get("run_dir") or "")) not in have]
+    if not missing:
+        return ""
+    return (f"study.db and summary.json disagree: summary.json, written after study.db, lists {len(missing)} finished "
+            f"trial(s) that study.db lacks (the study's storage moved, e.g. with --storage); study.db's "
+            f"{len(records)} trials are not used: the {len(_summary_rows(summary))} trials are read from summary.json")
 
 
 def _trials_from_db(root: Path, notes: list[str], waiting: bool) -> list[TrialRecord] | None:
     db = root / "study.db"
     if not db.exists():
         notes.append("no study.db here (the storage may be elsewhere): trials are read from summary.json")
+        return None
+    if db.stat().st_size == 0:  # opening it would write a fresh schema into it: a reader writes nothing
+        notes.append(f"{db} is empty (0 bytes): it holds no study (a full disk or a cut copy?); trials are read "
+                     "from summary.json")
         return None
     import optuna  # a light module calling a heavy one: only when a study's storage is read
 

@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from autotune.cli.errors import EXIT_CODES, cli_errors, console, err
+from autotune.cli.eval import ALLOW_CODE_HELP
 from autotune.cli.resolve import resolve_study
 from autotune.errors import UserError
+from autotune.redact import redact
 
 app = typer.Typer(
     name="autotune",
@@ -30,8 +33,8 @@ StudyArg = Annotated[Path, typer.Argument(
     show_default=False)]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a field: --set proxy.tokens=2e5 (repeatable).")]
 StorageOpt = Annotated[str | None, typer.Option(
-    help="Optuna storage, overriding search.storage: sqlite (runs/<name>/study.db), postgresql://user@host/db "
-         "(start `autotune search` on several machines against one URL to share a study), or journal:PATH.")]
+    help="Optuna storage, overriding search.storage: sqlite (runs/<name>/study.db), "
+         "postgresql+psycopg2://user@host/db (start `autotune search` on several machines against one URL to share a study), or journal:PATH.")]
 
 
 def _check_files(space) -> None:
@@ -60,7 +63,7 @@ def validate(space_file: SpaceArg, set_: SetOpt = None) -> None:
     Example: autotune validate search_spaces/demo.yaml --set search.trials=4
     """
     from autotune.config.space import dump_space, load_space
-    from autotune.evaluate.suite import load_suite
+    from autotune.evaluate.suite import code_uses, load_suite
 
     space = load_space(space_file, set_)
     suite = load_suite(space.suite_path, list(space.domains))
@@ -69,17 +72,22 @@ def validate(space_file: SpaceArg, set_: SetOpt = None) -> None:
     console.print(f"# suite {space.suite_path}: {len(suite.target)} target and {len(suite.general)} general entries; "
                   f"{space.proxy.steps} steps of {space.proxy.seqs_per_step} x {space.proxy.seq_len} tokens per trial",
                   highlight=False, markup=False)
+    for field, _, what in code_uses(suite):  # allowed per run, not by the file: a note, not an error
+        console.print(f"# note: {space.suite_path}: {field}: {what}: search, eval and gate need "
+                      "--allow-code-execution", highlight=False, markup=False, soft_wrap=True)
     console.print(f"[green]ok[/] {space_file}")
 
 
 @app.command()
 @cli_errors(interrupted="the running trial, if any, was stopped; run the same command again to resume.")
 def search(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None,
-           allow_code_execution: Annotated[bool, typer.Option(
-               help="Allow suite tasks that execute model-generated code (HumanEval, MBPP).")] = False,
+           allow_code_execution: Annotated[bool, typer.Option(help=ALLOW_CODE_HELP)] = False,
            trials: Annotated[int | None, typer.Option(help="Trial budget of the whole study, all workers together "
                                                             "(default: search.trials of the space).")] = None,
-           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False) -> None:
+           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+           dry_run: Annotated[bool, typer.Option(
+               "--dry-run", help="Build every stage's configuration (suite, storage URL, sampler, trainer, objective, "
+                                 "ladder, recipe), print it and exit: nothing trained, nothing written.")] = False) -> None:
     """Run (or resume) a study: propose mixtures + schedules, train proxies, score them, report.
 
     The study lives in runs/<name>/ (Optuna storage, one folder per run, ratios.csv, metrics.csv). Rerunning
@@ -88,15 +96,20 @@ def search(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
     search.launcher.memory_limit, add processes, shard) and rerun: those trials run again. The demo (search_spaces/demo.yaml) builds its data and a tiny base model on first use, offline.
 
     Exit codes: 0 done, 1 the study cannot go on (its data or base model could not be prepared), 2 bad input,
-    130 interrupted.
+    4 out of disk space, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: stopped as after Ctrl-C).
 
     Example: autotune search search_spaces/demo.yaml --set search.trials=4
     """
     from autotune.cli.ui import Bars, print_summary
     from autotune.config.space import load_space
+    from autotune.evaluate.suite import load_suite, require_code_permission
     from autotune.search.study import Study, study_dir
 
     space = load_space(space_file, set_)
+    if dry_run:
+        _dry_run(space, storage, trials, allow_code_execution)
+        return
+    require_code_permission(load_suite(space.suite_path, list(space.domains)), allow_code_execution)
     bars = Bars(console, enabled=not quiet)
     study = Study(space, storage=storage, progress=bars.task, allow_code_execution=allow_code_execution,
                   log=lambda m: console.print(m, highlight=False, markup=False))
@@ -117,6 +130,19 @@ def search(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
                   f"run: autotune report {study.paths.root}", highlight=False)
 
 
+def _dry_run(space, storage: str | None, trials: int | None, allow_code_execution: bool) -> None:
+    """``search --dry-run``: what ``validate`` checks, then every stage built (``autotune.search.plan``)."""
+    from autotune.search.plan import dry_run
+
+    _check_files(space)
+    plan = dry_run(space, storage=storage, trials=trials, allow_code_execution=allow_code_execution)
+    for line in plan.lines:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    for w in plan.warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    console.print("[green]dry run ok[/]: nothing trained, nothing written", highlight=False)
+
+
 def _recipe_from_space(root: Path, space, ladder_shown: bool = False) -> None:
     """recipe.yaml from the space's ``extrapolate:`` section, at the end of search / ladder; a problem with
     it is a warning: the runs before it are done and kept. ``ladder_shown``: the ladder's warnings are on
@@ -126,12 +152,20 @@ def _recipe_from_space(root: Path, space, ladder_shown: bool = False) -> None:
     spec = space.extrapolate
     try:
         path = extrapolate_study(root, spec.tokens, dict(spec.available_tokens) or None, spec.max_epochs,
-                                 batch_tokens=spec.batch_tokens, command=" ".join(sys.argv))
+                                 batch_tokens=spec.batch_tokens, command=redact(" ".join(sys.argv)))
     except UserError as e:
         err.print(f"[yellow]warning:[/] recipe.yaml was not written: {e}", highlight=False, soft_wrap=True)
         return
+    except Exception as e:  # noqa: BLE001  (a bug or a fault of the recipe step never costs the report)
+        _warning(f"recipe.yaml was not written: the recipe step failed ({type(e).__name__}: {e}); the trials are "
+                 f"kept; retry with: autotune extrapolate {root}")
+        return
     _print_recipe_warnings(load_recipe(path).warnings, ladder_shown)
     console.print(f"recipe: {path}", highlight=False)
+
+
+def _warning(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _print_recipe_warnings(warnings: list[str], ladder_shown: bool = False) -> None:
@@ -145,8 +179,7 @@ def _print_recipe_warnings(warnings: list[str], ladder_shown: bool = False) -> N
 @app.command()
 @cli_errors(interrupted="run the same command again to resume the ladder.")
 def ladder(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None,
-           allow_code_execution: Annotated[bool, typer.Option(
-               help="Allow suite tasks that execute model-generated code (HumanEval, MBPP).")] = False,
+           allow_code_execution: Annotated[bool, typer.Option(help=ALLOW_CODE_HELP)] = False,
            quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False) -> None:
     """Scale transfer: re-run a study's prior and its top_k best trials as complete proxy runs at each token
     budget of the space's `ladder:` section, then check that the rungs rank the mixtures alike (Kendall tau,
@@ -162,9 +195,11 @@ def ladder(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None,
     Example: autotune ladder search_spaces/demo.yaml --set 'ladder={tokens: [1.5e5, 6.0e5], top_k: 3}'
     """
     from autotune.cli.ui import Bars
+    from autotune.evaluate.suite import load_suite, require_code_permission
     from autotune.search.ladder import ladder_report, print_ladder, run_ladder
 
     space, root = resolve_study(study, set_, require_study=False)  # run_ladder checks that the study ran
+    require_code_permission(load_suite(space.suite_path, list(space.domains)), allow_code_execution)
     bars = Bars(console, enabled=not quiet)
     with bars:
         run_ladder(space, storage=storage, progress=bars.task, allow_code_execution=allow_code_execution,
@@ -240,7 +275,7 @@ def extrapolate(study: StudyArg,
         batch_tokens = section.batch_tokens if batch_tokens is None else batch_tokens
     max_epochs = 4.0 if max_epochs is None else max_epochs
     path = extrapolate_study(root, tokens, avail or None, max_epochs, force, batch_tokens=batch_tokens,
-                             command=" ".join(sys.argv))
+                             command=redact(" ".join(sys.argv)))
     recipe = load_recipe(path)
     if recipe.ladder is not None:
         from autotune.search.ladder import print_ladder
@@ -255,14 +290,15 @@ def _extrapolate_section(study: Path):
     from pydantic import ValidationError
 
     from autotune.config.load import read_yaml, validation_error_to_user_error
-    from autotune.config.space import Extrapolate
-    from autotune.records import read_json
+    from autotune.config.space import Extrapolate, recorded_source_file
+    from autotune.records import FIX_SPACE_JSON, read_json
 
     where = Path(study) / "space.json"
     if not where.is_file():
         raise UserError("not a study folder (no space.json), e.g. runs/demo", field="STUDY", value=str(study))
-    source = read_json(where).get("source_file")
-    data = read_yaml(Path(source), "search space") if source and Path(source).is_file() else {}
+    record = read_json(where, fix=FIX_SPACE_JSON)
+    source = recorded_source_file(Path(study), record.get("source_file") if isinstance(record, dict) else None)
+    data = read_yaml(source, "search space") if source else {}
     section = None
     if isinstance(data, dict) and data.get("extrapolate") is not None:  # only this section matters here
         try:
@@ -288,7 +324,7 @@ def status(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None) -> 
     from autotune.search.study import Study
 
     space, _ = resolve_study(study, set_)
-    print_summary(console, Study(space, storage=storage))
+    print_summary(console, Study(space, storage=storage, read_only=True, log=_warning))
 
 
 @app.command()
@@ -306,7 +342,8 @@ def export(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None,
     from autotune.search.study import Study
 
     space, root = resolve_study(study, set_)
-    for path in export_tables(Study(space, storage=storage), out or root / "export", fmt):
+    reader = Study(space, storage=storage, read_only=True, log=_warning)
+    for path in export_tables(reader, out or root / "export", fmt):
         console.print(str(path), highlight=False)
 
 

@@ -46,16 +46,14 @@ def resolve_study(arg: Path, overrides: list[str] | None = None, *, need_space: 
 
 def _space_of_study(root: Path, overrides: list[str] | None):
     """The space of the study in ``root``, placed so that ``study_dir(space)`` is ``root``."""
-    import json
-
-    from autotune.config.space import load_space
+    from autotune.config.space import load_space, recorded_source_file
+    from autotune.records import FIX_SPACE_JSON, read_json
     from autotune.search.study import study_dir
 
-    try:
-        source = json.loads((root / "space.json").read_text()).get("source_file")
-    except (OSError, ValueError, AttributeError) as e:
-        raise UserError(f"not a study folder: space.json cannot be read ({e})", file=root / "space.json") from None
-    candidates = [Path(source)] if source and Path(source).is_file() else []
+    record = read_json(root / "space.json", fix=FIX_SPACE_JSON)  # damaged: names the file and what to do
+    source = record.get("source_file") if isinstance(record, dict) else None
+    found = recorded_source_file(root, source)
+    candidates = [found] if found else []
     if (root / "space.yaml").is_file():
         candidates.append(root / "space.yaml")
     if not candidates:

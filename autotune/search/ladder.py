@@ -13,7 +13,6 @@ Run one ``autotune ladder`` per study at a time (two would both run the missing 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from autotune.config.space import SearchSpace
 from autotune.errors import UserError
 from autotune.extrapolate.ladder import analyze, decision_metrics, higher_is_better
 from autotune.extrapolate.study_data import load_ladder
-from autotune.records import Attr, TrialRecord, write_json_atomic
+from autotune.records import FIX_SUMMARY, Attr, TrialRecord, read_json, write_json_atomic
 from autotune.search.study import ProgressFactory, Study, StudyPaths, check_space, study_dir
 
 LADDER_DIR = "ladder"
@@ -82,10 +81,8 @@ def run_ladder(space: SearchSpace, *, storage: str | None = None, progress: Prog
     summary_path = root / "summary.json"
     if not summary_path.exists():
         raise UserError("the study has no summary.json yet: let autotune search finish first", file=summary_path)
-    try:
-        rows = json.loads(summary_path.read_text()).get("trials")
-    except (json.JSONDecodeError, AttributeError):
-        rows = None
+    summary = read_json(summary_path, fix=FIX_SUMMARY)  # damaged: names the file and what to do
+    rows = summary.get("trials") if isinstance(summary, dict) else None
     if not isinstance(rows, list):
         raise UserError("not a study summary (needs a 'trials' list)", file=summary_path, field="trials")
     maximize = space.objective.maximize or "target"

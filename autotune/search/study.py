@@ -12,7 +12,9 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +24,17 @@ from autotune.config.identity import only_what, run_key, without_how
 from autotune.config.run import GgufBase, LauncherSpec, Proxy
 from autotune.config.space import SearchSpace, dump_space
 from autotune.config.suite import Suite
-from autotune.errors import UserError
+from autotune.errors import UserError, disk_full_reason, is_disk_full
 from autotune.evaluate.noise import noise_floor
 from autotune.evaluate.suite import load_suite
 from autotune.evaluate.vllm_engine import ENGINE_ENV
 from autotune.objective import rung_value, score
+from autotune.paths import follow_umask
+from autotune.procs import sigterm_as_interrupt
 from autotune.records import (
+    FIX_SPACE_JSON,
     Attr,
+    DamagedFile,
     Job,
     Prepared,
     Proposal,
@@ -37,6 +43,7 @@ from autotune.records import (
     digest,
     read_json,
     read_result,
+    storage_record,
     write_json_atomic,
 )
 from autotune.search.launch import (
@@ -49,6 +56,7 @@ from autotune.search.launch import (
     folder_locked,
     kill_orphan,
 )
+from autotune.search.protocol import EXIT_NO_SPACE, NO_SPACE_EVENT
 
 ProgressFactory = Callable[[str], Any]
 
@@ -66,7 +74,17 @@ class Pruned(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl-C during a study: the running trial was stopped and will rerun when the study resumes."""
+    """Ctrl-C (or SIGTERM: ``signum``) during a study: the running trial was stopped and will rerun when the
+    study resumes."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class OutOfSpace(Exception):
+    """A job ran out of disk space: the study stops (every later job would fail the same way); the running
+    trial is left to rerun, so a rerun with space freed resumes."""
 
 
 @dataclass
@@ -149,6 +167,27 @@ def _changed(old: Any, new: Any, explicit: Any) -> bool:
     return False
 
 
+def _recorded_identity(space_json: Path) -> dict[str, Any]:
+    """The identity of the space a study ran (``space.json``); damaged: a ``UserError`` saying what to do."""
+    record = read_json(space_json, fix=FIX_SPACE_JSON)
+    if not isinstance(record, dict) or not isinstance(record.get("identity"), dict):
+        raise DamagedFile(f"the file is damaged: it has no 'identity' mapping; {FIX_SPACE_JSON}", file=space_json)
+    return record["identity"]
+
+
+def _finished_result(done: Path) -> RunResult | None:
+    """A run folder's ``result.json``: None when there is none or it is damaged (the run is content-keyed,
+    so a damaged result is recomputed, with a warning)."""
+    if not done.exists():
+        return None
+    try:
+        d = read_json(done, fix="it is recomputed now")
+    except DamagedFile as e:
+        print(f"autotune: warning: {e}", file=sys.stderr)
+        return None
+    return RunResult.from_json(d) if isinstance(d, dict) and "status" in d else None
+
+
 def check_space(paths: StudyPaths, space: SearchSpace) -> None:
     """Record the space on a new study; refuse to resume a study whose space has changed.
 
@@ -156,7 +195,7 @@ def check_space(paths: StudyPaths, space: SearchSpace) -> None:
     """
     ident = space_identity(space)
     if paths.space_json.exists():
-        old = _without_how(read_json(paths.space_json)["identity"])
+        old = _without_how(_recorded_identity(paths.space_json))
         explicit = space.model_dump(mode="json", exclude_defaults=True)
         if _changed(old, ident, explicit):
             changed = sorted(k for k in set(old) | set(ident) if k in old and _changed(old[k], ident.get(k), explicit.get(k))
@@ -167,9 +206,13 @@ def check_space(paths: StudyPaths, space: SearchSpace) -> None:
         return
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(paths.space_json, {"identity": ident, "digest": digest(ident), "source_file": space.source_file})
+        # source_file absolute: commands on the study folder find the space file from any directory
+        source = str(Path(space.source_file).resolve()) if space.source_file else None
+        write_json_atomic(paths.space_json, {"identity": ident, "digest": digest(ident), "source_file": source})
         paths.space_yaml.write_text(f"# the space as run; digest {digest(ident)}\n" + dump_space(space))
     except OSError as e:
+        if is_disk_full(e):  # not bad input: the CLI says so (exit 4)
+            raise
         raise UserError(f"cannot write the study folder {paths.root}: {e.strerror}", file=space.source_file,
                         field="search.runs_dir", value=space.search.runs_dir) from None
 
@@ -191,10 +234,11 @@ def job_space(space: SearchSpace) -> dict[str, Any]:
 class Study:
     def __init__(self, space: SearchSpace, *, launcher: Launcher | None = None, storage: str | None = None,
                  progress: ProgressFactory | None = None, log: Callable[[str], None] = print,
-                 allow_code_execution: bool = False) -> None:
+                 allow_code_execution: bool = False, read_only: bool = False) -> None:
         self.space = space
         self.allow_code_execution = allow_code_execution
         self.storage = storage
+        self.read_only = read_only  # a reader (status, export): opens an existing study, creates none
         self.paths = StudyPaths(study_dir(space))
         self.launcher = launcher or make_launcher(space)
         self.progress = progress or (lambda label: _NullBar())
@@ -206,7 +250,12 @@ class Study:
     def controller(self):
         from autotune.search.controller import Controller
 
-        return Controller(self.space, self.paths.root, self.storage)
+        db = self.paths.root / "study.db"
+        new = not db.exists()
+        ctl = Controller(self.space, self.paths.root, self.storage, create=not self.read_only, log=self.log)
+        if new and db.exists():
+            follow_umask(db)  # SQLite makes it 0644 whatever the umask (its journals copy the file's mode)
+        return ctl
 
     # ------------------------------------------------------------------ jobs
     def _launch(self, folder: Path, job: Job, label: str,
@@ -216,11 +265,21 @@ class Study:
         result_path.unlink(missing_ok=True)
         job.write(folder / "job.json")
         bar = self.progress(label)
+        no_space: dict = {}
+
+        def watch(event: dict) -> None:
+            if NO_SPACE_EVENT in event:
+                no_space.update(event)
+
         try:
             timeout = self.space.search.trial_timeout_s if job.proposal else None  # trials only
-            code = self.launcher.run(folder / "job.json", _tee(bar.update, on_event), timeout_s=timeout)
+            code = self.launcher.run(folder / "job.json", _tee(_tee(bar.update, watch), on_event), timeout_s=timeout)
         finally:
             bar.close()
+        if code == EXIT_NO_SPACE or no_space:
+            reason = no_space.get(NO_SPACE_EVENT) or "the worker ran out of disk space"
+            raise OutOfSpace(f"no space left on device: {label} stopped ({reason}; in {folder}); free some space "
+                             "and run the same command again to resume")
         if code == TIMED_OUT:
             return RunResult(status="timeout", reason=f"stopped after search.trial_timeout_s = {self.space.search.trial_timeout_s} s")
         if not result_path.exists():
@@ -262,11 +321,9 @@ class Study:
         """
         folder = self.paths.root / ("base" if proposal is None else "trials") / self.run_key(proposal)
         with folder_lock(folder):
-            done = folder / "result.json"
-            if done.exists():
-                cached = RunResult.from_json(read_json(done))
-                if cached.ok:
-                    return folder, cached
+            cached = _finished_result(folder / "result.json")
+            if cached is not None and cached.ok:
+                return folder, cached
             job = self._job("trial", prepared=self.prepared, proposal=proposal,
                             allow_code_execution=self.allow_code_execution)
             return folder, self._launch(folder, job, label, on_event)
@@ -281,6 +338,11 @@ class Study:
 
     # ------------------------------------------------------------------ the loop
     def search(self, trials: int | None = None) -> None:
+        """The whole study (see the module docstring). SIGTERM (a preempted job) stops it as Ctrl-C does."""
+        with sigterm_as_interrupt():
+            self._prepare_and_search(trials)
+
+    def _prepare_and_search(self, trials: int | None) -> None:
         check_space(self.paths, self.space)
         ctl = self.controller()  # opens storage early: a bad URL fails before any work
         for folder in [*self.paths.root.glob("*"), *self.paths.root.glob("*/*")]:  # workers of a killed controller
@@ -348,10 +410,16 @@ class Study:
                     self.log(f"trial {asked.number} pruned: {p.reason}")
                     overall.update({"advance": 1})
                     continue
-                except KeyboardInterrupt:
-                    ctl.tell_failed(asked.trial, "interrupted", "stopped by Ctrl-C; rerun to resume", counts=False)
+                except KeyboardInterrupt as e:
+                    signum = getattr(e, "signum", signal.SIGINT)  # autotune.procs.Terminated: SIGTERM
+                    how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+                    ctl.tell_failed(asked.trial, "interrupted", f"stopped by {how}; rerun to resume", counts=False)
                     ctl.requeue(ctl.study.trials[asked.number])
-                    raise Interrupted() from None
+                    raise Interrupted(signum) from None
+                except Exception as e:
+                    if isinstance(e, OutOfSpace) or is_disk_full(e):
+                        self._leave_to_rerun(ctl, asked, f"out of disk space ({disk_full_reason(e)}); rerun to resume")
+                    raise
                 self._tell(ctl, asked.trial, folder, result)
                 overall.update({"advance": 1})
                 ctl.fail_lost_trials()
@@ -359,6 +427,17 @@ class Study:
         finally:
             overall.close()
         self.write_tables(ctl)
+
+    def _leave_to_rerun(self, ctl, asked, reason: str) -> None:
+        """The trial stopped through no fault of its own: failed as interrupted (not counted) and asked again. A
+        storage that cannot be written now (on the full disk) keeps it running: the next session recovers it
+        (``_recover``: its controller is gone)."""
+        try:
+            ctl.tell_failed(asked.trial, "interrupted", reason, counts=False)
+            ctl.requeue(ctl.study.trials[asked.number])
+        except Exception as e:  # noqa: BLE001
+            if not is_disk_full(e):
+                raise
 
     def _retry_oom(self, ctl) -> None:
         """Trials that ran out of memory run again once the memory settings (``proxy.micro_batch_seqs``,
@@ -394,8 +473,11 @@ class Study:
         attrs = {Attr.RUN_DIR: str(folder.relative_to(self.paths.root)), Attr.STATUS: result.status}
         if result.status == "oom":  # the settings it ran with (a recovered trial may be from an earlier session)
             job = folder / "job.json"
-            attrs[Attr.MEMORY_SETTINGS] = memory_settings(read_json(job)["space"] if job.exists()
-                                                          else self.space.model_dump(mode="json"))
+            try:
+                ran = read_json(job)["space"] if job.exists() else None
+            except (DamagedFile, KeyError, TypeError):  # a damaged job.json: the settings of this session
+                ran = None
+            attrs[Attr.MEMORY_SETTINGS] = memory_settings(ran if isinstance(ran, dict) else self.space.model_dump(mode="json"))
         if not result.ok:
             self.log(f"trial {trial.number} {result.status}: {result.reason}")
             for k, v in attrs.items():
@@ -436,9 +518,9 @@ class Study:
             trial = ctl.trial(frozen.number)
             if proposal is not None:
                 folder = self.paths.trial_dir(self.run_key(Proposal.from_json(proposal)))
-                done = folder / "result.json"
-                if done.exists():
-                    self._tell(ctl, trial, folder, RunResult.from_json(read_json(done)))
+                done = _finished_result(folder / "result.json")
+                if done is not None:
+                    self._tell(ctl, trial, folder, done)
                     continue
             ctl.tell_failed(trial, "interrupted", "the controller stopped while this trial ran; rerun", counts=False)
             ctl.requeue(frozen)
@@ -458,7 +540,9 @@ class Study:
         frames["metrics"].to_csv(self.paths.root / "metrics.csv", index=False, float_format="%.6f")
         write_json_atomic(self.paths.root / "summary.json", {
             "base": self.base.metrics if self.base else {}, "trials": [t.to_row() for t in self.rows(ctl)],
-            "noise": {k: v.to_json() for k, v in self.noise(ctl).items()}})
+            "noise": {k: v.to_json() for k, v in self.noise(ctl).items()},
+            # where these trials live: a reader of a study whose storage moved must not trust an old study.db
+            "storage": storage_record(self.storage or self.space.search.storage, self.paths.root)})
 
 
 def _tee(first: Callable[[dict], None], second: Callable[[dict], None] | None) -> Callable[[dict], None]:

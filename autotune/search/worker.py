@@ -12,6 +12,7 @@ A crash, a NaN or an OOM becomes a result with that status and reason: the study
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -27,13 +28,15 @@ from typing import Any
 from autotune.config.run import DemoBase, GgufBase
 from autotune.config.space import SearchSpace
 from autotune.data.prepare import PackedDomain, pack_domain
-from autotune.errors import TrialFailed, UserError, is_out_of_memory
+from autotune.errors import TrialFailed, UserError, disk_full_reason, is_disk_full, is_out_of_memory
 from autotune.evaluate.backends import InMemoryModel, free_accelerator_memory
 from autotune.evaluate.harness import EvalOptions, HeldoutTokens, run_suite, set_offline
 from autotune.evaluate.suite import load_suite
 from autotune.hashing import checkpoint_hash, tokenizer_hash
-from autotune.records import Job, Prepared, RunResult, write_json_atomic
-from autotune.search.protocol import MEMORY_LIMIT_ENV, PROGRESS_PREFIX
+from autotune.paths import follow_umask, home
+from autotune.procs import set_parent_death_signal
+from autotune.records import Job, Prepared, Proposal, RunResult, read_jsonl, write_json_atomic
+from autotune.search.protocol import EXIT_NO_SPACE, MEMORY_LIMIT_ENV, NO_SPACE_EVENT, PROGRESS_PREFIX
 from autotune.train.schedules import ScheduleParams
 
 
@@ -141,25 +144,18 @@ def train_proposal(space: SearchSpace, job: Job, model, tokenizer, packed: dict,
     checkpoint. Returns the model to evaluate and the train summary (None on processes other than the main)."""
     import torch
 
-    from autotune.train.trainer import TrainConfig, train
+    from autotune.train.trainer import train
 
     cuda = torch.cuda.is_available()
     proposal, prepared, proxy = job.proposal, job.prepared, space.proxy
-    schedule = dict(proposal.schedule)
-    if schedule.get("start_lr") == "base":  # Study.prepare refused a base that records none
-        schedule["start_lr"] = prepared.base_final_lr
-    seq_len = int(proposal.context.get("seq_len") or proxy.seq_len)  # long-context knobs (space.context)
+    cfg = train_config(space, proposal, prepared.base_final_lr, cuda)
+    seq_len = cfg.seq_len
     if proposal.context.get("rope_theta"):
         from autotune.train.model import set_rope_theta
 
         set_rope_theta(model, float(proposal.context["rope_theta"]))
     if seq_len > getattr(model.config, "max_position_embeddings", seq_len):
         model.config.max_position_embeddings = seq_len  # RoPE has no learned positions to outgrow
-    cfg = TrainConfig(seq_len=seq_len, seqs_per_step=proxy.batch_tokens // seq_len, steps=proxy.steps,
-                      seed=proposal.seed, schedule=ScheduleParams(**schedule), micro_batch_seqs=proxy.micro_batch_seqs,
-                      precision=("bf16" if cuda else "fp32") if proxy.precision == "auto" else proxy.precision,
-                      compile=cuda if proxy.compile == "auto" else bool(proxy.compile), max_epochs=proxy.max_epochs,
-                      state_every_s=proxy.save_state_every_s, sharding=space.search.launcher.sharding)
     # fixed phases first (mixture.phases), then the searched mixture to the end of the run
     starts = [0.0] + [ph.until for ph in space.mixture.phases]
     mixture = list(zip(starts, [ph.shares for ph in space.mixture.phases] + [proposal.mixture], strict=True))
@@ -191,14 +187,32 @@ def train_proposal(space: SearchSpace, job: Job, model, tokenizer, packed: dict,
                 model.to(accelerator.device)
         else:
             model = accelerator.unwrap_model(model)
-    train_info = {**summary.to_json(), "start_lr": schedule.get("start_lr"), "seq_len": seq_len,
+    train_info = {**summary.to_json(), "start_lr": cfg.schedule.start_lr, "seq_len": seq_len,
                   "seqs_per_step": cfg.seqs_per_step}
     if job.keep_checkpoint:
         model.config.use_cache = True
         model.save_pretrained(out_dir / "checkpoint", safe_serialization=True)
         tokenizer.save_pretrained(out_dir / "checkpoint")
+        follow_umask(out_dir / "checkpoint")  # safetensors writes 0600
     shutil.rmtree(state_dir, ignore_errors=True)  # the finished checkpoint supersedes it
     return model, train_info
+
+
+def train_config(space: SearchSpace, proposal: Proposal, base_final_lr: float | None, cuda: bool):
+    """The trainer's configuration (``TrainConfig``) of a proposal; ``autotune search --dry-run`` builds it too
+    (``autotune.search.plan``). ``base_final_lr``: the base run's final LR, for ``start_lr: base``."""
+    from autotune.train.trainer import TrainConfig
+
+    proxy = space.proxy
+    schedule = dict(proposal.schedule)
+    if schedule.get("start_lr") == "base":  # Study.prepare refused a base that records none
+        schedule["start_lr"] = base_final_lr
+    seq_len = int(proposal.context.get("seq_len") or proxy.seq_len)  # long-context knobs (space.context)
+    return TrainConfig(seq_len=seq_len, seqs_per_step=proxy.batch_tokens // seq_len, steps=proxy.steps,
+                       seed=proposal.seed, schedule=ScheduleParams(**schedule), micro_batch_seqs=proxy.micro_batch_seqs,
+                       precision=("bf16" if cuda else "fp32") if proxy.precision == "auto" else proxy.precision,
+                       compile=cuda if proxy.compile == "auto" else bool(proxy.compile), max_epochs=proxy.max_epochs,
+                       state_every_s=proxy.save_state_every_s, sharding=space.search.launcher.sharding)
 
 
 def evaluate_run(space: SearchSpace, job: Job, model, tokenizer, packed: dict, suite, out_dir: Path,
@@ -242,11 +256,9 @@ def _rung_evaluator(space: SearchSpace, suite, model, tokenizer, packed, out_dir
     seqs = space.proxy.seqs_per_step * space.proxy.seq_len
 
     done_before: dict[int, dict] = {}  # a resumed run: rungs already evaluated are sent again, not recomputed
-    if (out_dir / "rungs.jsonl").exists():
-        for line in (out_dir / "rungs.jsonl").read_text().splitlines():
-            if line.strip():
-                event = json.loads(line)
-                done_before[event["step"]] = event
+    for event in read_jsonl(out_dir / "rungs.jsonl"):  # a line cut by a kill is skipped: that rung runs again
+        if isinstance(event.get("step"), int):
+            done_before[event["step"]] = event
 
     def after_step(steps_done: int) -> None:
         if steps_done not in rung_steps:
@@ -309,18 +321,54 @@ def main(job_path: str) -> int:
         result = run_trial(space, job, out_dir, progress, accelerator)
         if result is None:  # not the main process: it wrote nothing
             return 0
-    except TrialFailed as e:
-        result = RunResult(status=e.status, reason=e.reason)
-    except UserError as e:
-        result = RunResult(status="failed", reason=str(e), bad_input=True)
-    except Exception as e:  # a crash fails this trial, not the study; the log keeps the traceback
-        traceback.print_exc()
-        result = RunResult(status="oom" if is_out_of_memory(e) else "failed",
-                           reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
-    write_json_atomic(result_path, result.to_json())
+    except Exception as e:
+        if is_disk_full(e) or _no_space_left(out_dir):  # every later job would fail the same way: stop the study
+            return _stop_no_space(progress, e)
+        result = _failed(e)
+    try:
+        write_json_atomic(result_path, result.to_json())
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        return _stop_no_space(progress, e)
     # a failure on any one of several processes: that process wrote the result (the others may be waiting
     # in a collective for it and would never write one); exiting non-zero makes torchrun stop the group
     return 1 if accelerator is not None and not result.ok else 0
+
+
+def _failed(e: Exception) -> RunResult:
+    """A failure of this job as its result: a crash fails this trial, not the study (the log keeps the traceback)."""
+    if isinstance(e, TrialFailed):
+        return RunResult(status=e.status, reason=e.reason)
+    if isinstance(e, UserError):
+        return RunResult(status="failed", reason=str(e), bad_input=True)
+    traceback.print_exc()
+    return RunResult(status="oom" if is_out_of_memory(e) else "failed",
+                     reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+
+
+def _no_space_left(out_dir: Path) -> bool:
+    """Whether the run folder's or the cache's filesystem is full (under 1 MiB free): some writers hide the
+    errno (torch.save raises "file write failed")."""
+    for folder in (out_dir, home()):
+        try:
+            if shutil.disk_usage(folder).free < 1 << 20:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _stop_no_space(progress: PipeProgress, e: BaseException) -> int:
+    """Out of disk space: no result (there may be no room for one); the reason goes to the controller through
+    the progress pipe, which needs no disk, and the exit code says it (``protocol.EXIT_NO_SPACE``)."""
+    reason = disk_full_reason(e) if is_disk_full(e) else \
+        f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]} (the disk is full)"
+    with contextlib.suppress(OSError):  # the log may be on the full disk
+        traceback.print_exception(e)
+        print(f"out of disk space: {reason}", file=sys.stderr, flush=True)
+    progress.emit({NO_SPACE_EVENT: reason})
+    return EXIT_NO_SPACE
 
 
 def _accelerator():
@@ -337,4 +385,7 @@ def _accelerator():
 
 
 if __name__ == "__main__":
+    # started by `accelerate launch` (torchrun), this dies with it too; a local launcher set it already
+    # (autotune.procs); submitit's job calls main() itself, on a node where the controller is not the parent
+    set_parent_death_signal()
     sys.exit(main(sys.argv[1]))

@@ -272,7 +272,10 @@ class _Run:
         if accelerator and not self.fsdp:
             self.model, self.opt = accelerator.prepare(model, self.opt)
         self._setup_forward()
-        self.log = open(self.log_path, "a" if self.start else "w") if self.log_path else None  # noqa: SIM115  (closed in close)
+        # line-buffered: each step's line reaches the file whole, so a kill (SIGKILL, OOM) never leaves half a
+        # line for the resume to trip over; a line a step costs one write
+        self.log = (open(self.log_path, "a" if self.start else "w", buffering=1, encoding="utf-8")  # noqa: SIM115  (closed in close)
+                    if self.log_path else None)
         self.progress.start("train", cfg.steps)
         if self.start:
             self.progress.advance(self.start)
