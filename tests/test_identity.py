@@ -75,3 +75,22 @@ def test_train_state_key_ignores_how_fields():
     assert cfg.run_identity() == again.run_identity()
     assert "schedule" in cfg.run_identity() and "micro_batch_seqs" not in cfg.run_identity()
     assert cfg.run_identity() != TrainConfig(seq_len=64, seqs_per_step=4, steps=10, seed=1, schedule=cfg.schedule).run_identity()
+
+
+def test_suite_digest_is_unchanged_by_source_fields_added_at_their_default(tmp_path):
+    """``piece_bytes`` / ``max_record_bytes`` came after studies had keyed their runs on the suite digest: at
+    their defaults they are left out (the digest of an older suite file), set they count."""
+    from autotune.config.identity import omitted_defaults
+    from autotune.evaluate.suite import load_suite
+    from autotune.testing import DEMO_TASKS
+
+    (tmp_path / "held.jsonl").write_text('{"text": "hello world"}\n{"text": "more text"}\n')
+    suite_yaml = ("name: dg\ntask_dirs: [" + str(DEMO_TASKS) + "]\ntarget:\n  - {task: demo_math_mc, metric: acc}\n"
+                  "general:\n  - {bpb: general, source: {path: held.jsonl%s}}\n")
+    (tmp_path / "a.yaml").write_text(suite_yaml % "")
+    (tmp_path / "b.yaml").write_text(suite_yaml % ", piece_bytes: 4096")
+    a, b = load_suite(tmp_path / "a.yaml", ["general"]), load_suite(tmp_path / "b.yaml", ["general"])
+    dumped = a.model_dump_json(exclude=omitted_defaults(a))
+    assert "piece_bytes" not in dumped and "max_record_bytes" not in dumped and "held.jsonl" in dumped
+    assert "piece_bytes" in b.model_dump_json(exclude=omitted_defaults(b))
+    assert a.digest() != b.digest()

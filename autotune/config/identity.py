@@ -111,6 +111,28 @@ def only_what(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k in what}
 
 
+def omitted_defaults(model: BaseModel) -> dict[Any, Any]:
+    """Pydantic's ``exclude=`` for ``model``: every field marked ``RUN_UNLESS_DEFAULT`` that holds its default,
+    at any depth (inside nested models, lists and maps). A digest dumped with it is the digest of a config
+    written before the field existed."""
+    out: dict[Any, Any] = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        marks = [m for m in info.metadata if isinstance(m, Identity)]
+        if marks and marks[0].omit_default and value == info.default:
+            out[name] = True
+            continue
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else None
+        if isinstance(value, BaseModel):
+            if sub := omitted_defaults(value):
+                out[name] = sub
+        elif items is not None:
+            subs = {k: sub for k, v in items if isinstance(v, BaseModel) and (sub := omitted_defaults(v))}
+            if subs:
+                out[name] = subs
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- proposals
 MIXTURE_DIGITS = 9  # shares: float noise below 1e-9 does not split identical proposals
 SCHEDULE_DIGITS = 12

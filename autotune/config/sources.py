@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from autotune.config.base import Float, Int, Spec
+from autotune.config.identity import RUN_UNLESS_DEFAULT
 from autotune.demo.corpus import DEMO_SOURCES
 
 # Builders of HF `datasets` that read local files: with ``hf: json`` etc., ``data_files`` are local paths.
@@ -43,7 +44,9 @@ class _TextOptions(Spec):
     text_field: str | list[str] = "text"
     join: str | None = Field(None, description="between the fields of a text_field list (default: a newline)")
     heldout_fraction: Float = Field(0.05, gt=0, lt=0.5)
-    piece_bytes: Int = Field(PIECE_BYTES, ge=MIN_BOUND_BYTES, description="tokenize longer documents in pieces")
+    # RUN_UNLESS_DEFAULT: a suite digest (run keys) is the same as before the field existed while it is default
+    piece_bytes: Annotated[Int, RUN_UNLESS_DEFAULT] = Field(PIECE_BYTES, ge=MIN_BOUND_BYTES,
+                                                            description="tokenize longer documents in pieces")
 
     @field_validator("text_field")
     @classmethod
@@ -75,7 +78,7 @@ class PathSource(_TextOptions):
 
     path: str
     format: Literal["auto", "jsonl", "json", "parquet", "text", "lines", "file"] = "auto"
-    max_record_bytes: Int = Field(MAX_RECORD_BYTES, ge=MIN_BOUND_BYTES,
+    max_record_bytes: Annotated[Int, RUN_UNLESS_DEFAULT] = Field(MAX_RECORD_BYTES, ge=MIN_BOUND_BYTES,
                                   description="the longest JSON line (or JSON array file) read")
 
     def resolved(self, root: Path) -> PathSource:

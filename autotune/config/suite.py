@@ -36,7 +36,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from autotune.config.base import MAX_SECONDS, MAX_WEIGHT, Bool, Float, Int, Seed, Spec, parse_bytes
-from autotune.config.identity import RUN, STUDY, run_key
+from autotune.config.identity import RUN, STUDY, omitted_defaults, run_key
 from autotune.config.sources import PathSource
 from autotune.evaluate.metrics import CHANCE_METRICS, CONTINUOUS_METRICS, higher_is_better
 
@@ -273,7 +273,7 @@ class Suite(Spec):
 
     def digest(self) -> str:
         """Hash of the suite and of the custom task files it can load (so editing a task YAML re-evaluates)."""
-        h = hashlib.sha256(self.model_dump_json().encode())
+        h = hashlib.sha256(self.model_dump_json(exclude=omitted_defaults(self)).encode())  # fields added later
         for d in self.task_paths:
             for f in sorted(d.rglob("*")):
                 if f.is_file() and f.suffix in (".yaml", ".yml", ".jsonl", ".json", ".py"):
