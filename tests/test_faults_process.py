@@ -11,6 +11,7 @@ controller between trials in tests/test_search_e2e.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -31,10 +32,15 @@ PROXY = {"tokens": 131072, "seq_len": 64, "batch_tokens": 1024}
 COMPLETE = optuna.trial.TrialState.COMPLETE
 
 
+_STARTED: list[subprocess.Popen] = []  # controllers this module started: killed after each test, whatever happened
+
+
 def _search(space: Path, cwd: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "autotune.cli", "search", str(space), "--quiet", *args], cwd=cwd,
+    proc = subprocess.Popen([sys.executable, "-m", "autotune.cli", "search", str(space), "--quiet", *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "COLUMNS": "200"})
+    _STARTED.append(proc)
+    return proc
 
 
 def _workers(root: Path) -> list[int]:
@@ -79,11 +85,15 @@ def _evaluating(root: Path) -> bool:
 
 
 def _kill_leftovers(root: Path) -> None:
-    for pid in _workers(root):  # a failing test leaves no stray process behind for the next one
-        try:
+    """A failing test leaves no stray process behind for the next one: its controllers, then their workers."""
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    for pid in _workers(root):
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_sigterm_to_the_controller_during_preparation_stops_its_worker(tmp_path):
@@ -124,7 +134,8 @@ def test_sigterm_while_training_then_sigkill_while_evaluating_loses_and_reruns_n
         pids = [int(p.read_text()) for p in root.glob("trials/*/worker.pid")]
         proc.send_signal(signal.SIGTERM)
         for pid in pids:
-            os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # a worker that has just finished
+                os.kill(pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 143, (proc.returncode, out, err)
         assert "terminated" in err and "Traceback" not in err, err
@@ -225,8 +236,8 @@ def test_two_controllers_share_one_sqlite_study(tmp_path):
     name = "two_sqlite"
     space = write_space(tmp_path, tiny_space(name, trials=3), tiny_suite(limit=5))
     root = tmp_path / "runs" / name
-    procs = [_search(space, tmp_path) for _ in range(2)]
     try:
+        procs = [_search(space, tmp_path) for _ in range(2)]
         outs = [p.communicate(timeout=600) for p in procs]
         for p, (out, err) in zip(procs, outs, strict=True):
             assert p.returncode == 0, out + err
@@ -240,3 +251,13 @@ def test_two_controllers_share_one_sqlite_study(tmp_path):
         _assert_no_worker_left(root)
     finally:
         _kill_leftovers(root)
+
+
+def test_a_token_cache_damaged_mid_session_is_a_crash_not_a_failure():
+    """A token file cut after the prepare job checked it is not the trial's fault: recorded ``crashed``
+    (retried once; the next session's prepare job rebuilds the cache), never ``failed`` for good."""
+    from autotune.data.prepare import DamagedCache
+    from autotune.search.worker import _failed
+
+    result = _failed(DamagedCache("damaged token cache /x: /x/train.bin is 4000 bytes, its manifest says 8000"))
+    assert result.status == "crashed" and "train.bin" in result.reason

@@ -27,7 +27,7 @@ from typing import Any
 
 from autotune.config.run import DemoBase, GgufBase
 from autotune.config.space import SearchSpace
-from autotune.data.prepare import PackedDomain, pack_domain
+from autotune.data.prepare import DamagedCache, PackedDomain, pack_domain
 from autotune.errors import TrialFailed, UserError, disk_full_reason, is_disk_full, is_out_of_memory
 from autotune.evaluate.backends import InMemoryModel, free_accelerator_memory
 from autotune.evaluate.harness import EvalOptions, HeldoutTokens, run_suite, set_offline
@@ -322,7 +322,9 @@ def main(job_path: str) -> int:
         if result is None:  # not the main process: it wrote nothing
             return 0
     except Exception as e:
-        if is_disk_full(e) or _no_space_left(out_dir):  # every later job would fail the same way: stop the study
+        # every later job would fail the same way: stop the study (the free-space test only for errors that may
+        # hide their errno, not for a trial's own failure or bad input)
+        if is_disk_full(e) or (not isinstance(e, (TrialFailed, UserError)) and _no_space_left(out_dir)):
             return _stop_no_space(progress, e)
         result = _failed(e)
     try:
@@ -343,6 +345,8 @@ def _failed(e: Exception) -> RunResult:
     if isinstance(e, UserError):
         return RunResult(status="failed", reason=str(e), bad_input=True)
     traceback.print_exc()
+    if isinstance(e, DamagedCache):  # not this trial's fault: a crash (retried; the next session's prepare rebuilds)
+        return RunResult(status="crashed", reason=str(e))
     return RunResult(status="oom" if is_out_of_memory(e) else "failed",
                      reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
 
