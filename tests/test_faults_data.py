@@ -8,6 +8,7 @@ is checked; the end-to-end test runs ``autotune search`` twice around a truncate
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -34,7 +35,8 @@ pytestmark = pytest.mark.faults
 
 # Peak RSS allowed for packing one huge document. The process itself (Python, numpy, transformers, the
 # tokenizer) is ~250 MB here; a tokenization batch is at most CHUNK_BYTES (1 MiB) of text and costs ~220 MB
-# in the fast tokenizer (measured: ~200 bytes of memory per byte of text); the reader holds at most two pieces.
+# in the fast tokenizer (measured: ~200 bytes of memory per byte of text); the reader holds two pieces, and a
+# streamed document until its end to hash it whole: in memory up to sources.HOLD_BYTES (16 MiB), then on disk.
 # That is ~500-600 MB whatever the document's size; before the fix a 20 MB document took ~4.9 GB.
 PEAK_RSS_BOUND = 1 << 30
 
@@ -171,15 +173,33 @@ def test_tokens_refuse_a_file_damaged_after_preparation(tmp_path, home, tok_dir)
     assert str(packed.folder / "train.bin") in str(e.value)
 
 
+def _copy_demo_caches(session_home: Path, home: Path) -> None:
+    """What the study needs from the session's home, so it does not train them again: the demo tokenizer and
+    base (``tokenizers/``, ``models/``) and the demo corpora's packed tokens, finished entries only (a name
+    starting with '.' is a folder another test is still building, ``paths.building``). Never the math tokens
+    this test damages, nor the eval cache and other tests' token caches (review #3: copying the whole home
+    was slow and could copy half-built folders)."""
+    for sub in ("tokenizers", "models", "tokens"):
+        root = session_home / sub
+        for entry in sorted(root.iterdir()) if root.is_dir() else []:
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            if sub == "tokens":
+                try:
+                    if not str(json.loads((entry / "manifest.json").read_text())["source"]).startswith("demo:"):
+                        continue
+                except (OSError, ValueError, KeyError):
+                    continue
+            shutil.copytree(entry, home / sub / entry.name, ignore=shutil.ignore_patterns("*.lock", ".*"))
+
+
 @pytest.mark.slow
 def test_study_rebuilds_a_damaged_cache(tmp_path):
     """End to end: a study's math tokens truncated to 4,000 bytes between two sessions; the second session's
     prepare job rebuilds them (its log names the folder) and its new trial trains on the manifest's token count
     (before: 2,000 tokens, 1.15 epochs, recorded ok)."""
     home = tmp_path / "home"
-    session_home = Path(os.environ["AUTOTUNE_HOME"])
-    if session_home.exists():  # reuse the session's demo tokenizer and base; never damage its tokens
-        shutil.copytree(session_home, home, ignore=shutil.ignore_patterns("*.lock"))
+    _copy_demo_caches(Path(os.environ["AUTOTUNE_HOME"]), home)
     env = {**os.environ, "AUTOTUNE_HOME": str(home), "COLUMNS": "200"}
 
     def search(trials: int) -> None:
@@ -311,8 +331,8 @@ def _documents(packed: prepare.PackedDomain) -> list[tuple[int, ...]]:
 
 def test_pieces_tokenize_like_whole_documents(tmp_path, home, tok_dir):
     """``piece_bytes`` only bounds memory: cut at whitespace, a byte-level BPE gives each document in 1 KiB
-    pieces the same tokens as whole (one EOS each); a long document's split is its first piece's, so the
-    splits may differ, and the cache key holds ``piece_bytes``."""
+    pieces the same tokens as whole (one EOS each), in the same splits (the whole text's hash); a piece_bytes
+    set by hand stays in the cache key."""
     recs = _records(300)
     path = tmp_path / "long.jsonl"  # documents of ~5-20 KB: several pieces each at 1 KiB
     path.write_text("".join(json.dumps({"text": " ".join(r["question"] + "\n" + r["answer"]
@@ -323,6 +343,9 @@ def test_pieces_tokenize_like_whole_documents(tmp_path, home, tok_dir):
     assert whole.manifest["pieces"]["documents_in_pieces"] == 0
     assert _documents(pieces) == _documents(whole)
     m, w = pieces.manifest["splits"], whole.manifest["splits"]
+    assert [m[s]["source_hash"] for s in m] == [w[s]["source_hash"] for s in w]
+    for s in ("train", "heldout"):
+        assert np.array_equal(np.asarray(pieces.tokens(s)), np.asarray(whole.tokens(s))), s
     assert m["train"]["documents"] + m["heldout"]["documents"] == 100 == w["train"]["documents"] + w["heldout"]["documents"]
 
 
@@ -360,3 +383,182 @@ def test_size_bounds_reach_every_stage(tmp_path, home):
     proc = subprocess.run([sys.executable, "-m", "autotune.cli", "search", str(path), "--dry-run"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------- review of the pieces
+def _whole_tokens(tok_dir: Path, texts: list[str]) -> list[int]:
+    """The tokens of whole documents, each followed by EOS: what packing gave before documents came in pieces."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    out: list[int] = []
+    for t in texts:
+        out += tok(t, add_special_tokens=False, split_special_tokens=True)["input_ids"] + [tok.eos_token_id]
+    return out
+
+
+def _no_whitespace_texts() -> dict[str, str]:
+    import base64
+    import random
+
+    rng = random.Random(5)
+    js = "".join(f"function f{i}(a,b){{return a*{i}+b.x[{i % 7}]||null}};var v{i}=f{i}(1,{{x:[]}});"
+                 for i in range(400))
+    return {"cjk": "中" * 5000 + "文字" * 900, "base64": base64.b64encode(rng.randbytes(12_000)).decode(),
+            "js": js, "letters": "a" * 1024 + "b" * 3000}
+
+
+def test_pieces_of_text_without_whitespace(tmp_path, home, tok_dir):
+    """Review #1: a buffer of exactly ``piece_bytes`` with no ASCII whitespace in its second half made ``_cut``
+    read past its end (IndexError: CJK text, base64, minified JS). Now every piece is at most ``piece_bytes``,
+    never splits a character, the pieces join back to the text, and (cut where a byte-level BPE's pre-tokens
+    change) the packed tokens are the whole documents' tokens."""
+    from autotune.data import sources
+
+    assert sources._cut(b"a" * 1024, 1024) == 1024
+    assert sources._cut(b"a" * 1025, 1024) == 1024
+    assert sources._cut(b"x" * 700 + b"123" + b"y" * 400, 1024) == 703  # the last pre-token change: 3|y
+    assert sources._cut("中".encode() * 400, 1024) == 1023  # a character start
+    for name, text in _no_whitespace_texts().items():
+        for piece_bytes in (1024, 3000):
+            pieces = list(sources.split_text(text, piece_bytes))
+            assert "".join(p[0] for p in pieces) == text, name
+            assert all(len(p[0].encode()) <= piece_bytes for p in pieces) and len(pieces) > 1, name
+            assert [p[1] for p in pieces] == [False] * (len(pieces) - 1) + [True], name
+    data = tmp_path / "nows"
+    data.mkdir()
+    texts = _no_whitespace_texts()
+    del texts["letters"]  # one letter repeated: no pre-token boundary to cut at (a character boundary is used)
+    texts.update({f"z{i}": r["question"] for i, r in enumerate(_records(12))})  # short ones: both splits filled
+    for name, text in texts.items():
+        (data / f"{name}.txt").write_text(text)
+    packed = prepare.pack_domain(PathSource(path=str(data), format="file", piece_bytes=3000, heldout_fraction=0.4),
+                                 tok_dir, where="domains.math")
+    assert packed.manifest["pieces"]["documents_in_pieces"] == 3
+    got = np.concatenate([np.asarray(packed.tokens(s)) for s in ("train", "heldout")])
+    want = _whole_tokens(tok_dir, [texts[n] for n in sorted(texts)])
+    assert sorted(_documents(packed)) == sorted(_split_docs(want, packed.manifest["eos_token_id"]))
+    assert len(got) == len(want)
+
+
+def _split_docs(ids: list[int], eos: int) -> list[tuple[int, ...]]:
+    out, cur = [], []
+    for i in ids:
+        cur.append(i)
+        if i == eos:
+            out.append(tuple(cur))
+            cur = []
+    return out
+
+
+def _old_split(texts: list[str], fraction: float) -> dict[str, tuple[str, list[str]]]:
+    """The split rule before pieces (3ca2941^), in three lines: each whole text's sha256 decides its split;
+    a split's source_hash is the sha256 of its documents' bytes."""
+    from autotune.data.sources import is_heldout
+
+    out = {}
+    for split in ("train", "heldout"):
+        docs = [t for t in texts if t.strip() and is_heldout(t, fraction) == (split == "heldout")]
+        out[split] = (hashlib.sha256("".join(docs).encode()).hexdigest()[:16], docs)
+    return out
+
+
+def _long_documents(n: int = 12) -> list[str]:
+    """Documents of 70-130 KB (above the default piece_bytes), paragraphs of gsm8k text."""
+    recs = _records(400)
+    out = []
+    for i in range(n):
+        paras, size = [], 0
+        j = i * 7
+        while size < 70_000 + 5_000 * i:
+            r = recs[j % len(recs)]
+            paras.append(r["question"] + "\n" + r["answer"])
+            size += len(paras[-1]) + 1
+            j += 1
+        out.append("\n".join(paras))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "text"])
+def test_long_documents_keep_their_split(tmp_path, home, tok_dir, fmt):
+    """Review #2: a document longer than ``piece_bytes`` was assigned its split by its first piece's hash, not
+    the whole text's as before 3ca2941: other splits, another source_hash, so studies' run keys changed. Now
+    the whole text decides (jsonl: the record is whole; plain text: hashed as it streams, its pieces held till
+    its end), source_hash and tokens are those of the old rule, and the cache key at default bounds is the
+    old key (no ``piece_bytes``: existing token caches are reused)."""
+    from autotune.data import sources
+
+    fraction = 0.4
+    texts = _long_documents()
+    first_piece = [next(iter(sources.split_text(t, PIECE_BYTES)))[0] for t in texts]
+    assert any(sources.is_heldout(f, fraction) != sources.is_heldout(t, fraction)
+               for f, t in zip(first_piece, texts, strict=True)), "no document whose first piece splits otherwise"
+    path = tmp_path / f"long.{'jsonl' if fmt == 'jsonl' else 'txt'}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    else:
+        path.write_text("\n\n\n".join(texts) + "\n")
+    source = PathSource(path=str(path), heldout_fraction=fraction)
+    packed = prepare.pack_domain(source, tok_dir, where="domains.math")
+    old = _old_split(texts, fraction)
+    m = packed.manifest
+    assert m["pieces"]["documents_in_pieces"] == len(texts)
+    for split, (source_hash, docs) in old.items():
+        assert m["splits"][split]["documents"] == len(docs), split
+        assert m["splits"][split]["source_hash"] == source_hash, split
+        assert np.array_equal(np.asarray(packed.tokens(split)), _whole_tokens(tok_dir, docs)), split
+    key = sources.open_source(source, where="domains.math", cache=home).key()
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert key == {"files": [[fmt, path.stat().st_size, sha]], "text_field": ["text"], "join": "\n",
+                   "heldout": fraction, "version": sources.DATA_VERSION}
+
+
+def test_long_streamed_document_spills_to_disk(tmp_path, home, tok_dir, monkeypatch):
+    """A streamed document longer than ``HOLD_BYTES`` (held until its end to hash it whole) goes on to an
+    unlinked temporary file: memory stays bounded, the pieces come back in order, split and tokens as whole."""
+    from autotune.data import sources
+
+    monkeypatch.setattr(sources, "HOLD_BYTES", 78_000)
+    texts = _long_documents(4) + [r["question"] for r in _records(12)]
+    above = sum(len(t.encode()) > 78_000 for t in texts)
+    assert 0 < above < 4
+    path = tmp_path / "long.txt"
+    path.write_text("\n\n\n".join(texts) + "\n")
+    spilled = []
+    real = sources.tempfile.TemporaryFile
+    monkeypatch.setattr(sources.tempfile, "TemporaryFile", lambda **kw: spilled.append(kw) or real(**kw))
+    packed = prepare.pack_domain(PathSource(path=str(path), heldout_fraction=0.4), tok_dir, where="domains.math")
+    assert len(spilled) == above  # the documents above HOLD_BYTES, each in a temporary file under the home
+    assert all(Path(kw["dir"]).is_relative_to(home) for kw in spilled)
+    for split, (source_hash, docs) in _old_split(texts, 0.4).items():
+        assert packed.manifest["splits"][split]["source_hash"] == source_hash, split
+        assert np.array_equal(np.asarray(packed.tokens(split)), _whole_tokens(tok_dir, docs)), split
+    assert not [p for p in home.rglob(".pieces-*")]
+
+
+def test_unicode_blank_lines_separate_documents(tmp_path, home):
+    """Review #4: blank lines were found by ``bytes.strip()``, so a line of U+3000 or NBSP (or \\x1c) was text
+    and two documents became one. As before 3ca2941 (``str.strip()``), they are blank lines."""
+    from autotune.data.sources import open_source
+
+    path = tmp_path / "cjk.txt"
+    path.write_text("第一\n\u3000\n\u00a0\n第二\n\u3000\n第二b\n\x1c\n \n第三\n")
+    docs = [t for _, t in open_source(PathSource(path=str(path)), where="domains.zh", cache=home).documents()]
+    assert docs == ["第一", "第二\n\u3000\n第二b", "第三"]
+
+
+def test_end_to_end_copies_only_the_demo_caches(tmp_path):
+    """Review #3: the end-to-end test copied the whole session home (eval cache, every token cache, folders
+    other tests were still building). It copies the demo tokenizer, base and demo tokens, finished ones only."""
+    session = tmp_path / "session"
+    for rel in ("tokenizers/demo-1/tokenizer.json", "models/demo-base-2/config.json", "eval-cache/x/y.json",
+                "tokens/.abc.tmp123/train.bin", "tokens/demo/train.bin", "tokens/math/train.bin", "hashes/h.txt"):
+        (session / rel).parent.mkdir(parents=True, exist_ok=True)
+        (session / rel).write_text("x")
+    (session / "tokens/demo/manifest.json").write_text(json.dumps({"source": "demo:code"}))
+    (session / "tokens/math/manifest.json").write_text(json.dumps({"source": {"path": "m.jsonl"}}))
+    home = tmp_path / "home"
+    _copy_demo_caches(session, home)
+    got = sorted(p.relative_to(home).as_posix() for p in home.rglob("*") if p.is_file())
+    assert got == ["models/demo-base-2/config.json", "tokenizers/demo-1/tokenizer.json", "tokens/demo/manifest.json",
+                   "tokens/demo/train.bin"]

@@ -23,9 +23,12 @@ import functools
 import glob
 import gzip
 import hashlib
+import itertools
 import json
 import os
+import re
 import shutil
+import struct
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -38,10 +41,13 @@ from autotune.data.fingerprints import file_sha256
 from autotune.errors import UserError
 
 # Bump when the demo corpus, what a document is (reading rules, the split rule) or the packing format
-# changes: it is part of every source's cache key. (Tokenizing long documents in pieces did not bump it, as
-# that would retrain the demo base, whose key holds it too: file and HF sources carry ``piece_bytes`` in
-# their keys instead, since a document longer than it is assigned its split by its first piece.)
+# changes: it is part of every source's cache key. (Tokenizing long documents in pieces did not bump it: the
+# documents, their splits and their tokens are those of whole documents, see ``_cut`` and ``_assign``.)
 DATA_VERSION = 1
+# A streamed document (plain text, lines, a whole file) is held until its last piece, so that the whole
+# text's hash decides its split as for a document read whole; up to this many bytes in memory, the rest
+# in an unlinked temporary file under the cache folder.
+HOLD_BYTES = 16 << 20
 
 # Extension -> format; a trailing ``.gz`` is decompressed first (not for parquet, which compresses inside).
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet",
@@ -84,19 +90,89 @@ def whole_documents(pieces: Iterator[tuple[bool, str, bool]]) -> Iterator[tuple[
             parts = []
 
 
-def _assign(pieces: Iterator[tuple[str, bool]], fraction: float) -> Iterator[tuple[bool, str, bool]]:
-    """A reader's pieces -> ``(heldout, text, last)``: blank documents (and a long document's leading blank
-    pieces) are dropped; a document's split is decided by its first piece, which for a document in one piece
-    is the whole text (``is_heldout``), so all pieces of a long document land in the same split."""
-    held: bool | None = None
-    for text, last in pieces:
-        if held is None:
-            if not text.strip():
-                continue
-            held = is_heldout(text, fraction)
-        yield held, text, last
-        if last:
-            held = None
+def _assign(pieces: Iterator[Piece], fraction: float, spill: Path) -> Iterator[tuple[bool, str, bool]]:
+    """A reader's pieces -> ``(heldout, text, last)``, by the rule of whole documents (``is_heldout`` of the
+    whole text; blank documents dropped): a document the reader held whole comes with its text's sha256; a
+    streamed one is hashed as it comes and held (``_Held``, in ``spill`` beyond ``HOLD_BYTES``) until its last
+    piece decides."""
+    held: bool | None = None  # the split of the document being passed through
+    doc: _Held | None = None
+    try:
+        for text, last, sha in pieces:
+            if held is None and doc is None and sha is not None:
+                held = _below(sha, fraction)
+            if held is not None:
+                yield held, text, last
+                held = None if last else held
+            elif doc is None and last:  # a document in one piece: the common case
+                if text.strip():
+                    yield is_heldout(text, fraction), text, True
+            else:
+                doc = doc or _Held(spill)
+                doc.add(text)
+                if last:
+                    yield from doc.release(fraction)
+                    doc = None
+    finally:
+        if doc is not None:
+            doc.close()
+
+
+class _Held:
+    """A streamed document's pieces until its last: hashed as added, kept in memory up to ``HOLD_BYTES``, then
+    in an unlinked temporary file (gone with the process whatever kills it)."""
+
+    def __init__(self, spill: Path) -> None:
+        self.spill = spill
+        self.sha = hashlib.sha256()
+        self.texts: list[str] = []
+        self.size = 0
+        self.count = 0
+        self.blank = True
+        self.file = None
+
+    def add(self, text: str) -> None:
+        raw = text.encode("utf-8", "surrogatepass")
+        self.sha.update(raw)
+        self.blank = self.blank and not text.strip()
+        self.count += 1
+        self.size += len(raw)
+        if self.file is None and self.size > HOLD_BYTES:
+            self.file = tempfile.TemporaryFile(dir=_mkdir(self.spill), prefix=".pieces-")
+            for t in self.texts:
+                self._write(t.encode("utf-8", "surrogatepass"))
+            self.texts = []
+        if self.file is None:
+            self.texts.append(text)
+        else:
+            self._write(raw)
+
+    def _write(self, raw: bytes) -> None:
+        self.file.write(struct.pack("<Q", len(raw)))
+        self.file.write(raw)
+
+    def _read(self) -> Iterator[str]:
+        self.file.seek(0)
+        for _ in range(self.count):
+            (n,) = struct.unpack("<Q", self.file.read(8))
+            yield self.file.read(n).decode("utf-8", "surrogatepass")
+
+    def release(self, fraction: float) -> Iterator[tuple[bool, str, bool]]:
+        """The pieces, split by the whole text's hash (none for a blank document)."""
+        try:
+            if self.blank:
+                return
+            held = _below(self.sha.digest(), fraction)
+            for i, text in enumerate(self.texts if self.file is None else self._read(), 1):
+                yield held, text, i == self.count
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.texts = []
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 def _bounds(spec) -> Bounds:
@@ -104,8 +180,11 @@ def _bounds(spec) -> Bounds:
 
 
 def _bounds_key(spec) -> dict[str, Any]:
-    """``piece_bytes`` in a cache key: a document longer than it is split by its first piece's hash."""
-    return {"piece_bytes": spec.piece_bytes}
+    """``piece_bytes`` in a cache key only when set: at the default the key is the one from before pieces
+    (the documents, splits and tokens are the same), so existing token caches are reused. A set value stays
+    in the key, as a run without whitespace or pre-token boundary is cut where its tokens may differ
+    (``_cut``). ``max_record_bytes`` only refuses input, so it is never in the key."""
+    return {} if spec.piece_bytes == PIECE_BYTES else {"piece_bytes": spec.piece_bytes}
 
 
 def open_source(source, *, where: str, cache: Path) -> DocumentSource:
@@ -125,8 +204,11 @@ def open_source(source, *, where: str, cache: Path) -> DocumentSource:
 
 def is_heldout(text: str, fraction: float) -> bool:
     """The split rule of file and HF sources: the first 8 bytes of the text's sha256, as a fraction of 2**64."""
-    h = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(h[:8], "big") < fraction * 2**64
+    return _below(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest(), fraction)
+
+
+def _below(sha: bytes, fraction: float) -> bool:
+    return int.from_bytes(sha[:8], "big") < fraction * 2**64
 
 
 # ----------------------------------------------------------------------------------------------- demo
@@ -159,10 +241,12 @@ class DemoSource:
 
 
 # ----------------------------------------------------------------------------------------------- readers
-# A reader turns one file into pieces of document text: (file, fields, join, where, bounds) -> (text, last)
-# pairs, ``last`` closing a document. A document no longer than ``bounds.piece_bytes`` is one piece; a longer
-# one is read (where the format allows) and yielded in pieces, so no reader holds a huge document whole.
-Piece = tuple[str, bool]
+# A reader turns one file into pieces of document text: (file, fields, join, where, bounds) -> (text, last,
+# sha) triples, ``last`` closing a document, ``sha`` the whole document's sha256 where the reader held it
+# whole (a parsed record: ``split_text``), else None. A document no longer than ``bounds.piece_bytes`` is one
+# piece; a longer one is read (where the format allows) and yielded in pieces, so no reader holds a huge
+# document whole.
+Piece = tuple[str, bool, bytes | None]
 
 
 @dataclass(frozen=True)
@@ -204,16 +288,28 @@ def _decode(raw: bytes, path: Path, where: str, loc: str) -> str:
                         field=f"{where}.source.path") from None
 
 
+# Reversed, a pre-token boundary without whitespace: an ASCII letter before a digit or punctuation, a digit
+# before a letter or punctuation (GPT-2, Llama 3 and Qwen pre-tokenizers all start a new pre-token there).
+_PUNCT = rb"!-/:-@\[-`{-~"
+_BOUNDARY_REVERSED = re.compile(rb"[0-9" + _PUNCT + rb"][A-Za-z]|[A-Za-z" + _PUNCT + rb"][0-9]")
+
+
 def _cut(buf: bytes, limit: int) -> int:
-    """Where to end a piece of ``buf`` (at most ``limit`` bytes): at the start of the last whitespace run in
-    its second half, so that a byte-level BPE's pre-tokens (`` word``, ``\\r\\n``) are those of the whole text;
-    else at the last UTF-8 character start."""
+    """Where to end a piece of ``buf`` (at most ``limit`` bytes): all of it when it fits; else at the start of
+    the last whitespace run in its second half, so that a byte-level BPE's pre-tokens (`` word``, ``\\r\\n``)
+    are those of the whole text; else (base64, minified code) at the last ASCII letter/digit/punctuation
+    change; else (a run of CJK letters, one letter repeated) at the last UTF-8 character start, where a
+    tokenizer that merges across that character boundary gives other tokens for a few bytes."""
+    if len(buf) <= limit:
+        return len(buf)
     lo = limit // 2
-    at = max(buf.rfind(w, lo, limit) for w in _WHITESPACE)
+    at = max(buf.rfind(w, lo, limit + 1) for w in _WHITESPACE)  # buf[limit] exists: whitespace there is a cut
     if at > lo:
         while at > lo and buf[at - 1:at] in _WHITESPACE:
             at -= 1
         return at
+    if m := _BOUNDARY_REVERSED.search(buf[lo:limit + 1][::-1]):
+        return limit - m.start()  # buf[at - 1] is the letter or digit, buf[at] starts the next pre-token
     at = limit
     while at > lo and buf[at] & 0xC0 == 0x80:  # a UTF-8 continuation byte: not a character start
         at -= 1
@@ -231,12 +327,12 @@ class _Pieces:
     def add(self, part: bytes) -> Iterator[Piece]:
         self.parts.append(part)
         self.size += len(part)
-        if self.size < self.limit:
+        if self.size <= self.limit:
             return
         buf = b"".join(self.parts)
-        while len(buf) >= self.limit:
+        while len(buf) > self.limit:  # a piece only where more follows: ``_cut`` may look one byte past it
             at = _cut(buf, self.limit)
-            yield self.decode(buf[:at]), False
+            yield self.decode(buf[:at]), False, None
             buf = buf[at:]
         self.parts, self.size = [buf], len(buf)
 
@@ -244,21 +340,25 @@ class _Pieces:
         """The last piece (``strip``: trailing bytes to drop from the document)."""
         buf = b"".join(self.parts)
         self.parts, self.size = [], 0
-        yield self.decode(buf.rstrip(strip) if strip else buf), True
+        yield self.decode(buf.rstrip(strip) if strip else buf), True, None
 
 
 def split_text(text: str, piece_bytes: int) -> Iterator[Piece]:
-    """A document already in memory (a parsed record, a dataset row) as pieces for tokenization."""
+    """A document already in memory (a parsed record, a dataset row) as pieces for tokenization, each with
+    the whole text's sha256 (its split, ``_assign``); a blank long document gives none (it is skipped)."""
     if len(text) * 4 <= piece_bytes:  # UTF-8 takes at most 4 bytes a character: one piece, no encoding
-        yield text, True
+        yield text, True, None
         return
     raw = text.encode("utf-8", "surrogatepass")  # a lone surrogate (JSON "\ud800") stays for _pack to replace
     if len(raw) <= piece_bytes:
-        yield text, True
+        yield text, True, None
         return
+    if text.isspace():
+        return
+    sha = hashlib.sha256(raw).digest()
     pieces = _Pieces(piece_bytes, lambda b: b.decode("utf-8", "surrogatepass"))
-    yield from pieces.add(raw)
-    yield from pieces.finish()
+    for piece, last, _ in itertools.chain(pieces.add(raw), pieces.finish()):
+        yield piece, last, sha
 
 
 def _text_of(record: Any, fields: list[str], join: str, path: Path, where: str, loc: str) -> str:
@@ -376,7 +476,7 @@ def docs_text(path: Path, fields: list[str], join: str, where: str, bounds: Boun
     blanks = 0
     continued = False  # the last part read did not end its line
     for lineno, part, ends in _lines(path, where, limit):
-        if not continued and ends and not part.strip():
+        if not continued and ends and not _decode(part, path, where, f"line {lineno}").strip():  # str.strip: U+3000
             blank, blanks = blank if blanks else part, blanks + 1
             continue
         if not continued:  # a text line begins
@@ -404,7 +504,7 @@ def docs_lines(path: Path, fields: list[str], join: str, where: str, bounds: Bou
             if ends:  # a whole line: the common case
                 line = _decode(part, path, where, f"line {lineno}").rstrip("\r\n")
                 if line.strip():
-                    yield line, True
+                    yield line, True, None
                 continue
             doc = _Pieces(bounds.piece_bytes, functools.partial(_decode, path=path, where=where, loc=f"line {lineno}"))
         yield from doc.add(part)
@@ -491,7 +591,8 @@ class FileSource:
     def pieces(self) -> Iterator[tuple[bool, str, bool]]:
         bounds = _bounds(self.spec)
         for p, fmt in self.paths:
-            yield from _assign(READERS[fmt](p, self.fields, self.join, self.where, bounds), self.spec.heldout_fraction)
+            yield from _assign(READERS[fmt](p, self.fields, self.join, self.where, bounds), self.spec.heldout_fraction,
+                               self.cache)
 
     def documents(self) -> Iterator[tuple[bool, str]]:
         return whole_documents(self.pieces())
@@ -589,9 +690,9 @@ class HFDatasetSource:
 
     def pieces(self) -> Iterator[tuple[bool, str, bool]]:
         """Rows in batches of ``_ROWS_PER_BATCH``, each row's text in pieces of ``piece_bytes``."""
-        return _assign(self._texts(), self.spec.heldout_fraction)
+        return _assign(self._texts(), self.spec.heldout_fraction, self.cache)
 
-    def _texts(self) -> Iterator[tuple[str, bool]]:
+    def _texts(self) -> Iterator[Piece]:
         hub = self.spec.hf is not None and self.local_files is None
         tmp = None if hub or self.spec.from_disk else Path(tempfile.mkdtemp(dir=_mkdir(self.cache), prefix=".hf-"))
         try:
