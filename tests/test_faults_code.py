@@ -3,9 +3,10 @@
 A train state is read with ``torch.load(weights_only=True)``: a real pickle whose ``__reduce__`` runs a shell
 command, placed in a trial's ``train_state/``, is refused with a message and the run trains afresh. A suite
 that runs user code (``!function`` task code under its ``task_dirs``, a code-executing metric, a custom
-``vllm.serve_command``) is refused by ``eval`` / ``gate`` / ``search`` without ``--allow-code-execution``,
-exit 2, and its code never runs (a real ``evil.py`` that would write a marker file); lm-eval's stock tasks
-(its own ``utils.py`` functions) need no flag.
+``vllm.serve_command``, the suite's own ``vllm.python``, ``vllm.extra_args``, a user task's
+``dataset_kwargs.trust_remote_code``) is refused by ``eval`` / ``gate`` / ``search`` (its ``--dry-run`` too) /
+``ladder`` without ``--allow-code-execution``, exit 2, and its code never runs (a real ``evil.py`` or
+``./evil`` that would write a marker file); lm-eval's stock tasks (its own ``utils.py`` functions) need no flag.
 """
 
 from __future__ import annotations
@@ -257,3 +258,106 @@ def test_stock_tasks_and_shipped_suites_need_no_flag(tmp_path):
         if yaml.safe_load(f.read_text()).get("name") is None:
             continue  # a gate config, not a suite
         require_code_permission(load_suite(f), False)
+
+
+# ----------------------------------------------------------------------------------------------- vllm.python & co
+def _evil_python(folder: Path, marker: Path) -> Path:
+    """A real executable ``./evil`` that touches ``marker`` when anything runs it (as a suite's vllm.python)."""
+    evil = folder / "evil"
+    evil.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    evil.chmod(0o755)
+    return evil
+
+
+def test_a_suite_vllm_python_needs_the_flag_everywhere(tmp_path):
+    """`backend: vllm-server, vllm: {python: ./evil}` (a pull request's suite): eval, gate, search, its
+    --dry-run and ladder refuse it before anything runs the suite's Python (exit 2 naming the suite file, the
+    field and the value; the marker never appears); with --allow-code-execution it is run (the marker appears:
+    ./evil has no vLLM, so the run then stops with that message)."""
+    from autotune.testing import tiny_checkpoint
+
+    marker = tmp_path / "evil-ran"
+    _evil_python(tmp_path, marker)
+    suite = _suite(tmp_path, None, task_dirs=[str(REPO / "evals" / "tasks" / "demo")], backend="vllm-server",
+                   vllm={"python": "./evil"})
+    ckpt = tiny_checkpoint()
+    proc = run_cli("eval", str(ckpt), "--suite", str(suite), "--no-cache", cwd=tmp_path)
+    _refused(proc, suite, "vllm.python", "./evil")
+    proc = run_cli("gate", str(ckpt), "--suite", str(suite), "--write-baseline", str(tmp_path / "b.json"), cwd=tmp_path)
+    _refused(proc, suite, "vllm.python", "./evil")
+    baseline = tmp_path / "base.json"  # a baseline file: its backend is compared before any evaluation
+    baseline.write_text('{"format": "autotune-gate-baseline/1", "suite": {"name": "evil"}, "backend": {}, "entries": {}}')
+    proc = run_cli("gate", str(ckpt), "--suite", str(suite), "--baseline", str(baseline), cwd=tmp_path)
+    _refused(proc, suite, "vllm.python", "./evil")
+    space = write_space(tmp_path, tiny_space("evilpy"), yaml.safe_load(suite.read_text()))
+    for args in (["search", str(space), "--quiet"], ["search", str(space), "--dry-run"], ["ladder", str(space)]):
+        proc = run_cli(*args, cwd=tmp_path)
+        _refused(proc, suite, "vllm.python", "./evil")
+    assert not marker.exists(), "the suite's vllm.python ran without --allow-code-execution"
+    assert not (tmp_path / "runs" / "evilpy").exists()
+    proc = run_cli("search", str(space), "--dry-run", "--allow-code-execution", cwd=tmp_path)
+    assert marker.exists(), proc.stdout + proc.stderr  # allowed: the suite's Python was asked for its vLLM
+    assert proc.returncode == 2 and "has no vLLM" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    marker.unlink()
+    proc = run_cli("eval", str(ckpt), "--suite", str(suite), "--no-cache", "--allow-code-execution", cwd=tmp_path)
+    assert marker.exists() and "has no vLLM" in proc.stderr, proc.stdout + proc.stderr
+
+
+def test_the_users_own_vllm_python_setting_needs_no_flag(tmp_path, monkeypatch):
+    """$AUTOTUNE_VLLM_PYTHON is the user's setting, not the suite's: a vllm-server suite without vllm.python
+    needs no flag (as evals/smollm2_math.yaml)."""
+    from autotune.evaluate.suite import code_uses, load_suite
+
+    monkeypatch.setenv("AUTOTUNE_VLLM_PYTHON", str(_evil_python(tmp_path, tmp_path / "never")))
+    suite = load_suite(_suite(tmp_path, None, task_dirs=[str(REPO / "evals" / "tasks" / "demo")],
+                              backend="vllm-server"))
+    assert code_uses(suite) == []
+    assert code_uses(load_suite(REPO / "evals" / "smollm2_math.yaml")) == []
+
+
+@pytest.mark.parametrize("extra", [["--trust-remote-code"], ["--worker-extension-cls", "evil.Ext"]])
+def test_vllm_extra_args_need_the_flag(tmp_path, extra):
+    """Server flags the suite adds (`--trust-remote-code`, another `--worker-extension-cls`) run code the
+    suite names: refused without the flag, naming vllm.extra_args and its value."""
+    from autotune.errors import UserError
+    from autotune.evaluate.suite import load_suite, require_code_permission
+
+    suite = load_suite(_suite(tmp_path, None, task_dirs=[str(REPO / "evals" / "tasks" / "demo")],
+                              backend="vllm-server", vllm={"extra_args": extra}))
+    with pytest.raises(UserError, match=r"--allow-code-execution") as e:
+        require_code_permission(suite, False)
+    assert e.value.field == "vllm.extra_args" and extra[0] in str(e.value.value)
+    require_code_permission(suite, True)
+    with pytest.raises(UserError, match=r"vllm.extra_args"):  # the backend chosen at the command line counts
+        require_code_permission(load_suite(_suite(tmp_path, None, task_dirs=[str(REPO / "evals" / "tasks" / "demo")],
+                                                  vllm={"extra_args": extra})), False, "vllm-server")
+
+
+def test_a_user_task_with_trust_remote_code_needs_the_flag(tmp_path):
+    """A custom task's `dataset_kwargs.trust_remote_code: true` lets `datasets` run the dataset's loading
+    script: refused without the flag, naming the task entry."""
+    from autotune.errors import UserError
+    from autotune.evaluate.suite import load_suite, require_code_permission
+
+    tasks = _evil_tasks(tmp_path, tmp_path / "never", process_docs=None,
+                        dataset_kwargs={"data_files": {"test": "rows.jsonl"}, "trust_remote_code": True})
+    suite = load_suite(_suite(tmp_path, tasks))
+    with pytest.raises(UserError, match=r"trust_remote_code.*--allow-code-execution") as e:
+        require_code_permission(suite, False)
+    assert e.value.field == "target[0].task"
+    require_code_permission(suite, True)
+
+
+def test_dry_run_refuses_what_search_refuses(tmp_path):
+    """A suite with humaneval (stock, executes model-generated code): `search --dry-run` exits 2 as `search`
+    does, and passes with --allow-code-execution."""
+    suite = yaml.safe_load(_suite(tmp_path, None).read_text())
+    suite.update(task_dirs=[str(REPO / "evals" / "tasks" / "demo")],
+                 target=[{"task": "humaneval", "metric": "pass@1", "filter": "create_test", "limit": 2}],
+                 general=[{"task": "demo_math_mc", "metric": "acc", "limit": 4}])
+    space = write_space(tmp_path, tiny_space("he"), suite)
+    proc = run_cli("search", str(space), "--dry-run", cwd=tmp_path)
+    _refused(proc, tmp_path / "suite.yaml", "target[0].task", "humaneval")
+    proc = run_cli("search", str(space), "--dry-run", "--allow-code-execution", cwd=tmp_path)
+    assert proc.returncode == 0 and "dry run ok" in proc.stdout, proc.stdout + proc.stderr
+    assert not (tmp_path / "runs").exists()

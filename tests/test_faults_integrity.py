@@ -297,3 +297,30 @@ def test_a_study_its_report_and_its_caches_under_umask_002_are_group_writable(fi
     ``AUTOTUNE_HOME`` is 0664 / 0775 (executables 0775); umask 022 is checked by the SIGKILL test above."""
     work = finished / "work"
     _check_umask(_modes(work / "runs", work / "reports", finished / "home"), 0o002)
+
+
+# ----------------------------------------------------------------------------------------------- base records
+@pytest.mark.slow  # ~14 s: the study's prepare job tokenizes the demo domains first
+def test_a_base_with_a_cut_pretrain_log_or_a_damaged_trainer_state(tmp_path, capsys):
+    """What a base run ended at (``schedule.start_lr: base``): a cut last line of ``pretrain_log.jsonl`` is
+    skipped with a warning naming the file (the last whole line's lr is used); a cut ``trainer_state.json``
+    stops the study's prepare job with exit 2 naming the file, no traceback."""
+    from autotune.testing import tiny_checkpoint
+    from autotune.train.model import base_final_lr
+
+    logged = tmp_path / "logged"
+    logged.mkdir()
+    (logged / "pretrain_log.jsonl").write_text('{"step": 1, "lr": 0.003}\n{"step": 2, "lr": 0.002}\n{"step": 3, "l')
+    assert base_final_lr(logged) == 0.002
+    err = capsys.readouterr().err
+    assert str(logged / "pretrain_log.jsonl") in err and "skipped 1 line" in err, err
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_checkpoint(), base)
+    (base / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": i, "learning_rate": 1e-3}
+                                                                         for i in range(20)]}))
+    _cut(base / "trainer_state.json")
+    space = write_space(tmp_path / "s", tiny_space("cutstate", trials=1, base_model=str(base)))
+    proc = run_cli("search", str(space), "--quiet", cwd=tmp_path / "s")
+    _no_traceback(proc)
+    assert proc.returncode == 2 and str(base / "trainer_state.json") in proc.stderr, proc.stdout + proc.stderr

@@ -95,10 +95,11 @@ def _refused(result, path: Path, *names: str) -> str:
     return out
 
 
-def _dry_run_ok(folder: Path, space_file: Path) -> None:
-    """Assert the dry run accepts what validate accepted, and writes nothing."""
+def _dry_run_ok(folder: Path, space_file: Path, allow_code: bool = False) -> None:
+    """Assert the dry run accepts what validate accepted, and writes nothing. ``allow_code``: validate noted
+    that the suite runs code, which search (and so its dry run) accepts only with --allow-code-execution."""
     before = _files(folder)
-    result = _invoke(folder, "search", str(space_file), "--dry-run")
+    result = _invoke(folder, "search", str(space_file), "--dry-run", *(["--allow-code-execution"] if allow_code else []))
     assert result.exit_code == 0, (result.output, result.exception)
     assert "dry run ok" in result.output
     assert _files(folder) == before, _files(folder) - before  # no runs/, no study.db
@@ -299,7 +300,7 @@ def test_what_validate_accepts_every_stage_accepts(tmp_path):
                 _refused(result, space_file, *named)
             refused.add(what)
         else:
-            _dry_run_ok(folder, space_file)
+            _dry_run_ok(folder, space_file, allow_code="# note:" in result.output)
             accepted.add(what)
 
     check()

@@ -29,7 +29,9 @@ from autotune.cli.errors import cli_errors, guarded
 # what --allow-code-execution allows (eval, gate, search, ladder); the check is evaluate.suite.code_uses
 ALLOW_CODE_HELP = ("Allow the suite to run code on this machine: tasks that execute model-generated code "
                    "(HumanEval, MBPP), Python from the suite's own task_dirs (!function task code, Python task "
-                   "classes, metrics Hugging Face evaluate loads as scripts) and a custom vllm.serve_command. "
+                   "classes, metrics Hugging Face evaluate loads as scripts, dataset_kwargs.trust_remote_code) and, for "
+                   "vllm-server, the suite's own vllm.python, vllm.extra_args and a custom vllm.serve_command "
+                   "($AUTOTUNE_VLLM_PYTHON is your own setting: no flag). "
                    "lm-eval's stock tasks need no flag. Without it such a suite is refused (exit 2); use it "
                    "only for suites you trust, ideally in a sandbox.")
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from pydantic import ValidationError
 
 from autotune.config.load import ErrorStyle, read_yaml, validation_error_to_user_error
 from autotune.config.suite import GROUPS, BpbEntry, Suite, TaskEntry
 from autotune.errors import UserError
-from autotune.evaluate.taskdefs import check_entry, resolve_task, user_code
+from autotune.evaluate.taskdefs import TaskDef, check_entry, read_task_yaml, resolve_task, user_code
 
 # Union-branch tags in pydantic's error locations (``str | FieldMap``, ``str | PathSource | None``): not
 # levels of the YAML; nor is the entry kind (``task`` / ``bpb``) after ``target[i]``.
@@ -53,11 +54,23 @@ def load_suite(path: str | Path, domains: list[str] | None = None) -> Suite:
 
 def code_uses(suite: Suite, backend: str | None = None) -> list[tuple[str, object, str]]:
     """Everything in ``suite`` that runs code beyond lm-eval's own, as (field, value, what): tasks that
-    execute model-generated code, Python from the suite's ``task_dirs`` (``taskdefs.user_code``), and a custom
-    ``vllm.serve_command`` when the backend (``backend`` overrides the suite's) is vllm-server. Pure: no import."""
+    execute model-generated code, Python from the suite's ``task_dirs`` (``taskdefs.user_code``), a user task's
+    ``dataset_kwargs.trust_remote_code``, and when the backend (``backend`` overrides the suite's) is
+    vllm-server the suite's own ``vllm.python``, ``vllm.serve_command`` and ``vllm.extra_args`` (a flag such as
+    ``--trust-remote-code`` or another ``--worker-extension-cls`` runs code the suite names). The suite's
+    Python is run even to read its vLLM version, at a dry run too. ``$AUTOTUNE_VLLM_PYTHON`` is the user's own
+    setting, not the suite's: it needs no flag. Pure: no import."""
     uses: list[tuple[str, object, str]] = []
-    if (backend or suite.backend) == "vllm-server" and suite.vllm.serve_command:
-        uses.append(("vllm.serve_command", " ".join(suite.vllm.serve_command), "starts this command as the model server"))
+    if (backend or suite.backend) == "vllm-server":
+        o = suite.vllm
+        if o.python:
+            uses.append(("vllm.python", o.python, "runs this Python, named by the suite, to start the model server "
+                         "($AUTOTUNE_VLLM_PYTHON, the user's own setting, needs no flag)"))
+        if o.serve_command:
+            uses.append(("vllm.serve_command", " ".join(o.serve_command), "starts this command as the model server"))
+        if o.extra_args:
+            uses.append(("vllm.extra_args", " ".join(o.extra_args), "passes these flags to the model server (they "
+                         "can make it run code: --trust-remote-code, --worker-extension-cls)"))
     for entry in suite.tasks:
         tdef = resolve_task(entry, suite)
         if tdef is None:
@@ -68,7 +81,30 @@ def code_uses(suite: Suite, backend: str | None = None) -> list[tuple[str, objec
         code = user_code(tdef, suite)
         if code:
             uses.append((where, entry.task, f"{entry.task} runs Python from the suite's task_dirs: " + "; ".join(code)))
+        remote = _remote_code(tdef, suite)
+        if remote:
+            uses.append((where, entry.task, f"{entry.task} sets dataset_kwargs.trust_remote_code (datasets may run "
+                         f"the dataset's own loading script): {', '.join(remote)}"))
     return uses
+
+
+def _remote_code(tdef: TaskDef, suite: Suite) -> list[str]:
+    """The user task YAMLs behind ``tdef`` (as ``user_code`` reads them: the task's own, includes merged; for a
+    group or tag every YAML under ``task_dirs``) that set ``dataset_kwargs.trust_remote_code``. Stock tasks are
+    the library's settings (and run offline): not counted."""
+    files = [tdef.path] if not tdef.stock and tdef.path is not None else []
+    if not tdef.is_yaml_task:
+        files += [f for d in suite.task_paths if d.is_dir() for f in sorted(d.rglob("*.yaml"))]
+    found = []
+    for f in dict.fromkeys(files):
+        try:
+            cfg, _ = read_task_yaml(f)
+        except (yaml.YAMLError, ValueError, OSError):
+            continue  # lm-eval skips what it cannot read (as ``user_code``)
+        kwargs = cfg.get("dataset_kwargs") if isinstance(cfg, dict) else None
+        if isinstance(kwargs, dict) and kwargs.get("trust_remote_code"):
+            found.append(str(f))
+    return found
 
 
 def require_code_permission(suite: Suite, allowed: bool, backend: str | None = None) -> None:

@@ -26,7 +26,7 @@ from autotune.errors import UserError
 from autotune.evaluate.backends import Checkpoint, make_backend
 from autotune.evaluate.cache import read_samples
 from autotune.evaluate.checkpoint import evaluate_checkpoint
-from autotune.evaluate.suite import load_suite
+from autotune.evaluate.suite import load_suite, require_code_permission
 from autotune.evaluate.taskdefs import check_entry, lm_eval_version, template_hash
 from autotune.gate.compare import (
     BASELINE_FORMAT,
@@ -149,6 +149,7 @@ def _check_inputs(args: GateArgs) -> _Plan:
 
         space = load_space(args.space)
     suite = load_suite(args.suite, list(space.domains) if space else None)
+    require_code_permission(suite, args.allow_code_execution, args.backend)  # before _planned asks its vLLM
     keys = [e.key for e in suite.entries]
     check_patterns([(r.pattern, r.field, r.file) for r in rules if r.pattern != "*"], keys)
     check_patterns(skip_patterns, keys)

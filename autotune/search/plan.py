@@ -5,8 +5,9 @@ harness's task plan and the suite's backend, the storage URL (parsed, its driver
 connected), the ``Controller`` (sampler, pruner, distributions) over an in-memory storage asked for the
 prior proposals and one sampled proposal, the trainer's ``TrainConfig`` and learning rates of each, the
 objective on made-up metrics, the ladder's rung spaces and the recipe's input checks. Nothing is written:
-no study folder, no ``study.db``. Whatever ``autotune validate`` accepts must pass here
-(``tests/test_faults_validation.py`` holds the two to that).
+no study folder, no ``study.db``. Whatever ``autotune validate`` accepts must pass here, with
+``--allow-code-execution`` where validate notes that the suite runs code, which ``search`` refuses without
+it (``tests/test_faults_validation.py`` holds the two to that).
 """
 
 from __future__ import annotations
@@ -32,11 +33,16 @@ class Plan:
 
 def dry_run(space: SearchSpace, *, storage: str | None = None, trials: int | None = None,
             allow_code_execution: bool = False) -> Plan:
-    """Build every stage of a study of ``space``; raises ``UserError`` where a stage refuses its input."""
+    """Build every stage of a study of ``space``; raises ``UserError`` where a stage refuses its input.
+
+    A suite that runs code is refused without ``allow_code_execution``, as ``autotune search`` refuses it,
+    and before the suite's backend is checked (that runs the suite's ``vllm.python``)."""
+    from autotune.evaluate.suite import require_code_permission
     from autotune.search.study import Study, study_dir
 
     plan = Plan()
     study = Study(space, storage=storage, allow_code_execution=allow_code_execution)  # the suite, the launcher
+    require_code_permission(study.suite, allow_code_execution)
     plan.lines.append(f"study {space.name} in {study_dir(space)} ({trials or space.search.trials} trials; "
                       f"launcher {type(study.launcher).__name__})")
     plan.lines.append(_suite(study, allow_code_execution))

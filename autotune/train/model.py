@@ -3,7 +3,6 @@ RoPE base. The demo's base model is built in ``autotune/demo/base.py``; here eve
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -29,19 +28,28 @@ def load_causal_lm(path: Path):
 
 def base_final_lr(path: Path) -> float | None:
     """The learning rate the base run ended at, for ``schedule.start_lr: base``: from HF Trainer's
-    ``trainer_state.json`` (its last logged ``learning_rate``) or the demo base's ``pretrain_log.jsonl``."""
+    ``trainer_state.json`` (its last logged ``learning_rate``) or the demo base's ``pretrain_log.jsonl``.
+
+    A damaged ``trainer_state.json`` is a ``DamagedFile`` naming it (the base's record cannot be guessed);
+    a cut last line of ``pretrain_log.jsonl`` (a killed writer) is skipped with a warning: the last whole line's."""
+    from autotune.records import DamagedFile, read_json, read_jsonl
+
     state = path / "trainer_state.json"
     if state.exists():
-        history = json.loads(state.read_text()).get("log_history", [])
-        lrs = [h["learning_rate"] for h in history if isinstance(h.get("learning_rate"), int | float)]
+        fix = "restore it, or move it out of the base folder and give schedule.start_lr as a number"
+        doc = read_json(state, fix)
+        history = doc.get("log_history", []) if isinstance(doc, dict) else None
+        if not isinstance(history, list):
+            raise DamagedFile(f"the file is damaged: log_history is not a list; {fix}", file=state)
+        lrs = [h["learning_rate"] for h in history if isinstance(h, dict) and _number(h.get("learning_rate"))]
         if lrs:
             return float(lrs[-1])
-    log = path / "pretrain_log.jsonl"
-    if log.exists():
-        lines = [line for line in log.read_text().splitlines() if line.strip()]
-        if lines:
-            return float(json.loads(lines[-1])["lr"])
-    return None
+    lrs = [row["lr"] for row in read_jsonl(path / "pretrain_log.jsonl", warn=True) if _number(row.get("lr"))]
+    return float(lrs[-1]) if lrs else None
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def set_rope_theta(model, rope_theta: float) -> None:
