@@ -174,23 +174,16 @@ def test_tokens_refuse_a_file_damaged_after_preparation(tmp_path, home, tok_dir)
 
 
 def _copy_demo_caches(session_home: Path, home: Path) -> None:
-    """What the study needs from the session's home, so it does not train them again: the demo tokenizer and
-    base (``tokenizers/``, ``models/``) and the demo corpora's packed tokens, finished entries only (a name
-    starting with '.' is a folder another test is still building, ``paths.building``). Never the math tokens
-    this test damages, nor the eval cache and other tests' token caches (review #3: copying the whole home
-    was slow and could copy half-built folders)."""
-    for sub in ("tokenizers", "models", "tokens"):
+    """The demo tokenizer and base from the session's home (``tokenizers/``, ``models/``, finished entries only:
+    a name starting with '.' is a folder another test is still building), so the study does not train them
+    again. Not the session's token caches: this test checks a rebuild against the tokens its own first session
+    packed (in one clean-clone CI run the session's demo:math cache under the same key held 1,843,131 train
+    tokens where a fresh build gives 1,650,402; see docs/LOG.md)."""
+    for sub in ("tokenizers", "models"):
         root = session_home / sub
         for entry in sorted(root.iterdir()) if root.is_dir() else []:
-            if entry.name.startswith(".") or not entry.is_dir():
-                continue
-            if sub == "tokens":
-                try:
-                    if not str(json.loads((entry / "manifest.json").read_text())["source"]).startswith("demo:"):
-                        continue
-                except (OSError, ValueError, KeyError):
-                    continue
-            shutil.copytree(entry, home / sub / entry.name, ignore=shutil.ignore_patterns("*.lock", ".*"))
+            if not entry.name.startswith(".") and entry.is_dir():
+                shutil.copytree(entry, home / sub / entry.name, ignore=shutil.ignore_patterns("*.lock", ".*"))
 
 
 @pytest.mark.slow
@@ -546,19 +539,3 @@ def test_unicode_blank_lines_separate_documents(tmp_path, home):
     docs = [t for _, t in open_source(PathSource(path=str(path)), where="domains.zh", cache=home).documents()]
     assert docs == ["第一", "第二\n\u3000\n第二b", "第三"]
 
-
-def test_end_to_end_copies_only_the_demo_caches(tmp_path):
-    """Review #3: the end-to-end test copied the whole session home (eval cache, every token cache, folders
-    other tests were still building). It copies the demo tokenizer, base and demo tokens, finished ones only."""
-    session = tmp_path / "session"
-    for rel in ("tokenizers/demo-1/tokenizer.json", "models/demo-base-2/config.json", "eval-cache/x/y.json",
-                "tokens/.abc.tmp123/train.bin", "tokens/demo/train.bin", "tokens/math/train.bin", "hashes/h.txt"):
-        (session / rel).parent.mkdir(parents=True, exist_ok=True)
-        (session / rel).write_text("x")
-    (session / "tokens/demo/manifest.json").write_text(json.dumps({"source": "demo:code"}))
-    (session / "tokens/math/manifest.json").write_text(json.dumps({"source": {"path": "m.jsonl"}}))
-    home = tmp_path / "home"
-    _copy_demo_caches(session, home)
-    got = sorted(p.relative_to(home).as_posix() for p in home.rglob("*") if p.is_file())
-    assert got == ["models/demo-base-2/config.json", "tokenizers/demo-1/tokenizer.json", "tokens/demo/manifest.json",
-                   "tokens/demo/train.bin"]
