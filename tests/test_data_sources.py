@@ -27,7 +27,7 @@ from autotune.data import prepare
 from autotune.data.sources import open_source
 from autotune.errors import UserError
 from autotune.hashing import tokenizer_hash
-from autotune.testing import REPO, tiny_space, tiny_suite, write_space
+from autotune.testing import REPO, small_bpe_tokenizer, tiny_space, tiny_suite, write_space
 
 BENCH = REPO.parent / "shared" / "data" / "benchmarks"
 if not (BENCH / "gsm8k" / "train.jsonl").exists():
@@ -56,18 +56,7 @@ def _write_parquet(path: Path, records: list[dict], columns: list[str], row_grou
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory) -> Path:
     """A real byte-level BPE (the demo's recipe) trained on a little gsm8k text: small and quick to build."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[prepare.EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([r["question"] for r in _records("gsm8k", 300)], trainer=trainer)
-    out = tmp_path_factory.mktemp("tok")
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=prepare.EOS, pad_token=prepare.EOS).save_pretrained(out)
-    return out
+    return small_bpe_tokenizer([r["question"] for r in _records("gsm8k", 300)], tmp_path_factory.mktemp("tok"))
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from autotune.config.sources import PIECE_BYTES, PathSource
 from autotune.config.space import load_space
 from autotune.data import prepare
 from autotune.errors import UserError
-from autotune.testing import REPO, tiny_space, write_space
+from autotune.testing import REPO, small_bpe_tokenizer, tiny_space, write_space
 
 BENCH = REPO.parent / "shared" / "data" / "benchmarks"
 if not (BENCH / "gsm8k" / "train.jsonl").exists():
@@ -49,18 +49,7 @@ def _records(n: int) -> list[dict]:
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory) -> Path:
     """A real byte-level BPE (the demo's recipe) trained on a little gsm8k text: small and quick to build."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[prepare.EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([r["question"] for r in _records(300)], trainer=trainer)
-    out = tmp_path_factory.mktemp("tok")
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=prepare.EOS, pad_token=prepare.EOS).save_pretrained(out)
-    return out
+    return small_bpe_tokenizer([r["question"] for r in _records(300)], tmp_path_factory.mktemp("tok"))
 
 
 @pytest.fixture

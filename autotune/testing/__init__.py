@@ -56,6 +56,7 @@ from autotune.testing.studies import (  # noqa: F401
     make_study,
     run_cli,
     set_offline,
+    small_bpe_tokenizer,
     study_trials,
     tiny_checkpoint,
     tiny_space,

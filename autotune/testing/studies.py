@@ -123,6 +123,24 @@ def set_offline() -> None:
     os.environ.update(OFFLINE)
 
 
+def small_bpe_tokenizer(texts: list[str], out: Path, vocab_size: int = 400) -> Path:
+    """A real byte-level BPE (the demo's recipe) trained on ``texts``, saved as an HF tokenizer in ``out``:
+    small and quick to build for data tests."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from autotune.data.prepare import EOS
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS).save_pretrained(out)
+    return out
+
+
 def tiny_checkpoint(head_dim: int = 16) -> Path:
     """A tiny real checkpoint under $AUTOTUNE_HOME/test-models (built on first use, about 5 s).
 
