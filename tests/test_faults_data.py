@@ -166,8 +166,8 @@ def _copy_demo_caches(session_home: Path, home: Path) -> None:
     """The demo tokenizer and base from the session's home (``tokenizers/``, ``models/``, finished entries only:
     a name starting with '.' is a folder another test is still building), so the study does not train them
     again. Not the session's token caches: this test checks a rebuild against the tokens its own first session
-    packed (in one clean-clone CI run the session's demo:math cache under the same key held 1,843,131 train
-    tokens where a fresh build gives 1,650,402; see docs/LOG.md)."""
+    packed (another test's Qwen2 checkpoint with the demo tokenizer's files caches demo:math tokenized by
+    Qwen2Tokenizer under the same key; see docs/LOG.md, 2026-12-01 third session)."""
     for sub in ("tokenizers", "models"):
         root = session_home / sub
         for entry in sorted(root.iterdir()) if root.is_dir() else []:
