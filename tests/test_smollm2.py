@@ -40,6 +40,14 @@ ENGINE_ARGS = "dtype=float32,max_model_len=2048,enforce_eager=True,kv_cache_memo
               "enable_prefix_caching=False,seed=1234"
 
 
+@pytest.fixture(autouse=True)
+def _vllm_python_env(monkeypatch):
+    """vLLM's Python as a user gives it on a CPU machine: $AUTOTUNE_VLLM_PYTHON (a suite naming its own
+    ``vllm.python`` would need --allow-code-execution)."""
+    if VLLM_PY is not None:
+        monkeypatch.setenv("AUTOTUNE_VLLM_PYTHON", VLLM_PY)
+
+
 @pytest.fixture(scope="module")
 def smollm2() -> Path:
     from autotune.train.gguf import gguf_folder, resolve_gguf
@@ -69,7 +77,7 @@ def suite_file(folder: Path, backend: str) -> Path:
     raw["data_root"] = str(BENCHMARKS)
     raw["backend"], raw["batch_size"] = backend, 16
     raw["hf"] = {"dtype": "float32"}
-    raw["vllm"] = {"dtype": "float32", "max_model_len": 2048, "python": VLLM_PY or sys.executable}
+    raw["vllm"] = {"dtype": "float32", "max_model_len": 2048}
     for group in ("target", "general"):
         for e in raw[group]:
             e["limit"] = LIMITS[e["task"]]
@@ -168,7 +176,6 @@ def test_a_study_mid_trains_smollm2_at_a_small_budget(smollm2, tmp_path):
                 e["limit"] = 6
     suite["report"], suite["bpb_tokens"] = [], 1024
     suite["data_root"] = str(BENCHMARKS)
-    suite["vllm"]["python"] = VLLM_PY
     space["domains"]["math"]["source"]["path"] = str(BENCHMARKS / "gsm8k" / "train.jsonl")
     space["domains"]["general"]["source"]["path"] = str(BENCHMARKS / "lambada" / "lambada_development_plain_text.txt")
     space.update(name="smol_small", evals="suite.yaml", proxy={"tokens": 1024, "seq_len": 128, "batch_tokens": 512, "seed": 0},

@@ -43,6 +43,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 EXACT = ("/acc", "/exact_match", ":chance")
 
 
+@pytest.fixture(autouse=True)
+def _vllm_python_env(monkeypatch):
+    """vLLM's Python as a user gives it on a CPU machine: $AUTOTUNE_VLLM_PYTHON (a suite naming its own
+    ``vllm.python`` would need --allow-code-execution)."""
+    if VLLM_PY is not None:
+        monkeypatch.setenv("AUTOTUNE_VLLM_PYTHON", VLLM_PY)
+
+
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     base = tiny_checkpoint(head_dim=32)
@@ -52,7 +60,7 @@ def ckpts(tmp_path_factory):
 
 def write_suite(folder, limit: int = 8, **vllm):
     folder.mkdir(parents=True, exist_ok=True)
-    s = demo_suite(limit=limit, hf={"dtype": "float32"}, vllm={"python": VLLM_PY, "dtype": "float32", "startup_timeout_s": 300,
+    s = demo_suite(limit=limit, hf={"dtype": "float32"}, vllm={"dtype": "float32", "startup_timeout_s": 300,
                                                              "shutdown_timeout_s": 20, **vllm})
     (folder / "suite.yaml").write_text(yaml.safe_dump(s, sort_keys=False))
     return load_suite(folder / "suite.yaml"), folder / "suite.yaml"
@@ -190,7 +198,7 @@ def test_study_scores_every_trial_on_one_warm_engine(tmp_path, monkeypatch):
     from autotune.testing import TINY_BASE, run_cli, study_trials, tiny_space, tiny_suite, write_space
 
     suite = {**tiny_suite(limit=6), "backend": "vllm-server",
-             "vllm": {"python": VLLM_PY, "dtype": "float32", "startup_timeout_s": 300, "shutdown_timeout_s": 20}}
+             "vllm": {"dtype": "float32", "startup_timeout_s": 300, "shutdown_timeout_s": 20}}
     space = tiny_space("warm", trials=2, base_model={**TINY_BASE, "hidden_size": 64, "intermediate_size": 128})
     path = write_space(tmp_path, space, suite)
     r = run_cli("search", str(path), cwd=tmp_path, timeout=900)
@@ -227,7 +235,7 @@ def test_stopped_study_leaves_no_warm_engine_behind(tmp_path, monkeypatch, sig):
 
     monkeypatch.setenv("AUTOTUNE_HOME", str(tmp_path / "home"))
     suite = {**tiny_suite(limit=6), "backend": "vllm-server",
-             "vllm": {"python": VLLM_PY, "dtype": "float32", "startup_timeout_s": 300, "shutdown_timeout_s": 20}}
+             "vllm": {"dtype": "float32", "startup_timeout_s": 300, "shutdown_timeout_s": 20}}
     space = tiny_space("stopped", trials=4, base_model={**TINY_BASE, "hidden_size": 64, "intermediate_size": 128})
     path = write_space(tmp_path, space, suite)
     proc = subprocess.Popen([sys.executable, "-m", "autotune.cli", "search", str(path)], cwd=tmp_path,
