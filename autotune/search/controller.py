@@ -62,16 +62,11 @@ def open_storage(space: SearchSpace, study_dir: Path, override: str | None = Non
                  on_stale=None) -> optuna.storages.BaseStorage:
     s = storage_spec(space, study_dir, override)
     field = "--storage" if override else "search.storage"
-    if s.startswith("journal:"):
+    journal = check_storage_spec(space, s, field)
+    if journal is not None:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        path = Path(s.removeprefix("journal:")).expanduser()
-        if not path.parent.is_dir():
-            raise UserError("the journal file's folder does not exist", file=space.source_file, field=field, value=s)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if "://" not in s:
-        raise UserError("storage must be 'sqlite', an RDB URL (postgresql://...) or 'journal:PATH'",
-                        file=space.source_file, field=field, value=redact(s))
+        return JournalStorage(JournalFileBackend(str(journal)))
     kwargs = {"pool_pre_ping": True} if not s.startswith("sqlite") else {}
     for attempt in range(5):
         try:
@@ -81,10 +76,26 @@ def open_storage(space: SearchSpace, study_dir: Path, override: str | None = Non
                                                   grace_period=space.search.grace_s, heartbeat_stale_trial_callback=on_stale)
         except Exception as e:  # noqa: BLE001  (driver errors vary: OperationalError, ArgumentError, ImportError ...)
             # workers starting together on a new database race to create Optuna's tables: the loser retries
-            if type(e).__name__ != "IntegrityError" or attempt == 4:
-                raise _storage_error(e, s, space, field) from None
+            # (IntegrityError on a row, or SQLite's "table ... already exists" from a CREATE TABLE)
+            raced = type(e).__name__ == "IntegrityError" or "already exists" in str(e)
+            if not raced or attempt == 4:
+                raise storage_error(e, s, space, field) from None
             time.sleep(0.5 + attempt)
     raise AssertionError("unreachable")
+
+
+def check_storage_spec(space: SearchSpace, spec: str, field: str) -> Path | None:
+    """Refuse a storage spec that is neither a journal file in an existing folder nor a URL; the journal's
+    path for ``journal:PATH``, else None."""
+    if spec.startswith("journal:"):
+        path = Path(spec.removeprefix("journal:")).expanduser()
+        if not path.parent.is_dir():
+            raise UserError("the journal file's folder does not exist", file=space.source_file, field=field, value=spec)
+        return path
+    if "://" not in spec:
+        raise UserError("storage must be 'sqlite', an RDB URL (postgresql://...) or 'journal:PATH'",
+                        file=space.source_file, field=field, value=redact(spec))
+    return None
 
 
 def storage_exists(space: SearchSpace, study_dir: Path, override: str | None = None) -> bool:
@@ -131,7 +142,7 @@ def storage_exists(space: SearchSpace, study_dir: Path, override: str | None = N
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001  (driver errors vary: OperationalError, ArgumentError, ImportError ...)
-        raise _storage_error(e, s, space, field) from None
+        raise storage_error(e, s, space, field) from None
     if "studies" not in tables:
         raise refuse("this storage holds no Optuna study (no 'studies' table)")
     return True
@@ -162,7 +173,9 @@ def driver_hint(url: str) -> str:
     return hint + ")"
 
 
-def _storage_error(e: Exception, url: str, space: SearchSpace, field: str) -> UserError:
+def storage_error(e: Exception, url: str, space: SearchSpace, field: str) -> UserError:
+    """An error opening (or parsing) the storage URL as one line: the driver's message, redacted, and what to
+    install when the driver is missing."""
     first = redact(str(e).splitlines()[0][:200] if str(e) else "")
     hint = driver_hint(url) if isinstance(e, ImportError | ModuleNotFoundError) else ""
     if f":{MASK}@" in url and not hint:  # a space.yaml's copy of the URL: its password was never written

@@ -77,30 +77,22 @@ def _storage(space: SearchSpace, override: str | None) -> str:
     """The storage ``open_storage`` would open, checked as far as can be without creating or connecting to
     it: sqlite's file, a journal's folder, an RDB URL parsed and its driver imported (SQLAlchemy's
     ``create_engine`` connects only on first use)."""
-    from autotune.search.controller import redact
+    from autotune.search.controller import check_storage_spec, redact, storage_error
     from autotune.search.study import study_dir
 
     spec = override or space.search.storage
     where = "--storage" if override else "search.storage"
     if spec == "sqlite":
         return f"sqlite {study_dir(space) / 'study.db'} (not created)"
-    if spec.startswith("journal:"):
-        path = Path(spec.removeprefix("journal:")).expanduser()
-        if not path.parent.is_dir():
-            raise UserError("the journal file's folder does not exist", file=space.source_file, field=where, value=spec)
-        return f"journal {path}"
-    if "://" not in spec:
-        raise UserError("storage must be 'sqlite', an RDB URL (postgresql://...) or 'journal:PATH'",
-                        file=space.source_file, field=where, value=redact(spec))
+    journal = check_storage_spec(space, spec, where)  # open_storage's own checks
+    if journal is not None:
+        return f"journal {journal}"
     import sqlalchemy
 
     try:
         sqlalchemy.create_engine(spec).dispose()
     except Exception as e:  # noqa: BLE001  (ArgumentError, NoSuchModuleError, ImportError of the driver ...)
-        hint = " (pip install its driver)" if isinstance(e, ImportError) else ""
-        first = (str(e).splitlines()[0][:200] if str(e) else "").replace(spec, redact(spec))
-        raise UserError(f"cannot use the study storage: {type(e).__name__}: {first}{hint}",
-                        file=space.source_file, field=where, value=redact(spec)) from None
+        raise storage_error(e, spec, space, where) from None
     return f"{redact(spec)} (not connected)"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import math
 import os
 import signal
@@ -252,15 +251,8 @@ class Study:
         from autotune.search.controller import Controller
 
         db = self.paths.root / "study.db"
-        if self.read_only:
-            return Controller(self.space, self.paths.root, self.storage, create=False, log=self.log)
-        # Two controllers starting at once on a new study would both create Optuna's tables ("table
-        # study_directions already exists"): creation is serialised by a lock in the study folder.
-        self.paths.root.mkdir(parents=True, exist_ok=True)
-        with open(self.paths.root / ".storage.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            new = not db.exists()
-            ctl = Controller(self.space, self.paths.root, self.storage, create=True, log=self.log)
+        new = not db.exists()
+        ctl = Controller(self.space, self.paths.root, self.storage, create=not self.read_only, log=self.log)
         if new and db.exists():
             follow_umask(db)  # SQLite makes it 0644 whatever the umask (its journals copy the file's mode)
         return ctl
