@@ -16,6 +16,8 @@ from autotune.paths import write_text_atomic
 from autotune.records import write_json_atomic
 
 _ICON = {"pass": "✅", "fail": "❌", "skip": "⏭️"}
+_INTERVAL_HELP = {"bca": "bias-corrected and accelerated percentiles of the resampled drops",
+                  "percentile": "percentiles of the resampled drops"}
 
 
 def _num(x: Any, signed: bool = False) -> str:
@@ -33,6 +35,15 @@ def _tol(e: dict[str, Any]) -> str:
         return "-"
     relative = e["tolerance"].endswith("%") and e["threshold"] is not None
     return e["tolerance"] + (f" ({_num(e['threshold'])})" if relative else "")
+
+
+_INTERVAL_WORDS = {"bca": "BCa", "percentile": "percentile"}
+
+
+def interval_words(report: dict[str, Any]) -> str:
+    """The bootstrap bounds' method as a reader says it (a report from before the option: percentile)."""
+    method = report.get("interval", "percentile")
+    return _INTERVAL_WORDS.get(method, method)
 
 
 def headline(report: dict[str, Any]) -> str:
@@ -53,7 +64,8 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"`{Path(report['checkpoint']).name}` (model `{report['model_hash']}`) against baseline "
              f"`{report['baseline']}` (model `{report['baseline_model_hash']}`) on suite **{report['suite']}**. "
              f"An entry fails when the checkpoint is worse than the baseline by more than its tolerance with {conf} "
-             f"confidence (paired bootstrap over the same documents, {report['resamples']} resamples).", "",
+             f"confidence (paired bootstrap over the same documents, {report['resamples']} resamples, "
+             f"{interval_words(report)} bounds).", "",
              f"| | entry | group | baseline | checkpoint | drop | {conf} bounds of the drop | tolerance | n | note |",
              "|:-:|---|---|--:|--:|--:|:-:|--:|--:|---|"]
     for e in report["entries"]:
@@ -63,7 +75,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                      f"{_num(e['value'])} | {_num(e['drop'], True)} | {_bounds(e)} | {_tol(e)} | {e['n'] or '-'} | "
                      f"{note} |")
     lines += ["", f"Drop: how much worse the checkpoint is, in the metric's unit (positive = worse; ↓ marks metrics "
-                  f"where lower is better). Bounds: one-sided {conf} bounds. n: documents resampled (held-out "
+                  f"where lower is better). Bounds: one-sided {conf} bounds, {interval_words(report)} "
+                  f"({_INTERVAL_HELP[report.get('interval', 'percentile')]}). n: documents resampled (held-out "
                   "bits-per-byte: scored windows). The bootstrap covers which documents were drawn, not training "
                   "noise: the tolerance absorbs seed-to-seed differences.", ""]
     return "\n".join(lines)
@@ -81,11 +94,13 @@ def render_junit(report: dict[str, Any]) -> str:
     props = ET.SubElement(ts, "properties")
     for k in ("checkpoint", "model_hash", "baseline", "baseline_model_hash", "confidence", "resamples"):
         ET.SubElement(props, "property", name=k, value=str(report[k]))
+    ET.SubElement(props, "property", name="interval", value=str(report.get("interval", "percentile")))
     for e in report["entries"]:
         case = ET.SubElement(ts, "testcase", classname=f"gate.{report['suite']}.{e['group']}", name=e["key"], time="0")
         detail = (f"{e['metric']}{' (lower is better)' if not e['higher_is_better'] else ''}: baseline "
                   f"{_num(e['baseline'])}, checkpoint {_num(e['value'])}, drop {_num(e['drop'], True)}, "
-                  f"{report['confidence']:.0%} bounds {_bounds(e)}, tolerance {_tol(e)}, {e['n']} documents. "
+                  f"{report['confidence']:.0%} {_INTERVAL_WORDS.get(e.get('interval') or '', 'bootstrap')} bounds "
+                  f"{_bounds(e)}, tolerance {_tol(e)}, {e['n']} documents. "
                   f"{e['note']}")
         if e["status"] == "fail":
             ET.SubElement(case, "failure", message=e["note"] or "regression", type="regression").text = detail
@@ -102,7 +117,8 @@ def print_table(console: Console, report: dict[str, Any]) -> None:
     conf = f"{report['confidence']:.0%}"
     table = Table(title=escape(f"{Path(report['checkpoint']).name} against {report['baseline']} on suite "
                                f"{report['suite']}"))
-    for col in ("", "entry", "group", "baseline", "checkpoint", "drop", f"{conf} bounds", "tolerance", "n", "note"):
+    for col in ("", "entry", "group", "baseline", "checkpoint", "drop", f"{conf} bounds ({interval_words(report)})",
+                "tolerance", "n", "note"):
         table.add_column(col, justify="right" if col in ("baseline", "checkpoint", "drop", "n") else "left",
                          no_wrap=col != "note")
     style = {"pass": "green", "fail": "bold red", "skip": "dim"}

@@ -61,6 +61,7 @@ class GateArgs:
     skip: list[str] = field(default_factory=list)
     confidence: float | None = None
     resamples: int | None = None
+    interval: str | None = None
     output: Path | None = None
     json_out: bool = False
     backend: str | None = None
@@ -134,7 +135,8 @@ def _check_inputs(args: GateArgs) -> _Plan:
             baseline_doc = read_baseline(args.baseline)
 
     config = load_gate_config(args.config)
-    over = {k: v for k, v in (("confidence", args.confidence), ("resamples", args.resamples)) if v is not None}
+    over = {k: v for k, v in (("confidence", args.confidence), ("resamples", args.resamples),
+                              ("interval", args.interval)) if v is not None}
     for k, v in over.items():  # CLI overrides, checked by the same model as the file
         try:
             GateConfig.model_validate({k: v})
@@ -257,5 +259,6 @@ def _report(args: GateArgs, config, suite, baseline: dict[str, Any], current: di
             "baseline": str(args.baseline), "baseline_checkpoint": baseline.get("checkpoint"),
             "baseline_model_hash": baseline.get("model_hash"), "baseline_created": baseline.get("created"),
             "suite": suite.name, "suite_file": str(args.suite), "confidence": config.confidence,
-            "resamples": config.resamples, "seed": config.seed, "groups": list(config.groups), "counts": counts,
+            "resamples": config.resamples, "interval": config.interval, "seed": config.seed,
+            "groups": list(config.groups), "counts": counts,
             "entries": [v.to_json() for v in verdicts]}
