@@ -9,6 +9,15 @@ non-overlapping windows of ``seq_len``; bytes are those of the scored target tok
 for a paired bootstrap). The totals are computed exactly as without it. A window's bytes are those of its
 own target tokens decoded alone, rescaled so that the windows' bytes sum to the total (decoding windows
 one by one can split a multi-byte character at a boundary).
+
+Memory: the windows are scored from the backbone's last hidden states and the LM head's weight, ``chunk``
+tokens at a time (``train.loss.head_token_losses``, the trainer's fused-loss forward; on CUDA Liger-Kernel's
+fused linear cross-entropy where liger-kernel is installed), so the logits of a batch never exist at once:
+fp32 logits for 16 windows of 2048 tokens at SmolLM2's 49K vocabulary are 6.4 GB, a chunk of 1024 tokens
+200 MB. A model whose logits are not ``hidden @ weight.T`` (``train.loss.fused_loss_parts``: a head bias,
+logit scaling or soft-capping), or ``fused=False``, goes through its own forward and full logits.
+No KV cache is built (``use_cache=False``): under ``no_grad`` each layer's keys and values are freed as the
+forward moves on, where a cache would hold all layers' at once.
 """
 
 from __future__ import annotations
@@ -17,28 +26,30 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from autotune.train.loss import fused_loss_parts, head_token_losses, token_losses
 
 
 @torch.no_grad()
 def bits_per_byte(model, tokenizer, tokens: np.ndarray, *, seq_len: int, max_tokens: int, batch_size: int = 16,
-                  windows: bool = False) -> dict:
+                  windows: bool = False, chunk: int = 1024, fused: bool = True) -> dict:
+    """Bits-per-byte of ``model`` on ``tokens`` in windows of ``seq_len`` (at most ``max_tokens`` scored),
+    ``batch_size`` windows per forward, the head's logits ``chunk`` tokens at a time (see the module's note)."""
     n_windows = max(1, min(max_tokens, len(tokens) - 1) // seq_len)
     if len(tokens) < seq_len + 1:
         raise ValueError(f"held-out split has {len(tokens)} tokens, fewer than one window of {seq_len + 1}")
     model.eval()
+    losses = _token_losses(model, chunk=chunk, fused=fused)
     arr = np.asarray(tokens[: n_windows * seq_len + 1], dtype=np.int64)
     nll = 0.0
     window_nll: list[float] = []
     for i in range(0, n_windows, batch_size):
         idx = range(i, min(i + batch_size, n_windows))
         x = torch.from_numpy(np.stack([arr[j * seq_len: (j + 1) * seq_len + 1] for j in idx])).to(model.device)
-        logits = model(input_ids=x[:, :-1]).logits.float()
-        flat_logits, flat_targets = logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1)
-        nll += F.cross_entropy(flat_logits, flat_targets, reduction="sum").item()
+        per_window = losses(x).double().sum(dim=1)
+        nll += float(per_window.sum())
         if windows:
-            per_token = F.cross_entropy(flat_logits, flat_targets, reduction="none").view(len(idx), seq_len)
-            window_nll.extend(per_token.double().sum(dim=1).tolist())
+            window_nll.extend(per_window.tolist())
     targets = arr[1: n_windows * seq_len + 1]
     n_bytes = len(tokenizer.decode(targets.tolist(), skip_special_tokens=True).encode("utf-8"))
     out = {"bpb": nll / math.log(2) / max(n_bytes, 1), "tokens": int(len(targets)), "bytes": n_bytes,
@@ -49,3 +60,20 @@ def bits_per_byte(model, tokenizer, tokens: np.ndarray, *, seq_len: int, max_tok
         scale = n_bytes / sum(raw) if sum(raw) else 0.0
         out["windows"] = {"nll": window_nll, "bytes": [b * scale for b in raw]}
     return out
+
+
+def _token_losses(model, *, chunk: int, fused: bool):
+    """``x -> [windows, seq_len]`` fp32 losses of the tokens ``x[:, 1:]`` given ``x[:, :-1]``: through the fused
+    head where the model's logits are ``hidden @ weight.T``, else through the model's own full logits."""
+    parts = fused_loss_parts(model) if fused else None
+    if parts is None:
+        def plain(x: torch.Tensor) -> torch.Tensor:
+            return token_losses(model(input_ids=x[:, :-1], use_cache=False).logits, x[:, 1:]).view(x.size(0), -1)
+        return plain
+    backbone, weight = parts
+
+    def by_chunks(x: torch.Tensor) -> torch.Tensor:
+        hidden = backbone(input_ids=x[:, :-1], use_cache=False).last_hidden_state
+        return head_token_losses(hidden.reshape(-1, hidden.size(-1)), weight, x[:, 1:].reshape(-1),
+                                 chunk=chunk).view(x.size(0), -1)
+    return by_chunks

@@ -18,6 +18,7 @@ On CPU it measured no faster (the matmuls dominate there; same values to 3e-5).
 from __future__ import annotations
 
 import functools
+import importlib.util
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,14 @@ def _softmax_grad(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
     p = torch.exp(lf - lse.unsqueeze(1))
     cols = torch.arange(lf.size(1), device=lf.device)
     return tok, torch.where(cols == targets.unsqueeze(1), p - 1.0, p).to(logits.dtype)
+
+
+def _chunk_losses(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One chunk's fp32 logits ``h @ w.T``, their log-sum-exp and the chunk's token losses: the forward that
+    training (which goes on to the gradients) and evaluation (``chunked_token_losses``, which stops here) share."""
+    logits = (h @ w.t()).float()
+    lse = torch.logsumexp(logits, dim=-1)
+    return logits, lse, lse - logits.gather(1, y.unsqueeze(1)).squeeze(1)
 
 
 @functools.cache
@@ -55,10 +64,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if compiled:
                 tok_loss[i:i + chunk], grad = _compiled()(h @ w.t(), y)
             else:
-                logits = (h @ w.t()).float()
-                lse = torch.logsumexp(logits, dim=-1)
+                logits, lse, tok_loss[i:i + chunk] = _chunk_losses(h, w, y)
                 r = rows[:h.size(0)]
-                tok_loss[i:i + chunk] = lse - logits[r, y]
                 # d loss / d logits = softmax - onehot (computed in place over the logits)
                 grad = logits.sub_(lse.unsqueeze(1)).exp_()
                 grad[r, y] -= 1.0
@@ -109,3 +116,42 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The plain per-token loss (fp32 softmax over the full logits): the trainer's loss where the fused one
     does not apply, and what the fused one must equal."""
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+
+
+LIGER_INSTALL = "pip install 'liger-kernel==0.8.5' (or pip install -e '.[liger]')"
+
+
+def chunked_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         chunk: int = 1024) -> torch.Tensor:
+    """Per-token losses (fp32, no gradients) of ``softmax(hidden @ weight.T)`` against ``targets``, ``chunk``
+    tokens at a time: ``linear_cross_entropy``'s forward alone, for evaluation (held-out bits-per-byte). The
+    largest tensor is one chunk's logits, ``chunk x vocab``, whatever the number of tokens."""
+    out = torch.empty(hidden.size(0), dtype=torch.float32, device=hidden.device)
+    with torch.no_grad():
+        w = weight.detach().to(hidden.dtype)
+        for i in range(0, hidden.size(0), chunk):
+            out[i:i + chunk] = _chunk_losses(hidden[i:i + chunk].detach(), w, targets[i:i + chunk])[2]
+    return out
+
+
+def head_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, chunk: int = 1024,
+                      impl: str = "auto") -> torch.Tensor:
+    """Per-token losses (fp32, no gradients) of the LM head ``hidden @ weight.T`` (``hidden``: ``[tokens, width]``)
+    against ``targets``, never holding the logits of all tokens.
+
+    ``impl``: ``"torch"`` is ``chunked_token_losses``; ``"liger"`` is Liger-Kernel's fused linear cross-entropy
+    (Triton kernels: CUDA only, ``reduction="none"``; it sizes its own chunks, about ``tokens x width`` of
+    logits); ``"auto"`` takes Liger on a CUDA tensor where liger-kernel is installed, else torch."""
+    if impl == "auto":
+        impl = "liger" if hidden.is_cuda and importlib.util.find_spec("liger_kernel") is not None else "torch"
+    if impl == "torch":
+        return chunked_token_losses(hidden, weight, targets, chunk=chunk)
+    if impl != "liger":
+        raise ValueError(f"impl must be 'auto', 'torch' or 'liger', not {impl!r}")
+    try:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+    except ImportError as e:
+        raise ImportError(f"Liger's fused loss needs liger-kernel: {LIGER_INSTALL} ({e})") from e
+    with torch.no_grad():  # hidden without grad: Liger computes the losses only, no gradients
+        w = weight.detach().to(hidden.dtype)
+        return liger_fused_linear_cross_entropy(hidden.detach(), w, targets, reduction="none").float()
