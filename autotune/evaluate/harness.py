@@ -12,14 +12,16 @@
 3. Held-out bits-per-byte runs on the HF model; the remaining tasks run through the suite's backend
    (``backends``), opened once: one model load / one server for all tasks. lm-eval's ``simple_evaluate``
    runs once per group of tasks with the same ``limit`` (lm-eval's limit is global), with lm-eval's own
-   seeds (its CLI's defaults), ``log_samples`` on and bootstrapping off (standard errors of mean metrics
-   come from the per-sample values instead). Continuous metrics and chance levels come from the
-   per-sample log-likelihoods (``continuous``).
+   seeds (its CLI's defaults), ``log_samples`` on and its CLI's ``bootstrap_iters``: standard errors are
+   lm-eval's (closed form for mean metrics, its bootstrap, drawn exactly but vectorised, for perplexity and
+   the like: ``lm_eval_format``). Continuous metrics and chance levels come from the per-sample
+   log-likelihoods (``continuous``).
 4. Per-sample logs go to ``out_dir/samples/<task>.jsonl`` (bits-per-byte: one line per scored window in
-   ``samples/bpb/<domain>.jsonl``, which the gate's paired bootstrap resamples); the record of what was
-   run to ``meta``.
+   ``samples/bpb/<domain>.jsonl``, which the gate's paired bootstrap resamples), lm-eval's own results and
+   samples files to ``out_dir/lm_eval/<model>/`` (``lm_eval_format``; the same from the cache); the record
+   of what was run to ``meta``.
 
-Everything stays offline (``set_offline``).
+Everything stays offline (``set_offline``) unless the user set the switches.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,13 +60,44 @@ from autotune.evaluate.taskdefs import (
 )
 from autotune.hashing import checkpoint_hash, state_dict_hash
 
+# autotune's defaults for the environment of an evaluation: no hub access, no telemetry, no tokenizer threads
+# forked into lm-eval's bootstrap pool. A variable the user set is theirs: offline_env() and set_offline() keep it.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+_FOLLOW_HUB = ("HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")  # default to the user's own HF_HUB_OFFLINE
+
+
+def offline_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """``OFFLINE_ENV`` under the user's own settings: a variable set in ``environ`` (default ``os.environ``)
+    keeps its value, and an explicit ``HF_HUB_OFFLINE`` (``0`` too) is also the default of the datasets and
+    transformers switches, so ``HF_HUB_OFFLINE=0`` means online for all three."""
+    env = os.environ if environ is None else environ
+    out = {k: env.get(k, v) for k, v in OFFLINE_ENV.items()}
+    if "HF_HUB_OFFLINE" in env:
+        out.update({k: env.get(k, env["HF_HUB_OFFLINE"]) for k in _FOLLOW_HUB})
+    return out
 
 
 def set_offline() -> None:
-    """Nothing may reach a hub: set the switches before datasets / transformers read them."""
-    os.environ.update(OFFLINE_ENV)
+    """Nothing may reach a hub unless the user said so: set each switch the user has not set
+    (``offline_env``), and tell the Hugging Face libraries already imported, which read the environment
+    once at import (``huggingface_hub.constants``, which transformers asks; ``datasets.config``): a notebook
+    that imported them first is offline too. Modules not yet imported are not imported."""
+    os.environ.update(offline_env())
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:
+        hub.HF_HUB_OFFLINE = _is_true(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"))
+        hub.HF_HUB_DISABLE_TELEMETRY = hub.HF_HUB_DISABLE_TELEMETRY or _is_true(os.environ.get("HF_HUB_DISABLE_TELEMETRY"))
+    ds = sys.modules.get("datasets.config")
+    if ds is not None:
+        flag = os.environ.get("HF_DATASETS_OFFLINE")
+        ds.HF_HUB_OFFLINE = _is_true(flag) if flag is not None else bool(getattr(hub, "HF_HUB_OFFLINE", False))
+        ds.HF_DATASETS_OFFLINE = ds.HF_HUB_OFFLINE
+
+
+def _is_true(value: str | None) -> bool:
+    """The Hugging Face libraries' reading of a boolean variable (``1``, ``ON``, ``YES``, ``TRUE``)."""
+    return value is not None and value.upper() in ("1", "ON", "YES", "TRUE")
 
 
 @dataclass(frozen=True)
@@ -139,6 +173,8 @@ def run_suite(target: ModelRef, suite: Suite, *, heldout: dict[str, HeldoutToken
                              "template": run.template, "lm_eval": version, "limit": run.entry.limit,
                              "seeds": suite.seed.model_dump()})
         run.record = cache.get(run.key)
+        if run.record is not None and out_dir is not None and "lm_eval" not in run.record:
+            run.record = None  # cached before lm-eval's own sections were kept: run again for its results file
         run.cached = run.record is not None
     bpb = _bpb_plan(suite, heldout, target, model_hash)
     for b in bpb:
@@ -153,7 +189,7 @@ def run_suite(target: ModelRef, suite: Suite, *, heldout: dict[str, HeldoutToken
         _run_bpb(target, suite, todo_bpb, cache, progress)
     if todo:
         _run_tasks(target, suite, backend, todo, cache, out_dir, options, progress)
-    return _assemble(suite, runs, bpb, cache, out_dir, meta={
+    return _assemble(suite, runs, bpb, cache, out_dir, model=_model_name(target), meta={
         "backend": backend.name, "backend_fingerprint": fp, "model_hash": model_hash, "lm_eval_version": version,
         "batch_size": suite.batch_size, "seeds": suite.seed.model_dump(), "suite": suite.name,
         "suite_digest": suite.digest(), "seconds": None, "t0": t0})
@@ -175,6 +211,12 @@ def _plan(suite: Suite, options: EvalOptions) -> list[_TaskRun]:
                             value=entry.task)
         runs[ident] = _TaskRun(entry, tdef, where, template_hash(tdef, entry, suite), entries=[entry])
     return list(runs.values())
+
+
+def _model_name(target: ModelRef) -> str:
+    """The model as lm-eval's results name it (its ``pretrained=`` argument): the path as given."""
+    path = target.path
+    return str(path) if path is not None else "in-memory"
 
 
 def _model_hash(target: ModelRef) -> str:
@@ -258,6 +300,8 @@ def _run_tasks(target: ModelRef, suite: Suite, backend, todo: list[_TaskRun], ca
                options: EvalOptions, progress) -> None:
     import lm_eval
 
+    from autotune.evaluate.lm_eval_format import BOOTSTRAP_ITERS, lm_eval_bootstrap
+
     if options.allow_code_execution:
         os.environ["HF_ALLOW_CODE_EVAL"] = "1"
     calls = _calls(todo)
@@ -271,10 +315,12 @@ def _run_tasks(target: ModelRef, suite: Suite, backend, todo: list[_TaskRun], ca
         for call in calls:
             tm, objs = _build_tasks(call, specs, suite)
             t = time.perf_counter()
-            out = lm_eval.simple_evaluate(
-                model=lm, tasks=objs, task_manager=tm, limit=call[0].entry.limit, log_samples=True, bootstrap_iters=0,
-                random_seed=s.python, numpy_random_seed=s.numpy, torch_random_seed=s.torch, fewshot_random_seed=s.fewshot,
-                confirm_run_unsafe_code=options.allow_code_execution)
+            with lm_eval_bootstrap():
+                out = lm_eval.simple_evaluate(
+                    model=lm, tasks=objs, task_manager=tm, limit=call[0].entry.limit, log_samples=True,
+                    bootstrap_iters=BOOTSTRAP_ITERS,
+                    random_seed=s.python, numpy_random_seed=s.numpy, torch_random_seed=s.torch,
+                    fewshot_random_seed=s.fewshot, confirm_run_unsafe_code=options.allow_code_execution)
             seconds = time.perf_counter() - t
             for run in call:
                 run.record, samples = _record(run, out, seconds / len(call))
@@ -356,6 +402,10 @@ def _build_tasks(call: list[_TaskRun], specs: dict[int, Any], suite: Suite):
 
 
 def _record(run: _TaskRun, out: dict[str, Any], seconds: float) -> tuple[dict[str, Any], list[dict]]:
+    """A task run's cache record from ``simple_evaluate``'s output: autotune's view (results, stderr, derived
+    metrics, counts) and lm-eval's own sections for its results file (``lm_eval_format``)."""
+    from autotune.evaluate.lm_eval_format import run_info, task_sections
+
     name = run.entry.task
     res = out["results"].get(name, {})
     samples = list(out.get("samples", {}).get(name, []))
@@ -376,7 +426,8 @@ def _record(run: _TaskRun, out: dict[str, Any], seconds: float) -> tuple[dict[st
               "n_shot": out.get("n-shot", {}).get(name), "version": out.get("versions", {}).get(name),
               "limit": run.entry.limit, "num_fewshot": run.entry.num_fewshot, "template_hash": run.template,
               "task_file": str(run.tdef.path) if run.tdef.path else None, "seconds": round(seconds, 3),
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "lm_eval": task_sections(out, name),
+              "lm_eval_run": run_info(out)}
     return record, samples
 
 
@@ -405,7 +456,7 @@ def entry_value(entry: TaskEntry, record: dict[str, Any], *, file: str | None, w
 
 
 def _assemble(suite: Suite, runs: list[_TaskRun], bpb: list[dict], cache: Cache, out_dir: Path | None,
-              meta: dict[str, Any]) -> SuiteResult:
+              meta: dict[str, Any], model: str = "in-memory") -> SuiteResult:
     metrics: dict[str, float] = {}
     stderr: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
@@ -460,6 +511,16 @@ def _assemble(suite: Suite, runs: list[_TaskRun], bpb: list[dict], cache: Cache,
         if out_dir is not None:
             _write_bpb_windows(out_dir / "samples" / "bpb" / f"{domain}.jsonl", b["record"])
     meta["cached"] = all(r.cached for r in runs) and all(b["cached"] for b in bpb)
+    meta["lm_eval_results"] = None
+    if out_dir is not None and runs:
+        from autotune.evaluate.lm_eval_format import SUBFOLDER, write_results
+
+        written = write_results(
+            out_dir / SUBFOLDER, model, meta["backend"],
+            [{"name": samples_written[r.key], "record": r.record, "samples": out_dir / "samples" / f"{samples_written[r.key]}.jsonl"}
+             for r in runs],
+            extra={"suite": meta["suite"], "suite_digest": meta["suite_digest"], "model_hash": meta["model_hash"]})
+        meta["lm_eval_results"] = str(written.relative_to(out_dir)) if written else None
     return SuiteResult(metrics=metrics, stderr=stderr, rows=rows, meta=meta)
 
 

@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import functools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -41,6 +42,8 @@ from autotune.config.suite import VllmOptions
 from autotune.errors import UserError
 from autotune.evaluate.backends import ModelRef, checkpoint_path, free_accelerator_memory, gpu_present
 from autotune.evaluate.server import ServerError, ServerProcess, free_port, healthy
+
+_log = logging.getLogger(__name__)
 
 ENGINE_ENV = "AUTOTUNE_VLLM_ENGINE"  # JSON of ``EngineHandle``: the warm engine a study's workers load into
 PYTHON_ENV = "AUTOTUNE_VLLM_PYTHON"
@@ -387,11 +390,11 @@ class VLLMServerBackend:
     def env(self) -> dict[str, str]:
         """The server's environment: this package importable (the reload extension), dev endpoints (in-place
         loading; the server listens on 127.0.0.1 only), offline."""
-        from autotune.evaluate.harness import OFFLINE_ENV
+        from autotune.evaluate.harness import offline_env
 
         extra = extension_path(vllm_python(self.options)) if not self.options.serve_command else None
         path = os.pathsep.join(p for p in (extra, os.environ.get("PYTHONPATH", "")) if p)
-        return {**OFFLINE_ENV, **cpu_threads_env(), **({"PYTHONPATH": path} if path else {}),
+        return {**offline_env(), **cpu_threads_env(), **({"PYTHONPATH": path} if path else {}),
                 "VLLM_SERVER_DEV_MODE": "1", "VLLM_NO_USAGE_STATS": "1"}
 
     def max_length(self, path: Path) -> int:
@@ -442,8 +445,8 @@ class VLLMServerBackend:
         path = checkpoint_path(target, self.name).resolve()
         handle = EngineHandle.from_env() if self.options.warm else None
         if handle is not None and handle.signature != model_signature(path, self.options.dtype):
-            print(f"autotune: {path} differs from the warm engine's model (config, dtype or tokenizer): a server of "
-                  "its own is started for it", file=sys.stderr)
+            _log.warning("autotune: %s differs from the warm engine's model (config, dtype or tokenizer): a server "
+                         "of its own is started for it", path)
             handle = None
         if handle is not None:
             self.check_api_extra()
