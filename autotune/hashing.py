@@ -5,6 +5,8 @@ are hashed. Every key that names a run, a cache entry or a study's base comes fr
   ``.pth``, sharded ``*.index.json``), the configs, and the tokenizer files. Memoised under
   ``$AUTOTUNE_HOME/hashes/`` by the files' names, sizes and modification times, so an unchanged 14 GB
   checkpoint is read once, not at every start.
+* ``hub_base_hash(folder, repo_id, commit)``: a base named by Hub id (``base_model: {hf: ...}``): its
+  checkpoint hash and the commit the cache resolved its revision to.
 * ``tokenizer_hash(folder)``: the tokenizer files only (a model's config or weights do not change how text
   is tokenized).
 * ``file_hash`` / ``files_hash``: a file's, or a list of files', bytes.
@@ -95,6 +97,13 @@ def checkpoint_hash(folder: Path) -> str:
     folder = Path(folder).resolve()
     files = checkpoint_files(folder)
     return _memoised("checkpoint", files, folder, lambda: files_hash(files))
+
+
+def hub_base_hash(folder: Path, repo_id: str, commit: str) -> str:
+    """The identity of a base named by Hub id: its files (``checkpoint_hash``) and the commit its revision
+    resolved to, so another revision is another base even where its files are the same. The model card, a
+    ``README.md``, is no checkpoint file: a card-only commit changes the commit, not the files."""
+    return digest({"checkpoint": checkpoint_hash(folder), "hub": f"{repo_id}@{commit}"})
 
 
 def tokenizer_hash(folder: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -53,6 +54,38 @@ class GgufBase(Spec):
     ``PACKAGE/FILE.gguf`` inside an installed Python package."""
 
     gguf: str = Field(min_length=1)
+
+
+class HubBase(Spec):
+    """A base model named by its Hugging Face Hub id, read from the local HF cache (nothing is downloaded:
+    ``autotune/train/model.py``'s ``resolve_hub_base``): ``{hf: ORG/NAME, revision: main}``, or the string
+    ``hf:ORG/NAME@REVISION``. ``revision``: a branch, tag or commit; the commit it resolves to in the cache
+    is part of the base's identity (another revision is another base)."""
+
+    hf: str = Field(description="the model's Hub id, ORG/NAME")
+    revision: str = Field("main", description="branch, tag or commit sha")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.startswith("hf:"):  # hf:ORG/NAME[@REVISION]
+            repo, at, revision = v.removeprefix("hf:").partition("@")
+            return {"hf": repo, **({"revision": revision} if at else {})}
+        return v
+
+    @field_validator("hf")
+    @classmethod
+    def _repo_id(cls, v: str) -> str:
+        if not (len(v) <= 96 and re.fullmatch(r"([A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*", v)) or ".." in v or "--" in v:
+            raise ValueError("a Hub model id is ORG/NAME: letters, digits, '-', '_', '.'")
+        return v
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, v: str) -> str:
+        if not re.fullmatch(r"[^\s@]+", v):
+            raise ValueError("a revision is a branch, tag or commit sha, without spaces or '@'")
+        return v
 
 
 class Proxy(Spec):
@@ -149,6 +182,38 @@ class LauncherSpec(Spec):
         return self
 
 
+TRACKERS = ("mlflow", "wandb", "tensorboard", "trackio")  # accelerate's trackers (autotune/search/tracking.py)
+
+
+class Tracking(Spec):
+    """An experiment tracker (``search.tracking``; ``autotune/search/tracking.py``, through accelerate's
+    trackers): one tracker run per trial (training curves, rung values, final metrics; the trial's shares and
+    schedule as its config) and one study-level run (per trial: shares, schedule, scores). It logs runs, it
+    computes nothing: no key depends on it, and it may change between sessions of one study."""
+
+    kind: Literal["mlflow", "wandb", "tensorboard", "trackio"]
+    project: str | None = Field(None, min_length=1, description=(
+        "the MLflow experiment, the wandb / trackio project (default: the study's name)"))
+    uri: str | None = Field(None, min_length=1, description=(
+        "mlflow: the tracking URI, e.g. http://host:5000, sqlite:///PATH/mlflow.db, file:///PATH/mlruns "
+        "(default: $MLFLOW_TRACKING_URI, else sqlite:///<study folder>/mlflow.db)"))
+    dir: str | None = Field(None, min_length=1, description=(
+        "tensorboard: the log folder (default: <study folder>/tensorboard); wandb: where it keeps its files"))
+    every_steps: Int = Field(1, ge=1, le=10**9, description="log the training curves every N optimizer steps")
+    options: dict[str, Any] = Field(default_factory=dict, description=(
+        "more keyword arguments for the tracker: wandb.init's (entity, tags, mode: offline), trackio.init's, "
+        "TensorBoard's SummaryWriter's"))
+
+    @model_validator(mode="after")
+    def _check(self) -> Tracking:
+        if self.uri is not None and self.kind != "mlflow":
+            raise ValueError(f"uri is MLflow's tracking URI (kind: mlflow); kind {self.kind} takes dir or options")
+        if self.dir is not None and self.kind not in ("tensorboard", "wandb"):
+            raise ValueError(f"dir is for kind tensorboard or wandb; kind {self.kind} " +
+                             ("takes uri" if self.kind == "mlflow" else "takes options"))
+        return self
+
+
 class Search(Spec):
     sampler: Literal["tpe", "random", "qmc", "cmaes", "gp"] = "tpe"
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
@@ -160,6 +225,15 @@ class Search(Spec):
     trial_timeout_s: Float | None = Field(None, gt=0, le=MAX_SECONDS, description="stop a trial's worker after this long: a failed trial 'timeout'")
     heartbeat_s: Int = Field(10, ge=1, le=3600, description="a running trial's heartbeat interval (RDB storages)")
     grace_s: Int = Field(60, ge=2, le=MAX_SECONDS, description="a trial silent this long is lost: failed and retried once")
+    # how runs are logged, not what they compute: left out of the study's identity (search.study.space_identity)
+    tracking: Annotated[Tracking | None, HOW] = Field(None, description=(
+        "an experiment tracker: {kind: mlflow | wandb | tensorboard | trackio, project, uri, dir, options}, or "
+        "just the kind (off by default)"))
+
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _tracking_kind(cls, v: Any) -> Any:
+        return {"kind": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _check(self) -> Search:

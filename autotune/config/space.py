@@ -25,7 +25,7 @@ from pydantic import Discriminator, Field, Tag, ValidationError, field_validator
 
 from autotune.config.base import MAX_TOKENS, Bool, Float, Int, Spec, whole_tokens
 from autotune.config.load import ErrorStyle, apply_overrides, read_yaml, validation_error_to_user_error
-from autotune.config.run import SAMPLERS, DemoBase, GgufBase, LauncherSpec, Proxy, Search  # noqa: F401 (re-exported)
+from autotune.config.run import SAMPLERS, DemoBase, GgufBase, HubBase, LauncherSpec, Proxy, Search  # noqa: F401 (re-exported)
 from autotune.config.sources import HF_FILE_BUILDERS, Domain, HFSource, PathSource  # noqa: F401 (re-exported)
 from autotune.errors import UserError
 
@@ -296,14 +296,18 @@ class Extrapolate(Spec):
 
 def _base_kind(v: Any) -> str:
     if isinstance(v, dict):
-        return "GgufBase" if "gguf" in v else "DemoBase"
-    return type(v).__name__ if isinstance(v, DemoBase | GgufBase) else "str"
+        return "GgufBase" if "gguf" in v else "HubBase" if "hf" in v else "DemoBase"
+    if isinstance(v, str) and v.startswith("hf:"):
+        return "HubBase"
+    return type(v).__name__ if isinstance(v, DemoBase | GgufBase | HubBase) else "str"
 
 
-# YAML: a checkpoint folder or ``demo:tiny-base``, ``{gguf: ...}``, or the demo's ``{hidden_size: ...}``: the
+# YAML: a checkpoint folder or ``demo:tiny-base``, ``{gguf: ...}``, a Hub model in the local HF cache
+# (``{hf: ORG/NAME, revision: ...}`` or ``hf:ORG/NAME@REVISION``), or the demo's ``{hidden_size: ...}``: the
 # keys pick the kind, so an error is reported against the kind the user meant.
 BaseModelSpec = Annotated[Annotated[str, Tag("str")] | Annotated[DemoBase, Tag("DemoBase")]
-                          | Annotated[GgufBase, Tag("GgufBase")], Discriminator(_base_kind)]
+                          | Annotated[GgufBase, Tag("GgufBase")] | Annotated[HubBase, Tag("HubBase")],
+                          Discriminator(_base_kind)]
 
 
 class SearchSpace(Spec):
@@ -325,7 +329,7 @@ class SearchSpace(Spec):
 
     @field_validator("base_model")
     @classmethod
-    def _base(cls, v: str | DemoBase | GgufBase) -> str | DemoBase | GgufBase:
+    def _base(cls, v: str | DemoBase | GgufBase | HubBase) -> str | DemoBase | GgufBase | HubBase:
         if v == "demo:tiny-base":
             return DemoBase()
         if isinstance(v, str) and v.startswith("demo:"):
@@ -452,7 +456,8 @@ class SearchSpace(Spec):
 _PRESETS: dict[Any, dict[str, Any]] = {"demo:tiny-base": {}}
 # Union-branch tags in pydantic's error locations (``float | FloatRange``, ``str | PathSource | HFSource``,
 # ``str | DemoBase``): not levels of the YAML.
-_BRANCH_TAGS = frozenset({"str", "float", "int", "PathSource", "HFSource", "DemoBase", "GgufBase", "FloatRange"})
+_BRANCH_TAGS = frozenset({"str", "float", "int", "PathSource", "HFSource", "DemoBase", "GgufBase", "HubBase",
+                          "FloatRange"})
 ERRORS = ErrorStyle(branch_tags=_BRANCH_TAGS, top_level="(top level)",
                     skip_level=lambda loc, i: i == 1 and loc[0] == "mixture" and loc[1] == "bounds")  # no 'bounds' level in the YAML
 

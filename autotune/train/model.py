@@ -1,5 +1,6 @@
-"""Base checkpoints: load a local HF causal LM (fp32, CPU), read what its pre-training ended at, change its
-RoPE base. The demo's base model is built in ``autotune/demo/base.py``; here every base is a folder."""
+"""Base checkpoints: load a local HF causal LM (fp32, CPU), find a Hub model in the local HF cache, read what
+its pre-training ended at, change its RoPE base. The demo's base model is built in ``autotune/demo/base.py``;
+here every base is a folder (a Hub model's is its cached snapshot)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,54 @@ def load_causal_lm(path: Path):
     if not (path / "config.json").exists():
         raise UserError("not a Hugging Face checkpoint folder (no config.json)", field="base_model", value=str(path))
     try:  # SDPA attention (flash / memory-efficient kernels on GPU); a model without it keeps its default
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
     except (ValueError, ImportError):
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+# What to tell a user whose Hub model is not in the cache: autotune's workers never download.
+HUB_FIX = ("autotune reads Hub models from the local Hugging Face cache only (no hub is reached); on a machine "
+           "with access run `hf download {repo} --revision {revision}` (the cache is $HF_HUB_CACHE, by default "
+           "$HF_HOME/hub = ~/.cache/huggingface/hub), copy the cache here, or give base_model as a local folder")
+
+
+def resolve_hub_base(repo_id: str, revision: str = "main", *, cache_dir: str | Path | None = None,
+                     field: str = "base_model.hf") -> tuple[Path, str]:
+    """A Hub model's cached snapshot folder and the commit ``revision`` resolves to, from the local HF cache
+    (``huggingface_hub.snapshot_download(..., local_files_only=True)``: the cache's ``refs/<revision>`` or a
+    commit's ``snapshots/<sha>``). ``cache_dir``: HF's own default (``$HF_HUB_CACHE``) unless given.
+
+    Not cached (or cached in part): a ``UserError`` naming ``field`` and the id, saying how to fill the cache."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    where = f"{repo_id}@{revision}"
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
+    except LocalEntryNotFoundError as e:  # (its subclass IncompleteSnapshotError: a download cut short)
+        problem = ("the cached snapshot of this Hub model is incomplete" if type(e).__name__ == "IncompleteSnapshotError"
+                   else "this Hub model (revision) is not in the local Hugging Face cache")
+        raise UserError(f"{problem}; {HUB_FIX.format(repo=repo_id, revision=revision)}", field=field, value=where) from None
+    except HFValidationError as e:
+        raise UserError(f"not a Hub model id: {e}", field=field, value=repo_id) from None
+    if not (folder / "config.json").exists():
+        raise UserError("the cached snapshot of this Hub model has no config.json (not a transformers model, or "
+                        "downloaded in part); " + HUB_FIX.format(repo=repo_id, revision=revision), field=field, value=where)
+    return folder, folder.name  # HF's cache layout: snapshots/<commit sha>/
+
+
+def hub_origin(folder: Path) -> tuple[str, str] | None:
+    """``(repo id, commit)`` when ``folder`` is a snapshot in an HF cache (``models--ORG--NAME/snapshots/SHA``),
+    else None: what a checkpoint trained from it names as its ``base_model``."""
+    folder = Path(folder)
+    repo = folder.parent.parent.name
+    if folder.parent.name != "snapshots" or not repo.startswith("models--"):
+        return None
+    return repo.removeprefix("models--").replace("--", "/"), folder.name
 
 
 def base_final_lr(path: Path) -> float | None:

@@ -8,9 +8,9 @@ seconds and resumes from a matching one; ``truncate_log`` cuts the run's log bac
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
-import sys
 from pathlib import Path
 
 import torch
@@ -18,6 +18,8 @@ import torch
 from autotune.errors import TrialFailed
 from autotune.paths import write_text_atomic
 from autotune.records import read_jsonl
+
+_log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------- state
@@ -43,14 +45,14 @@ class TrainState:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:  # weights_only refused a Python object: never unpickled
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"autotune: ignoring train state {self.path}: not a plain train state (it holds Python objects, "
-                  f"which are never loaded: {first[:200]}); training from the start", file=sys.stderr)
+            _log.warning("autotune: ignoring train state %s: not a plain train state (it holds Python objects, "
+                         "which are never loaded: %s); training from the start", self.path, first[:200])
             return None
         except Exception as e:  # a state we cannot read is not worth failing the run for
-            print(f"autotune: ignoring unreadable train state {self.path}: {e}", file=sys.stderr)
+            _log.warning("autotune: ignoring unreadable train state %s: %s", self.path, e)
             return None
         if not isinstance(state, dict) or state.get("key") != self.key:
-            print(f"autotune: ignoring train state {self.path}: made by a different run", file=sys.stderr)
+            _log.warning("autotune: ignoring train state %s: made by a different run", self.path)
             return None
         return state
 

@@ -3,10 +3,11 @@ token (``flops_per_token``) against the accelerator's dense bf16 peak (``peak_fl
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
+
+from autotune.envvars import peak_tflops
 
 # Dense bf16 peak of the accelerators we know, in FLOP/s (vendor datasheets, without sparsity); MFU is
 # reported against it. AUTOTUNE_PEAK_TFLOPS overrides (e.g. a measured matmul peak; the anchors measured 779 on an H200).
@@ -71,8 +72,9 @@ def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
 
 
 def peak_flops(device: torch.device) -> float | None:
-    if os.environ.get("AUTOTUNE_PEAK_TFLOPS"):
-        return float(os.environ["AUTOTUNE_PEAK_TFLOPS"]) * 1e12
+    override = peak_tflops()  # $AUTOTUNE_PEAK_TFLOPS, checked: a bad value names the variable
+    if override is not None:
+        return override * 1e12
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -52,6 +52,7 @@ from autotune.train.state import (
 )
 from autotune.train.summary import TrainSummary, flops_per_token, peak_flops
 
+_log = logging.getLogger(__name__)
 Mixture = dict[str, float] | list[tuple[float, dict[str, float]]]
 
 
@@ -60,6 +61,13 @@ class Progress(Protocol):
 
     def start(self, phase: str, total: int) -> None: ...
     def advance(self, n: int = 1) -> None: ...
+
+
+class StepLog(Protocol):
+    """Where the logged steps' values go besides the train log: an experiment tracker (the worker's, through
+    ``search.tracking``), at ``step`` = optimizer updates done."""
+
+    def log(self, values: dict[str, float], step: int) -> None: ...
 
 
 class NullProgress:
@@ -161,7 +169,7 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
           *, log_path: Path | None = None, progress: Progress | None = None,
           after_step: Callable[[int], None] | None = None, accelerator=None,
           state_dir: Path | None = None, gather_into: torch.nn.Module | None = None,
-          gather_steps: Collection[int] = ()) -> TrainSummary:
+          gather_steps: Collection[int] = (), tracker: StepLog | None = None) -> TrainSummary:
     """Train in place and return the summary.
 
     ``mixture`` is one ratio dict, or phases ``[(start_fraction, ratios), ...]`` (the first at 0.0).
@@ -180,9 +188,12 @@ def train(model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixtu
     model (e.g. on CPU), which receives the whole trained weights after the last step and after each step
     in ``gather_steps`` (every process passes the same ``gather_steps``: gathering is collective), before
     ``after_step`` runs: evaluate that copy, not ``model``. Saved states hold whole weights either way.
+
+    ``tracker`` (main process only) receives each logged step's loss, per-domain losses, LR, tokens and
+    tokens/s, as ``train/...`` values at step = updates done.
     """
     run = _Run(model, domains, mixture, cfg, log_path=log_path, progress=progress, accelerator=accelerator,
-               state_dir=state_dir, gather_into=gather_into)
+               state_dir=state_dir, gather_into=gather_into, tracker=tracker)
     run.setup()
     step = run.start
     try:
@@ -212,8 +223,9 @@ class _Run:
 
     def __init__(self, model: torch.nn.Module, domains: dict[str, np.ndarray], mixture: Mixture,
                  cfg: TrainConfig, *, log_path: Path | None, progress: Progress | None, accelerator,
-                 state_dir: Path | None, gather_into: torch.nn.Module | None) -> None:
+                 state_dir: Path | None, gather_into: torch.nn.Module | None, tracker: StepLog | None = None) -> None:
         self.model = self.raw_model = model  # ``model``: wrapped by ``accelerate`` under DDP
+        self.tracker = tracker
         self.domains, self.cfg, self.accelerator = domains, cfg, accelerator
         self.log_path, self.state_dir, self.gather_into = log_path, state_dir, gather_into
         self.progress = progress or NullProgress()
@@ -231,7 +243,7 @@ class _Run:
                            f"{len(domains[n]):,} available), above max_epochs {cfg.max_epochs:g}: repeated data "
                            "inflates its proxy gains")
                     self.summary.warnings.append(msg)
-                    print(f"autotune: warning: {msg}", file=sys.stderr)
+                    _log.warning("autotune: warning: %s", msg)
 
     # ------------------------------------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -293,7 +305,7 @@ class _Run:
         self.summary.resumed_from = self.start
         if self.log_path is not None:
             truncate_log(self.log_path, self.start)
-        print(f"autotune: resuming from the train state at step {self.start} of {self.cfg.steps}", file=sys.stderr)
+        _log.info("autotune: resuming from the train state at step %d of %d", self.start, self.cfg.steps)
 
     def _setup_forward(self) -> None:
         """The forward to call (fused loss, torch.compile), the autocast, and CUDA's peak-memory counter."""
@@ -399,6 +411,10 @@ class _Run:
             self.log.write(json.dumps({"step": step, "lr": lr, "loss": round(step_loss, 5),
                                        "loss_per_domain": {k: round(v, 5) for k, v in per_domain.items()},
                                        "tokens": summary.tokens}) + "\n")
+        if self.tracker is not None and (step % cfg.log_every == 0 or step == cfg.steps - 1):
+            self.tracker.log({"train/loss": step_loss, "train/lr": lr, "train/tokens": summary.tokens,
+                              "train/tokens_per_s": len(names) * cfg.seq_len / step_s if step_s > 0 else math.nan,
+                              **{f"train/loss.{k}": v for k, v in per_domain.items()}}, step=step + 1)
         self.progress.advance()
 
     # -------------------------------------------------------------------------------------------- saving
@@ -446,8 +462,8 @@ class _Run:
             steady_step = (summary.train_seconds - summary.first_step_s) / (summary.steps - start - 1)
             summary.compile_s = max(0.0, summary.first_step_s - steady_step)
             if self.main_process:
-                print(f"autotune: torch.compile took {summary.compile_s:.1f} s (first step "
-                      f"{summary.first_step_s:.1f} s, then {steady_step:.3f} s a step)", file=sys.stderr)
+                _log.info("autotune: torch.compile took %.1f s (first step %.1f s, then %.3f s a step)",
+                          summary.compile_s, summary.first_step_s, steady_step)
         peak = peak_flops(self.device)
         if peak and cfg.precision == "bf16" and summary.train_seconds > 0:
             summary.mfu = summary.steady_tokens_per_s * summary.flops_per_token / (peak * self.world)
