@@ -43,6 +43,11 @@ def directions(objective: Objective) -> list[str]:
     return ["maximize"] * (len(objective.pareto) if objective.pareto else 1)
 
 
+def metric_names(objective: Objective) -> list[str]:
+    """The name of each objective value, in the order of ``Score.values`` (Optuna's ``set_metric_names``)."""
+    return list(objective.pareto) if objective.pareto else [str(objective.maximize)]
+
+
 def score(objective: Objective, suite: Suite, metrics: dict[str, float], base: dict[str, float]) -> Score:
     g = group_scores(suite, metrics, base)
     if objective.pareto:

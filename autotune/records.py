@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +23,8 @@ from autotune.config.identity import proposal_key
 from autotune.errors import UserError
 from autotune.paths import write_text_atomic
 from autotune.redact import redact
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def read_json(path: Path, fix: str = "restore it, or delete it if autotune can r
 
 def read_jsonl(path: Path, *, warn: bool = False) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file; lines that are not JSON (a half-written last line of a killed
-    writer, foreign bytes) are skipped, with a warning on stderr naming the file and lines when ``warn``."""
+    writer, foreign bytes) are skipped, with a logged warning naming the file and lines when ``warn``."""
     if not Path(path).exists():
         return []
     out, skipped = [], []
@@ -126,8 +128,8 @@ def read_jsonl(path: Path, *, warn: bool = False) -> list[dict[str, Any]]:
             out.append(row)
     if warn and skipped:
         lines = ", ".join(map(str, skipped[:5])) + (" ..." if len(skipped) > 5 else "")
-        print(f"autotune: warning: {path}: skipped {len(skipped)} line(s) that are not JSON objects in UTF-8 "
-              f"(line {lines})", file=sys.stderr)
+        _log.warning("autotune: warning: %s: skipped %d line(s) that are not JSON objects in UTF-8 (line %s)", path,
+                     len(skipped), lines)
     return out
 
 
@@ -171,6 +173,7 @@ class Job:
     proposal: Proposal | None = None
     allow_code_execution: bool = False
     keep_checkpoint: bool = True
+    trial: int | None = None  # the Optuna trial number that runs it (names its tracker run; search.tracking)
 
     def to_json(self) -> dict[str, Any]:
         space, search = self.space, self.space.get("search")
@@ -181,6 +184,8 @@ class Job:
             d.update(prepared=self.prepared.to_json() if self.prepared else None,
                      proposal=self.proposal.to_json() if self.proposal else None,
                      allow_code_execution=self.allow_code_execution, keep_checkpoint=self.keep_checkpoint)
+            if self.trial is not None:
+                d["trial"] = self.trial
         return d
 
     @classmethod
@@ -189,7 +194,8 @@ class Job:
                    prepared=Prepared.from_json(d["prepared"]) if d.get("prepared") else None,
                    proposal=Proposal.from_json(d["proposal"]) if d.get("proposal") else None,
                    allow_code_execution=bool(d.get("allow_code_execution")),
-                   keep_checkpoint=bool(d.get("keep_checkpoint", True)))
+                   keep_checkpoint=bool(d.get("keep_checkpoint", True)),
+                   trial=d["trial"] if isinstance(d.get("trial"), int) else None)
 
     def write(self, path: Path) -> None:
         write_json_atomic(path, self.to_json())
@@ -235,6 +241,13 @@ class Attr:
     NOISE_MARGIN = "noise_margin"
     TOKENS_PER_S = "train_tokens_per_s"
     LADDER_OF = "ladder_of"
+    CONSTRAINTS = "constraints"  # a system attribute: [constraint value] (search.controller._set_constraint)
+    SHARE = "share."  # + domain: the trial's share of that domain (the params hold the sampler's coordinates)
+
+    @staticmethod
+    def share(domain: str) -> str:
+        """The attribute holding a trial's share of ``domain`` (what optuna-dashboard shows next to the params)."""
+        return f"{Attr.SHARE}{domain}"
 
 
 def _num(x: Any) -> float | None:
@@ -429,7 +442,6 @@ def _trials_from_db(root: Path, notes: list[str], waiting: bool) -> list[TrialRe
         return None
     import optuna  # a light module calling a heavy one: only when a study's storage is read
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = f"sqlite:///{db.resolve()}"
     name = None
     if (root / "space.json").exists():

@@ -13,6 +13,7 @@ process only).
 import argparse
 import copy
 import json
+import logging
 import time
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from accelerate import Accelerator
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from autotune.logs import to_stderr
 from autotune.train.schedules import ScheduleParams
 from autotune.train.trainer import TrainConfig, train
 
@@ -32,6 +34,7 @@ ap.add_argument("--precision", default="fp32")
 ap.add_argument("--state-every-s", type=float, default=0.0)
 ap.add_argument("--skew", type=float, default=0.0, help="the second process starts training this much later")
 args = ap.parse_args()
+to_stderr(logging.INFO)  # the trainer's notes (resuming from a state) on stderr, as in a worker
 
 acc = Accelerator(cpu=True)
 distributed = acc.num_processes > 1

@@ -50,7 +50,7 @@ def _plant_hostile_state(folder: Path, marker: Path, *, zip_format: bool) -> Pat
 
 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["torch-zip", "bare-pickle"])
-def test_a_hostile_pickle_in_train_state_never_runs(tmp_path, capsys, zip_format):
+def test_a_hostile_pickle_in_train_state_never_runs(tmp_path, caplog, zip_format):
     """The trainer meets a planted state.pt: the marker is never created, it says why it ignores the file,
     and trains from step 0."""
     import torch
@@ -71,7 +71,7 @@ def test_a_hostile_pickle_in_train_state_never_runs(tmp_path, capsys, zip_format
     cfg = TrainConfig(seq_len=16, seqs_per_step=4, steps=4, seed=0, state_every_steps=2,
                       schedule=ScheduleParams(kind="constant", peak_lr=1e-3))
     summary = train(model, domains, {"a": 0.5, "b": 0.5}, cfg, state_dir=state_dir)
-    err = capsys.readouterr().err
+    err = "\n".join(r.getMessage() for r in caplog.records if r.name == "autotune.train.state")  # a worker: its log
     assert not marker.exists(), "unpickling the planted train state ran its code"
     assert "ignoring" in err and str(state_dir / "state.pt") in err and "not a plain train state" in err, err
     assert summary.steps == 4 and not summary.resumed_from

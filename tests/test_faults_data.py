@@ -67,12 +67,20 @@ def _gsm8k_source(tmp_path: Path, n: int = 400) -> PathSource:
 
 
 # ----------------------------------------------------------------------------------------------- #5 the token cache
-def _damage_and_repack(source, tok_dir, capsys, damage) -> tuple[prepare.PackedDomain, prepare.PackedDomain, str]:
+def _damage_and_repack(source, tok_dir, caplog, damage) -> tuple[prepare.PackedDomain, prepare.PackedDomain, str]:
+    """Pack, damage, pack again; the warnings logged by the second packing (the worker shows them in its log)."""
     first = prepare.pack_domain(source, tok_dir, where="domains.math")
-    capsys.readouterr()
+    caplog.clear()
     damage(first.folder)
     again = prepare.pack_domain(source, tok_dir, where="domains.math")
-    return first, again, capsys.readouterr().err
+    return first, again, _logged(caplog)
+
+
+def _logged(caplog) -> str:
+    """What autotune logged at WARNING since the last ``caplog.clear()``, and clear it."""
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("autotune.") and r.levelno >= 30)
+    caplog.clear()
+    return text
 
 
 def _assert_whole(packed: prepare.PackedDomain, reference: dict[str, np.ndarray]) -> None:
@@ -83,7 +91,7 @@ def _assert_whole(packed: prepare.PackedDomain, reference: dict[str, np.ndarray]
         assert np.array_equal(got, ids), split
 
 
-def test_truncated_train_bin_is_rebuilt(tmp_path, home, tok_dir, capsys):
+def test_truncated_train_bin_is_rebuilt(tmp_path, home, tok_dir, caplog):
     """The issue's case: train.bin truncated to 4,000 bytes. Before: the cache counted as valid (manifest.json
     exists) and ``tokens('train')`` held 2,000 tokens against the manifest's count. Now: a warning naming
     the folder, the entry rebuilt, every token back."""
@@ -95,16 +103,16 @@ def test_truncated_train_bin_is_rebuilt(tmp_path, home, tok_dir, capsys):
         with open(folder / "train.bin", "r+b") as f:
             f.truncate(4000)
 
-    first, again, err = _damage_and_repack(source, tok_dir, capsys, truncate)
+    first, again, err = _damage_and_repack(source, tok_dir, caplog, truncate)
     assert again.folder == first.folder and not again.cached
     assert "damaged token cache" in err and str(first.folder) in err and "train.bin" in err
     _assert_whole(again, ref)
     # and the rebuilt entry is whole: the next call uses it without a word
     third = prepare.pack_domain(source, tok_dir, where="domains.math")
-    assert third.cached and "damaged" not in capsys.readouterr().err
+    assert third.cached and "damaged" not in _logged(caplog)
 
 
-def test_flipped_byte_is_caught_by_the_checksum(tmp_path, home, tok_dir, capsys):
+def test_flipped_byte_is_caught_by_the_checksum(tmp_path, home, tok_dir, caplog):
     """Same size, one byte changed in heldout.bin (a bad disk, a stray write): the checksum catches it."""
     source = _gsm8k_source(tmp_path)
     ref = {}
@@ -117,12 +125,12 @@ def test_flipped_byte_is_caught_by_the_checksum(tmp_path, home, tok_dir, capsys)
             f.seek(10)
             f.write(bytes([b[0] ^ 0xFF]))
 
-    first, again, err = _damage_and_repack(source, tok_dir, capsys, flip)
+    first, again, err = _damage_and_repack(source, tok_dir, caplog, flip)
     assert not again.cached and "damaged token cache" in err and "heldout.bin" in err
     _assert_whole(again, ref)
 
 
-def test_old_manifest_is_checked_by_its_token_counts(tmp_path, home, tok_dir, capsys):
+def test_old_manifest_is_checked_by_its_token_counts(tmp_path, home, tok_dir, caplog):
     """A manifest written before the integrity fields: whole, it is used as it is (no rebuild, no warning);
     truncated, its size no longer matches tokens x dtype size and it is rebuilt."""
     source = _gsm8k_source(tmp_path)
@@ -132,21 +140,21 @@ def test_old_manifest_is_checked_by_its_token_counts(tmp_path, home, tok_dir, ca
     assert "integrity" in old
     del old["integrity"]
     path.write_text(json.dumps(old))
-    capsys.readouterr()
+    caplog.clear()
     same = prepare.pack_domain(source, tok_dir, where="domains.math")
-    assert same.cached and capsys.readouterr().err == ""
+    assert same.cached and _logged(caplog) == ""
     with open(packed.folder / "train.bin", "r+b") as f:
         f.truncate(4000)
     again = prepare.pack_domain(source, tok_dir, where="domains.math")
-    assert not again.cached and "damaged token cache" in capsys.readouterr().err
+    assert not again.cached and "damaged token cache" in _logged(caplog)
     assert len(again.tokens("train")) == old["splits"]["train"]["tokens"]
 
 
-def test_unreadable_manifest_is_rebuilt(tmp_path, home, tok_dir, capsys):
+def test_unreadable_manifest_is_rebuilt(tmp_path, home, tok_dir, caplog):
     """A truncated manifest.json (a JSONDecodeError before) is a damaged entry too."""
     source = _gsm8k_source(tmp_path)
     first, again, err = _damage_and_repack(
-        source, tok_dir, capsys, lambda f: (f / "manifest.json").write_text((f / "manifest.json").read_text()[:50]))
+        source, tok_dir, caplog, lambda f: (f / "manifest.json").write_text((f / "manifest.json").read_text()[:50]))
     assert not again.cached and "damaged token cache" in err and "manifest.json" in err
     assert len(again.tokens("train")) == again.manifest["splits"]["train"]["tokens"]
 

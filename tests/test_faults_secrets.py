@@ -219,6 +219,11 @@ def test_a_mistyped_storage_is_refused_and_nothing_is_created(tmp_path):
 
     space_file, folder = _started(tmp_path, f"typo-{uuid.uuid4().hex[:8]}")
     name = folder.name
+    # the PostgreSQL case is a database that holds Optuna's tables but not this study (a database without the
+    # tables is the next test's): make the tables exist whatever ran before on this server
+    other = f"other-{uuid.uuid4().hex[:8]}"
+    optuna.create_study(study_name=other, storage=PG)
+    optuna.delete_study(study_name=other, storage=PG)
     typo_db, typo_log = tmp_path / "tpyo.db", tmp_path / "tpyo.log"
     cases = {f"sqlite:///{typo_db}": "does not exist", f"journal:{typo_log}": "does not exist",
              PG: f"no study named '{name}'"}

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.markup import escape
 
-from autotune.cli.errors import EXIT_CODES, cli_errors, console, err
+from autotune.cli.errors import EXIT_CODES, EXIT_FAILED, cli_errors, console, err, error_line
 from autotune.cli.eval import ALLOW_CODE_HELP
 from autotune.cli.resolve import resolve_study
 from autotune.errors import UserError
@@ -28,6 +28,9 @@ app = typer.Typer(
     epilog=EXIT_CODES, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 SpaceArg = Annotated[Path, typer.Argument(help="Search-space YAML, e.g. search_spaces/demo.yaml.", show_default=False)]
+SearchArg = Annotated[Path, typer.Argument(
+    help="Search-space YAML (e.g. search_spaces/demo.yaml), or the folder of a study to resume (e.g. runs/demo).",
+    show_default=False)]
 StudyArg = Annotated[Path, typer.Argument(
     help="A study folder (e.g. runs/demo) or the search-space YAML it ran from (e.g. search_spaces/demo.yaml).",
     show_default=False)]
@@ -35,6 +38,40 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override 
 StorageOpt = Annotated[str | None, typer.Option(
     help="Optuna storage, overriding search.storage: sqlite (runs/<name>/study.db), "
          "postgresql+psycopg2://user@host/db (start `autotune search` on several machines against one URL to share a study), or journal:PATH.")]
+
+
+# the libraries whose versions move results (training, evaluation, the search), as `--version` prints them
+_VERSIONED = ("torch", "transformers", "accelerate", "tokenizers", "optuna", "lm_eval", "vllm")
+
+
+def version_text() -> str:
+    """``autotune X`` and, one a line, the installed versions of the libraries that move results (read from
+    package metadata: nothing is imported)."""
+    from importlib import metadata
+
+    import autotune
+
+    lines = [f"autotune {autotune.__version__}", f"python {sys.version.split()[0]}"]
+    for dist in _VERSIONED:
+        try:
+            lines.append(f"{dist.replace('_', '-')} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            lines.append(f"{dist.replace('_', '-')} not installed")
+    return "\n".join(lines)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(version_text(), highlight=False, markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print autotune's version and those of the libraries it runs (torch, transformers, lm-eval, ...), "
+             "then exit.")] = False) -> None:
+    """Options before the command (``--version``)."""
 
 
 def _check_files(space) -> None:
@@ -80,7 +117,7 @@ def validate(space_file: SpaceArg, set_: SetOpt = None) -> None:
 
 @app.command()
 @cli_errors(interrupted="the running trial, if any, was stopped; run the same command again to resume.")
-def search(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None,
+def search(space_file: SearchArg, set_: SetOpt = None, storage: StorageOpt = None,
            allow_code_execution: Annotated[bool, typer.Option(help=ALLOW_CODE_HELP)] = False,
            trials: Annotated[int | None, typer.Option(help="Trial budget of the whole study, all workers together "
                                                             "(default: search.trials of the space).")] = None,
@@ -91,21 +128,25 @@ def search(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
     """Run (or resume) a study: propose mixtures + schedules, train proxies, score them, report.
 
     The study lives in runs/<name>/ (Optuna storage, one folder per run, ratios.csv, metrics.csv). Rerunning
-    the same command resumes it: finished trials are kept, an interrupted one runs again. Ctrl-C stops
+    the same command, or `autotune search runs/<name>`, resumes it: finished trials are kept, an interrupted
+    one runs again. Ctrl-C stops
     cleanly. After trials ran out of memory (status oom), lower proxy.micro_batch_seqs (or raise
     search.launcher.memory_limit, add processes, shard) and rerun: those trials run again. The demo (search_spaces/demo.yaml) builds its data and a tiny base model on first use, offline.
 
-    Exit codes: 0 done, 1 the study cannot go on (its data or base model could not be prepared), 2 bad input,
-    4 out of disk space, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: stopped as after Ctrl-C).
+    Exit codes: 0 done (at least one trial of the study completed), 1 the study cannot go on (its data or base
+    model could not be prepared) or no trial of it completed (every one failed: their reasons are in the table,
+    their logs in runs/<name>/trials/*/worker.log), 2 bad input, 4 out of disk space, 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM: stopped as after Ctrl-C).
 
-    Example: autotune search search_spaces/demo.yaml --set search.trials=4
+    Example: autotune search search_spaces/demo.yaml --set search.trials=4  (resume: autotune search runs/demo)
     """
+    from autotune.cli.logs import quiet_optuna
     from autotune.cli.ui import Bars, print_summary
-    from autotune.config.space import load_space
     from autotune.evaluate.suite import load_suite, require_code_permission
     from autotune.search.study import Study, study_dir
 
-    space = load_space(space_file, set_)
+    quiet_optuna()
+    space, _ = resolve_study(space_file, set_, require_study=False)  # a space file, or a study folder to resume
     if dry_run:
         _dry_run(space, storage, trials, allow_code_execution)
         return
@@ -117,8 +158,9 @@ def search(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
                   f"{space.proxy.tokens:,} tokens each)", highlight=False)
     with bars:
         study.search(trials)
-    print_summary(console, study)
-    if space.extrapolate is not None:
+    rows = print_summary(console, study)
+    completed = any(r.complete for r in rows)
+    if space.extrapolate is not None and completed:
         _recipe_from_space(study.paths.root, space)
     try:
         from autotune.report import write_report
@@ -128,6 +170,25 @@ def search(space_file: SpaceArg, set_: SetOpt = None, storage: StorageOpt = None
     except Exception as e:  # noqa: BLE001  (a report problem never fails a finished search)
         err.print(f"[yellow]warning:[/] the report was not written ({type(e).__name__}: {e}); "
                   f"run: autotune report {study.paths.root}", highlight=False)
+    if not completed:
+        error_line(no_trial_completed(rows, study.paths.root))
+        raise typer.Exit(EXIT_FAILED)
+
+
+def no_trial_completed(rows, root: Path) -> str:
+    """The line ``search`` ends with when none of the study's trials completed: how many failed, their most
+    common reason, where their logs are."""
+    from collections import Counter
+
+    failed = [r for r in rows if r.state != "complete"]
+    reasons = Counter(f"{r.status or r.state}: {r.reason}" if r.reason else (r.status or r.state) for r in failed)
+    common = ""
+    if reasons:
+        reason, n = reasons.most_common(1)[0]
+        common = f"; {'all' if n == len(failed) else n} of them: {reason[:200]}"
+    logs = next((f"{root / r.run_dir / 'worker.log'}" for r in failed if r.run_dir), f"{root / 'trials'}/*/worker.log")
+    return (f"no trial of study {root.name} completed ({len(failed)} ended without scores{common}); the worker's "
+            f"log: {logs}; every trial: autotune status {root}")
 
 
 def _dry_run(space, storage: str | None, trials: int | None, allow_code_execution: bool) -> None:
@@ -194,10 +255,12 @@ def ladder(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None,
 
     Example: autotune ladder search_spaces/demo.yaml --set 'ladder={tokens: [1.5e5, 6.0e5], top_k: 3}'
     """
+    from autotune.cli.logs import quiet_optuna
     from autotune.cli.ui import Bars
     from autotune.evaluate.suite import load_suite, require_code_permission
     from autotune.search.ladder import ladder_report, print_ladder, run_ladder
 
+    quiet_optuna()
     space, root = resolve_study(study, set_, require_study=False)  # run_ladder checks that the study ran
     require_code_permission(load_suite(space.suite_path, list(space.domains)), allow_code_execution)
     bars = Bars(console, enabled=not quiet)
@@ -221,8 +284,10 @@ def report(study: StudyArg,
 
     Example: autotune report runs/demo
     """
+    from autotune.cli.logs import quiet_optuna
     from autotune.report import report_command
 
+    quiet_optuna()
     _, root = resolve_study(study, need_space=False)
     return report_command(root, out)
 
@@ -320,9 +385,11 @@ def status(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None) -> 
 
     Example: autotune status search_spaces/demo.yaml  (or: autotune status runs/demo)
     """
+    from autotune.cli.logs import quiet_optuna
     from autotune.cli.ui import print_summary
     from autotune.search.study import Study
 
+    quiet_optuna()
     space, _ = resolve_study(study, set_)
     print_summary(console, Study(space, storage=storage, read_only=True, log=_warning))
 
@@ -331,16 +398,18 @@ def status(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None) -> 
 @cli_errors()
 def export(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None,
            out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the tables (default: runs/<name>/export).")] = None,
-           fmt: Annotated[str, typer.Option("--format", "-f", help="csv or parquet.")] = "csv") -> None:
+           fmt: Annotated[Literal["csv", "parquet"], typer.Option("--format", "-f", help="Table format.")] = "csv") -> None:
     """Export a study's trials: trials (state, params, values, duration, reason), ratios and metrics (as OLMix reads).
 
     Exit codes: 0 written, 2 bad input (neither a study folder nor a space file, or no study has run for it).
 
     Example: autotune export search_spaces/demo.yaml --format parquet  (or: autotune export runs/demo)
     """
+    from autotune.cli.logs import quiet_optuna
     from autotune.search.export import export as export_tables
     from autotune.search.study import Study
 
+    quiet_optuna()
     space, root = resolve_study(study, set_)
     reader = Study(space, storage=storage, read_only=True, log=_warning)
     for path in export_tables(reader, out or root / "export", fmt):

@@ -4,8 +4,9 @@
 code    meaning
 ======  =================================================================================================
 0       done (gate: pass, or baseline written)
-1       the result is a failure: a regression (gate), or a study that cannot go on (search, ladder: its data
-        or base model could not be prepared)
+1       the result is a failure: a regression (gate), a study that cannot go on (search, ladder: its data
+        or base model could not be prepared), or a study none of whose trials completed (search: every one
+        failed; the last line says how many, their most common reason and where the worker's log is)
 2       bad input (``autotune.errors.UserError``): one line on stderr naming file, field and value, no traceback
 3       an evaluation failed (eval, gate: a model server that would not start, a crash: its traceback, then one line)
 4       out of disk space (errno ENOSPC, a full SQLite or PostgreSQL storage): one line naming what could not be
@@ -30,16 +31,19 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from autotune.envvars import check_env
 from autotune.errors import UserError, disk_full_reason, is_disk_full
+from autotune.logs import to_stderr
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_EVAL_FAILED, EXIT_NO_SPACE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_TERMINATED = 128 + 15  # SIGTERM
 EXIT_REGRESSION = EXIT_FAILED
 
-EXIT_CODES = ("Exit codes (every command): 0 done (gate: pass); 1 regression (gate) or a study that cannot go on "
-              "(search, ladder); 2 bad input (one line naming file, field and value); 3 an evaluation failed "
-              "(eval, gate); 4 out of disk space (free some and rerun to resume); 130 interrupted (Ctrl-C); 143 "
-              "terminated (SIGTERM; search and ladder stop cleanly, rerun to resume).")
+EXIT_CODES = ("Exit codes (every command): 0 done (gate: pass); 1 regression (gate), a study that cannot go on "
+              "(search, ladder) or none of whose trials completed (search); 2 bad input (one line naming file, "
+              "field and value); 3 an evaluation failed (eval, gate); 4 out of disk space (free some and rerun to "
+              "resume); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM; search and ladder stop cleanly, rerun "
+              "to resume).")
 
 # off a terminal (CI logs, pipes) rich would wrap tables at 80 columns
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -116,13 +120,20 @@ def _interrupted(out: Console, text: str | None, signum: int | None = None) -> i
 
 
 def cli_errors(interrupted: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., None]]:
-    """Decorate a typer command: its errors go through ``guarded``; a non-zero code becomes ``typer.Exit``.
-    The command may return an exit code (e.g. the gate's 1 for a regression)."""
+    """Decorate a typer command: autotune's environment settings are checked first (``envvars.check_env``), its
+    errors go through ``guarded``; a non-zero code becomes ``typer.Exit``. The command may return an exit
+    code (e.g. the gate's 1 for a regression)."""
 
     def decorate(command: Callable[..., Any]) -> Callable[..., None]:
         @functools.wraps(command)
         def run(*args: Any, **kwargs: Any) -> None:
-            code = guarded(lambda: command(*args, **kwargs), interrupted=interrupted)
+            to_stderr()  # the library's warnings on stderr, as lines (autotune.logs)
+
+            def checked() -> int | None:
+                check_env()  # a bad $AUTOTUNE_* number stops the command here (exit 2), not in a worker
+                return command(*args, **kwargs)
+
+            code = guarded(checked, interrupted=interrupted)
             if code:
                 raise typer.Exit(code)
 

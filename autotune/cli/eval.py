@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -34,6 +34,9 @@ ALLOW_CODE_HELP = ("Allow the suite to run code on this machine: tasks that exec
                    "($AUTOTUNE_VLLM_PYTHON is your own setting: no flag). "
                    "lm-eval's stock tasks need no flag. Without it such a suite is refused (exit 2); use it "
                    "only for suites you trust, ideally in a sandbox.")
+
+# the --backend choices of eval and gate: config.suite.BACKENDS (tests/test_cli_conventions.py keeps them equal)
+BackendName = Literal["hf", "vllm", "vllm-server"]
 
 _INTERRUPTED = ("finished tasks stay cached, unfinished ones were dropped; a model server, if one was started, "
                 "was stopped.")
@@ -117,8 +120,8 @@ def eval_cmd(
                                                show_default=False)],
     suite: Annotated[Path, typer.Option("--suite", help="Suite YAML, e.g. evals/demo.yaml or evals/stock_offline.yaml.",
                                         show_default=False)],
-    backend: Annotated[str | None, typer.Option(help="hf | vllm | vllm-server (default: the suite's backend).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder to write eval.json and samples/<task>.jsonl to.")] = None,
+    backend: Annotated[BackendName | None, typer.Option(help="Evaluation backend (default: the suite's backend).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder to write eval.json, samples/<task>.jsonl and lm-eval's own results layout (lm_eval/<model>/results_<date>.json, samples_<task>_<date>.jsonl) to.")] = None,
     allow_code_execution: Annotated[bool, typer.Option("--allow-code-execution", help=ALLOW_CODE_HELP)] = False,
     space: Annotated[Path | None, typer.Option(help="Search space whose domains give the held-out text for the suite's bpb entries.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON instead of a table.")] = False,

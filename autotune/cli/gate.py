@@ -20,7 +20,8 @@ from typing import Annotated
 import typer
 
 from autotune.cli.errors import cli_errors, console, err
-from autotune.cli.eval import ALLOW_CODE_HELP
+from autotune.cli.eval import ALLOW_CODE_HELP, BackendName
+from autotune.config.gate import Interval
 
 _INTERRUPTED = "finished tasks stay cached; nothing was compared."
 
@@ -63,14 +64,18 @@ def gate_cmd(
     resamples: Annotated[int | None, typer.Option(
         help="Paired bootstrap resamples, 100-100000; default 2000 (or the config's). E.g. --resamples 5000.",
         show_default=False)] = None,
+    interval: Annotated[Interval | None, typer.Option(
+        help="The bootstrap's bounds: bca (bias-corrected and accelerated; closer to the stated confidence on "
+             "the skewed drops of a few dozen documents) or percentile; default bca (or the config's). "
+             "E.g. --interval percentile.", show_default=False)] = None,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Folder for gate.md, junit.xml, gate.json and the evaluations' sample logs. "
                                "E.g. -o gate-out.", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print the report as JSON instead of a table (what -o writes to gate.json). "
                        "E.g. --json > gate.json.")] = False,
-    backend: Annotated[str | None, typer.Option(
-        help="hf | vllm | vllm-server (default: the suite's backend); a baseline made with another backend "
+    backend: Annotated[BackendName | None, typer.Option(
+        help="Evaluation backend (default: the suite's backend); a baseline made with another backend "
              "is refused. E.g. --backend vllm.", show_default=False)] = None,
     space: Annotated[Path | None, typer.Option(
         help="Search space whose domains give the held-out text of the suite's bpb entries, "
@@ -98,6 +103,6 @@ def gate_cmd(
 
     args = GateArgs(checkpoint=checkpoint, suite=suite, baseline=baseline, write_baseline=write_baseline, force=force,
                     config=config, tolerance=list(tolerance or []), skip=list(skip or []), confidence=confidence,
-                    resamples=resamples, output=output, json_out=json_out, backend=backend, space=space,
-                    allow_code_execution=allow_code_execution, no_cache=no_cache)
+                    resamples=resamples, interval=interval, output=output, json_out=json_out, backend=backend,
+                    space=space, allow_code_execution=allow_code_execution, no_cache=no_cache)
     return run_gate(args, console, err)

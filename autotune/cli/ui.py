@@ -58,7 +58,9 @@ def _fmt(x: float | None, spec: str = "+.4f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def print_summary(console: Console, study) -> None:  # study: autotune.search.study.Study
+def print_summary(console: Console, study) -> list:  # study: autotune.search.study.Study
+    """The study's trials as a table, its noise floor and best feasible trial; returns the trials shown
+    (``TrialRecord``s)."""
     ctl = study.controller()
     rows = study.rows(ctl)
     dead = _dead_running(ctl)
@@ -112,6 +114,7 @@ def print_summary(console: Console, study) -> None:  # study: autotune.search.st
     tables = [p for p in (study.paths.root / "ratios.csv", study.paths.root / "metrics.csv") if p.is_file()]
     if tables:  # written at the end of a search: a study that never finished one has none
         console.print(f"tables: {', '.join(map(str, tables))}", highlight=False)
+    return rows
 
 
 def _dead_running(ctl) -> set[int]:

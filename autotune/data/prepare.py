@@ -22,12 +22,13 @@ Memory is bounded whatever the source holds: a source yields long documents in p
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
+import logging
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -38,11 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
+from autotune import envvars
 from autotune.data.sources import DATA_VERSION, DocumentSource, open_source
 from autotune.errors import UserError
 from autotune.hashing import tokenizer_hash
 from autotune.paths import building, home
 from autotune.records import digest, read_json, write_json_atomic
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["DATA_VERSION", "EOS", "DamagedCache", "PackedDomain", "pack_domain", "source_documents", "source_key",
            "verify_packed"]
@@ -181,7 +185,7 @@ def _integrity(folder: Path, full: dict[str, str]) -> dict:
 
 def _discard(folder: Path, reason: str) -> None:
     """Move a damaged entry out of the way (another process may be doing the same) and say so."""
-    print(f"autotune: warning: damaged token cache {folder}: {reason}; rebuilding it", file=sys.stderr, flush=True)
+    _log.warning("autotune: warning: damaged token cache %s: %s; rebuilding it", folder, reason)
     aside = folder.with_name(f".{folder.name}.damaged.{os.getpid()}")
     try:
         os.replace(folder, aside)
@@ -193,14 +197,8 @@ def _discard(folder: Path, reason: str) -> None:
 def tokenize_workers(size_bytes: int) -> int:
     """Processes to tokenize a source of this size: 1 (in-process) below ``PARALLEL_MIN_BYTES``, else one per
     core up to 8; ``AUTOTUNE_TOKENIZE_WORKERS`` overrides."""
-    env = os.environ.get("AUTOTUNE_TOKENIZE_WORKERS")
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise UserError("must be a whole number >= 1", field="AUTOTUNE_TOKENIZE_WORKERS", value=env)
+    n = envvars.tokenize_workers()  # checked: a bad value names the variable
+    if n is not None:
         return n
     if size_bytes < PARALLEL_MIN_BYTES:
         return 1
@@ -209,10 +207,12 @@ def tokenize_workers(size_bytes: int) -> int:
 
 
 def pack_domain(source, tokenizer_dir: Path, *, where: str, on_progress: Callable[[str], None] | None = None,
-                workers: int | None = None) -> PackedDomain:
+                workers: int | None = None, threads: bool | None = None) -> PackedDomain:
     """Tokenize a domain source into ``train.bin`` / ``heldout.bin`` (each document followed by EOS), or find
     it in the cache. ``where`` names the domain in errors (``domains.math``); ``workers`` processes tokenize
-    (default: ``tokenize_workers`` of the source's size); the output does not depend on it. The pool's
+    (default: ``tokenize_workers`` of the source's size); ``threads``: the tokenizer's own threads in this
+    process (``tokenizer_threads``; default: on when it tokenizes in-process, one worker). The output depends
+    on neither. The pool's
     processes are spawned, so they import the caller's main module: a script that packs a large source
     needs an ``if __name__ == "__main__":`` guard (the CLI and the worker have one)."""
     reader = open_source(source, where=where, cache=home())
@@ -238,7 +238,8 @@ def pack_domain(source, tokenizer_dir: Path, *, where: str, on_progress: Callabl
         on_progress(where)
     t0 = time.perf_counter()
     with building(final) as tmp:
-        splits, pieces, full = _pack(reader, tokenizer_dir, tokenizer, eos, dtype, tmp, workers)
+        threads = workers <= 1 if threads is None else threads
+        splits, pieces, full = _pack(reader, tokenizer_dir, tokenizer, eos, dtype, tmp, workers, threads)
         total = sum(s["documents"] for s in splits.values())
         if total == 0:
             raise UserError("the source holds no text", field=reader.field, value=_value(source))
@@ -252,7 +253,7 @@ def pack_domain(source, tokenizer_dir: Path, *, where: str, on_progress: Callabl
             "source": source if isinstance(source, str) else source.model_dump(mode="json"),
             "key": reader.key(), "files": reader.files(), "splits": splits, "pieces": pieces,
             "integrity": _integrity(tmp, full),
-            "tokenize": {"workers": workers, "seconds": round(seconds, 2),
+            "tokenize": {"workers": workers, "threads": threads, "seconds": round(seconds, 2),
                          "tokens_per_s": round(sum(s["tokens"] for s in splits.values()) / max(seconds, 1e-9))}})
     return PackedDomain(final)
 
@@ -268,7 +269,7 @@ Batch = tuple[list[str], list[bool], list[bool]]
 
 
 def _pack(reader: DocumentSource, tokenizer_dir: Path, tokenizer, eos: int, dtype: np.dtype, out: Path,
-          workers: int) -> tuple[dict, dict, dict[str, str]]:
+          workers: int, threads: bool) -> tuple[dict, dict, dict[str, str]]:
     """Stream the reader's pieces, tokenize them in order (here or in a pool), append to the .bin files.
     Returns the splits' counts, the pieces' counts and each file's blake2b (hashed as it is written)."""
     splits = {s: {"documents": 0, "tokens": 0, "bytes": 0} for s in SPLITS}
@@ -306,7 +307,7 @@ def _pack(reader: DocumentSource, tokenizer_dir: Path, tokenizer, eos: int, dtyp
     encoder = _Encoder(tokenizer, eos, dtype)
     written = {s: hashlib.blake2b(digest_size=16) for s in SPLITS}
     with open(out / "train.bin", "wb") as train_f, open(out / "heldout.bin", "wb") as held_f:
-        for train_ids, held_ids in _encode_in_order(batches(), encoder, tokenizer_dir, workers):
+        for train_ids, held_ids in _encode_in_order(batches(), encoder, tokenizer_dir, workers, threads):
             for s, f, ids in (("train", train_f, train_ids), ("heldout", held_f, held_ids)):
                 data = ids.tobytes()
                 f.write(data)
@@ -345,8 +346,30 @@ class _Encoder:
 _worker_encoder: _Encoder | None = None
 
 
+_PARALLELISM = "TOKENIZERS_PARALLELISM"
+
+
+@contextlib.contextmanager
+def tokenizer_threads(on: bool) -> Iterator[None]:
+    """The tokenizer's own threads on or off for the block, then ``TOKENIZERS_PARALLELISM`` as it was: the
+    tokenizers library reads the variable at each batch call (its Rust thread pool, one thread per core;
+    ``RAYON_NUM_THREADS`` caps it). The worker process sets it to false with the offline switches (so that
+    processes lm-eval forks later do not inherit a used thread pool); a source tokenized in-process turns it
+    on around each batch instead, and leaves the caller's environment unchanged (measured:
+    benchmarks/tokenizer_parallelism.py)."""
+    saved = os.environ.get(_PARALLELISM)
+    os.environ[_PARALLELISM] = "true" if on else "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(_PARALLELISM, None)
+        else:
+            os.environ[_PARALLELISM] = saved
+
+
 def _init_worker(tokenizer_dir: str, eos: int, dtype: str) -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
+    os.environ[_PARALLELISM] = "false"  # this pool process only: one process per core already
     from transformers import AutoTokenizer
 
     global _worker_encoder
@@ -358,13 +381,16 @@ def _encode_task(texts: list[str], heldout: list[bool], last: list[bool]) -> tup
     return _worker_encoder(texts, heldout, last)
 
 
-def _encode_in_order(batches: Iterator[Batch], encoder: _Encoder, tokenizer_dir: Path,
-                     workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _encode_in_order(batches: Iterator[Batch], encoder: _Encoder, tokenizer_dir: Path, workers: int,
+                     threads: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Encoded batches in input order; with ``workers`` > 1, by a pool of spawned processes with at most
-    ``_IN_FLIGHT_PER_WORKER`` tasks each in flight (memory stays bounded however large the source)."""
+    ``_IN_FLIGHT_PER_WORKER`` tasks each in flight (memory stays bounded however large the source); in this
+    process, with the tokenizer's own threads if ``threads``."""
     if workers <= 1:
         for batch in batches:
-            yield encoder(*batch)
+            with tokenizer_threads(threads):
+                encoded = encoder(*batch)
+            yield encoded
         return
     # spawn, not fork: the parent may hold torch and tokenizers thread pools, which do not survive a fork.
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,

@@ -128,7 +128,6 @@ def display_study(data: StudyData):
     from optuna.distributions import CategoricalDistribution, FloatDistribution
     from optuna.trial import TrialState, create_trial
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", study_name=ptext(data.name))
     share = {d: (f"share.{ptext(d)}", FloatDistribution(0.0, 1.0)) for d in data.domains}
     searched = _searched_distributions(data)

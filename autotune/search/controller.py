@@ -7,11 +7,17 @@ it however it likes and comes back with ``tell_*``.
 
 Mixture shares are not independent floats: the sampler sees K-1 coordinates ``mix.<domain>`` in [0, 1]
 that ``SimplexMap`` turns into shares inside the bounds and floors (see ``autotune/search/simplex.py``).
+
+What Optuna's own tools (optuna-dashboard, ``trials_dataframe``, the visualisations) show is what a user means:
+every trial carries its shares as user attributes ``share.<domain>`` from the moment it is queued or asked,
+the study names its objective values (``set_metric_names``), and a trial's constraint is stored where both
+Optuna 5 and optuna-dashboard read it (``_set_constraint``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -28,7 +34,7 @@ from optuna.trial import TrialState
 
 from autotune.config.space import FloatRange, SearchSpace
 from autotune.errors import UserError
-from autotune.objective import Score, directions
+from autotune.objective import Score, directions, metric_names
 from autotune.records import Attr, Proposal, digest
 from autotune.redact import MASK, redact  # redact: also this module's for its importers
 from autotune.search.simplex import SimplexMap
@@ -38,8 +44,8 @@ _SCHEDULE_FIELDS = ("kind", "peak_lr", "warmup_fraction", "decay_fraction", "fin
 
 # A worker records a heartbeat for its running trial every search.heartbeat_s; a trial silent for
 # search.grace_s is taken as lost (its machine died) by whichever worker notices first, failed, and retried
-# once. Optuna's RDB storage implements the heartbeat; on a journal file, only dead owners on the same host
-# are detected (by pid).
+# once (Optuna's RetryHeartbeatStaleTrialCallback, see Controller._on_stale). Optuna's RDB storage implements
+# the heartbeat; on a journal file, only dead owners on the same host are detected (by pid).
 
 
 def worker_host() -> str:
@@ -291,13 +297,15 @@ class Controller:
         reader of a study whose default study.db was never made sees no trials, with a note to ``log``."""
         self.space = space
         self.simplex = SimplexMap.from_space(space)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._retry_stale = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
         field = "--storage" if storage else "search.storage"
         spec = storage_spec(space, study_dir, storage, make_dir=create)
         if create or storage_exists(space, study_dir, storage):
             self.storage = open_storage(space, study_dir, storage, on_stale=self._on_stale)
         else:
-            (log or print)(f"no trial recorded yet: {study_dir / 'study.db'} does not exist (if this study's storage "
+            (log or logging.getLogger(__name__).info)(f"no trial recorded yet: {study_dir / 'study.db'} does not exist (if this study's storage "
                            "is elsewhere, give it with --storage URL)")
             self.storage = optuna.storages.InMemoryStorage()
         if not create and not isinstance(self.storage, optuna.storages.InMemoryStorage):
@@ -317,6 +325,11 @@ class Controller:
             raise UserError(f"cannot open the study: {type(e).__name__}: {redact(str(e).splitlines()[0][:200])}",
                             file=space.source_file, field=field, value=redact(spec)) from None
         self.study.sampler = make_sampler(space, space.search.seed)
+        names = metric_names(space.objective)
+        if create and self.study.metric_names != names:  # a reader writes nothing
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names(names)
 
     # ------------------------------------------------------------------ distributions
     def distributions(self) -> dict[str, Any]:
@@ -346,6 +359,14 @@ class Controller:
         return Proposal(mixture=mixture, schedule=schedule, seed=seed,
                         context={k: v for k, v in context.items() if v is not None})
 
+    def share_attrs(self, params: dict[str, Any]) -> dict[str, float]:
+        """The user attributes ``share.<domain>`` of the mixture that ``params`` (the sampler's coordinates)
+        stand for; empty while the coordinates are not all there."""
+        u = [params.get(f"mix.{n}") for n in self.simplex.domains[:-1]]
+        if any(x is None for x in u):
+            return {}
+        return {Attr.share(d): w for d, w in self.simplex.to_weights(u).items()}
+
     def prior_params(self) -> dict[str, Any]:
         """Optuna params of the prior mixture and the schedule ranges' centres (log-centre for log ranges)."""
         prior = self.space.mixture.prior
@@ -366,8 +387,10 @@ class Controller:
         """On a new study: the prior mixture first, once per replicate seed (the seed-noise floor)."""
         if self.study.trials:
             return
+        params = self.prior_params()
         for k in range(self.space.proxy.replicates):
-            self.study.enqueue_trial(self.prior_params(), user_attrs={Attr.SEED: self.space.proxy.seed + k, Attr.PRIOR: True})
+            self.study.enqueue_trial(params, user_attrs={**self.share_attrs(params), Attr.SEED: self.space.proxy.seed + k,
+                                                         Attr.PRIOR: True})
 
     def enqueue_missing(self, items: list[tuple[dict[str, Any], dict[str, Any]]]) -> int:
         """Enqueue exact trials ``(params, user_attrs)`` (a ``seed`` among the attrs) unless one with the same
@@ -386,7 +409,7 @@ class Controller:
                 for t in self.study.get_trials(deepcopy=False, states=live)}
         for params, attrs in items:
             if key(params, attrs.get(Attr.SEED)) not in have:
-                self.study.enqueue_trial(params, user_attrs=attrs)
+                self.study.enqueue_trial(params, user_attrs={**self.share_attrs(params), **attrs})
                 have.add(key(params, attrs.get(Attr.SEED)))
         waiting = len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         return self.finished() + self.running() + waiting
@@ -400,6 +423,10 @@ class Controller:
         proposal = self.params_to_proposal(trial.params, seed)
         trial.set_user_attr(Attr.PROPOSAL, proposal.to_json())
         trial.set_user_attr(Attr.OWNER, {"host": self.host, "pid": self.pid})
+        have = trial.user_attrs  # a queued trial has its shares already
+        for d, share in proposal.mixture.items():
+            if have.get(Attr.share(d)) != share:
+                trial.set_user_attr(Attr.share(d), share)
         return Asked(trial, proposal)
 
     def heartbeat(self, trial: optuna.Trial) -> Heartbeat:
@@ -411,7 +438,7 @@ class Controller:
         trial.set_user_attr(Attr.TARGET, score.target)
         trial.set_user_attr(Attr.GENERAL, score.general)
         if score.constraint is not None:
-            trial.set_constraint("general_retention", score.constraint)
+            _set_constraint(trial, score.constraint)
         self.study.tell(trial, list(score.values))
 
     def report_rung(self, trial: optuna.Trial, tokens: int, value: float) -> bool:
@@ -477,8 +504,21 @@ class Controller:
             optuna.storages.fail_stale_trials(self.study)
 
     def _on_stale(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-        # the trial is FAIL already (its attributes are frozen): its retry carries ``retry_of``
-        self.retry_once(frozen)
+        """The storage's heartbeat-stale callback (``fail_lost_trials``): the lost trial, FAIL already, is queued
+        again by Optuna's ``RetryHeartbeatStaleTrialCallback`` (which records ``failed_trial`` and
+        ``retry_history``), once: not when the trial is itself a retry (of a crash, an OOM or a lost trial), as
+        ``retry_once``. The retry carries what the trial was asked with (params, seed, prior, shares) and
+        ``retry_of`` for autotune's readers, not what its run left (owner, proposal, rungs: written when asked)."""
+        if frozen.user_attrs.get(Attr.RETRY_OF) is not None:
+            return
+        frozen.user_attrs = self._carried(frozen, (Attr.SEED, Attr.PRIOR)) | {Attr.RETRY_OF: frozen.number}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._retry_stale(study, frozen)
+
+    def _carried(self, frozen: optuna.trial.FrozenTrial, keys: tuple[str, ...]) -> dict[str, Any]:
+        """A queued copy's user attributes: ``keys`` of ``frozen``'s, and the shares of its params."""
+        return {**self.share_attrs(frozen.params), **{k: v for k, v in frozen.user_attrs.items() if k in keys}}
 
     def retry_once(self, frozen: optuna.trial.FrozenTrial) -> bool:
         """Enqueue a failed trial's proposal again, unless it is itself a retry. True if enqueued."""
@@ -490,17 +530,29 @@ class Controller:
         """Enqueue a failed trial's proposal again unless a retry of it exists (it may itself be a retry)."""
         if frozen.number in self._retried():
             return False
-        attrs = {k: v for k, v in frozen.user_attrs.items() if k in (Attr.SEED, Attr.PRIOR)}
+        attrs = self._carried(frozen, (Attr.SEED, Attr.PRIOR))
         self.study.enqueue_trial(frozen.params, user_attrs={**attrs, Attr.RETRY_OF: frozen.number})
         return True
 
     def requeue(self, frozen: optuna.trial.FrozenTrial) -> None:
         """Ask for an interrupted trial's exact proposal again, as the next trial (no retry limit)."""
-        attrs = {k: v for k, v in frozen.user_attrs.items() if k in (Attr.SEED, Attr.PRIOR, Attr.RETRY_OF)}
+        attrs = self._carried(frozen, (Attr.SEED, Attr.PRIOR, Attr.RETRY_OF))
         self.study.enqueue_trial(frozen.params, user_attrs=attrs)
 
     def trial(self, number: int) -> optuna.Trial:
         return optuna.Trial(self.study, self._trial_id(number))
+
+
+def _set_constraint(trial: optuna.Trial, value: float) -> None:
+    """Store a trial's constraint (<= 0: feasible) as the system attribute ``constraints``: ``[value]``, the layout
+    Optuna 4 wrote and optuna-dashboard 0.21 reads (its plots mark infeasible trials from it; Optuna 5's
+    ``Trial.set_constraint`` writes ``constraints:<name>``, which the dashboard does not see). Optuna 5 reads the
+    list too (as constraint "0"): ``trial.constraints``, ``best_trial`` and the samplers see one constraint.
+    Writing both layouts would give every trial two (infeasibility summed twice; GPSampler refuses a study whose
+    trials disagree on the count, as those of older studies, with one, would)."""
+    if math.isnan(value):
+        raise ValueError(f"trial {trial.number}: a constraint value cannot be NaN")
+    trial.storage.set_trial_system_attr(trial._trial_id, Attr.CONSTRAINTS, [float(value)])
 
 
 def _alive(pid: int | None) -> bool:
@@ -519,10 +571,9 @@ class Heartbeat:
     """Records the trial's heartbeat on a thread while the trial runs (RDB storages; a no-op elsewhere)."""
 
     def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, interval_s: float) -> None:
-        from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
-
         self.storage, self.trial_id, self.interval_s = storage, trial_id, interval_s
-        self.enabled = isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)
+        # Optuna's RDB storage records heartbeats (and has its interval when they are on); not journal files
+        self.enabled = isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 

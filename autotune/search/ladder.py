@@ -13,6 +13,7 @@ Run one ``autotune ladder`` per study at a time (two would both run the missing 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,13 +62,15 @@ def trained_tokens(space: SearchSpace) -> int:
 
 
 def run_ladder(space: SearchSpace, *, storage: str | None = None, progress: ProgressFactory | None = None,
-               log: Callable[[str], None] = print, allow_code_execution: bool = False) -> Path:
-    """Run (or resume) the ladder of the study of ``space``; returns the path of ``ladder.json``.
+               log: Callable[[str], None] | None = None, allow_code_execution: bool = False) -> Path:
+    """Run (or resume) the ladder of the study of ``space``; returns the path of ``ladder.json``. ``log``: where
+    its messages go (default: the ``autotune.search.ladder`` logger, at INFO).
 
     Raises UserError when the space has no ``ladder`` section, its study has not run, has changed, or has
     fewer than two complete trials to compare."""
     from autotune.search.controller import Controller
 
+    log = log or logging.getLogger(__name__).info
     spec = space.ladder
     if spec is None:
         raise UserError("the space has no ladder section; add e.g. `ladder: {tokens: [1.0e5, 1.0e6], top_k: 4}` "

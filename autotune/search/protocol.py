@@ -5,7 +5,9 @@ A worker that runs out of disk space (errno ENOSPC, where even ``result.json`` m
 event ``{NO_SPACE_EVENT: reason}`` and exits with ``EXIT_NO_SPACE``: the study stops there (a rerun with
 space freed resumes), rather than failing trial after trial as crashed."""
 
+from autotune import envvars
+
 PROGRESS_PREFIX = "@@progress "
-MEMORY_LIMIT_ENV = "AUTOTUNE_MEMORY_LIMIT"
+MEMORY_LIMIT_ENV = envvars.MEMORY_LIMIT  # read (checked) by envvars.memory_limit
 NO_SPACE_EVENT = "no_space"
 EXIT_NO_SPACE = 28  # errno ENOSPC

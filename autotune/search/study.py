@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +57,11 @@ from autotune.search.launch import (
     kill_orphan,
 )
 from autotune.search.protocol import EXIT_NO_SPACE, NO_SPACE_EVENT
+from autotune.search.tracking import StudyRun
+from autotune.search.tracking import resolve as resolve_tracking
 
 ProgressFactory = Callable[[str], Any]
+_log = logging.getLogger(__name__)
 
 
 class StudyFailed(Exception):
@@ -146,7 +149,8 @@ def memory_settings(space: dict[str, Any]) -> dict[str, Any]:
 def space_identity(space: SearchSpace) -> dict[str, Any]:
     """What must not change under a running study (the trial budget may grow, the storage may move)."""
     d = space.model_dump(mode="json")
-    d["search"] = {k: v for k, v in d["search"].items() if k not in ("trials", "storage", "runs_dir")}
+    # (search.tracking, marked HOW, only logs runs: a study may gain, change or drop its tracker)
+    d["search"] = {k: v for k, v in d["search"].items() if k not in ("trials", "storage", "runs_dir", "tracking")}
     for section in ("ladder", "extrapolate"):  # what is done after the trials: may change, and older studies lack it
         d.pop(section, None)
     return _without_how(d)
@@ -183,7 +187,7 @@ def _finished_result(done: Path) -> RunResult | None:
     try:
         d = read_json(done, fix="it is recomputed now")
     except DamagedFile as e:
-        print(f"autotune: warning: {e}", file=sys.stderr)
+        _log.warning("autotune: warning: %s", e)
         return None
     return RunResult.from_json(d) if isinstance(d, dict) and "status" in d else None
 
@@ -228,12 +232,25 @@ def job_space(space: SearchSpace) -> dict[str, Any]:
         d["base_model"] = str(space.resolve(space.base_model))
     elif isinstance(space.base_model, GgufBase) and (space.root / space.base_model.gguf).is_file():
         d["base_model"] = {"gguf": str((space.root / space.base_model.gguf).resolve())}  # PACKAGE/FILE stays as is
+    if space.search.tracking is not None:  # the tracker's folder / URI, as this process resolves them
+        d["search"]["tracking"] = resolve_tracking(space.search.tracking, study_dir(space), space.name).model_dump(mode="json")
     return d
 
 
 class Study:
+    """One study of a search space, run or resumed: ``Study(space).search()`` (the module docstring has the
+    steps); ``rows(controller())`` are its trials as ``TrialRecord``s; ``paths.root`` is its folder.
+
+    ``launcher``: where workers run (default: the space's ``search.launcher``); ``storage``: an Optuna storage
+    URL overriding ``search.storage``; ``progress``: a factory of progress bars, one per job, fed the workers'
+    progress events (default: each phase logged at INFO); ``log``: where the messages a user must see go
+    (a pruned or failed trial, a trial queued again; default: the ``autotune.search.study`` logger, at INFO,
+    failures at WARNING); ``read_only``: a reader (status, export) that opens an existing study and creates
+    nothing.
+    """
+
     def __init__(self, space: SearchSpace, *, launcher: Launcher | None = None, storage: str | None = None,
-                 progress: ProgressFactory | None = None, log: Callable[[str], None] = print,
+                 progress: ProgressFactory | None = None, log: Callable[[str], None] | None = None,
                  allow_code_execution: bool = False, read_only: bool = False) -> None:
         self.space = space
         self.allow_code_execution = allow_code_execution
@@ -241,11 +258,13 @@ class Study:
         self.read_only = read_only  # a reader (status, export): opens an existing study, creates none
         self.paths = StudyPaths(study_dir(space))
         self.launcher = launcher or make_launcher(space)
-        self.progress = progress or (lambda label: _NullBar())
-        self.log = log
+        self.progress = progress or _LogBar
+        self.log = log or _log.info
+        self.warn = log or _log.warning  # a message that something went wrong
         self.suite: Suite = load_suite(space.suite_path, list(space.domains))
         self.prepared: Prepared | None = None
         self.base: RunResult | None = None
+        self.tracking = StudyRun(None, space.name)  # the study-level tracker run (search.tracking), from search()
 
     def controller(self):
         from autotune.search.controller import Controller
@@ -270,6 +289,8 @@ class Study:
         def watch(event: dict) -> None:
             if NO_SPACE_EVENT in event:
                 no_space.update(event)
+            if "warning" in event:  # the worker could not do something that loses no work (search.tracking)
+                self.warn(f"{label}: {event['warning']}")
 
         try:
             timeout = self.space.search.trial_timeout_s if job.proposal else None  # trials only
@@ -314,8 +335,9 @@ class Study:
                        **({"phases": [ph.model_dump() for ph in self.space.mixture.phases]} if self.space.mixture.phases else {})})
 
     def run(self, proposal: Proposal | None, label: str,
-            on_event: Callable[[dict], None] | None = None) -> tuple[Path, RunResult]:
+            on_event: Callable[[dict], None] | None = None, trial: int | None = None) -> tuple[Path, RunResult]:
         """Run a proposal (None: the base model, evaluated only), or reuse a finished run of the same content.
+        ``trial``: the Optuna trial number running it (names its tracker run).
 
         The folder is locked while it runs, so a duplicate proposal on another worker waits and reuses.
         """
@@ -325,7 +347,7 @@ class Study:
             if cached is not None and cached.ok:
                 return folder, cached
             job = self._job("trial", prepared=self.prepared, proposal=proposal,
-                            allow_code_execution=self.allow_code_execution)
+                            allow_code_execution=self.allow_code_execution, trial=trial)
             return folder, self._launch(folder, job, label, on_event)
 
     def evaluate_base(self) -> RunResult:
@@ -352,9 +374,29 @@ class Study:
             from autotune.evaluate.backends import make_backend
 
             make_backend(self.suite.backend, self.suite).check_installed()
-        self.prepare()
-        with self.warm_engine() as engine:
-            self._search(ctl, engine, trials)
+        self.tracking = self._tracking_run()  # a tracker that cannot start fails now (exit 2), before any work
+        status = "failed"
+        try:
+            self.prepare()
+            with self.warm_engine() as engine:
+                self._search(ctl, engine, trials)
+            status = "ok"
+        except (KeyboardInterrupt, Interrupted):
+            status = "killed"
+            raise
+        finally:
+            self.tracking.finish(status)
+
+    def _tracking_run(self) -> StudyRun:
+        """The study-level tracker run (``search.tracking``): its config is what the study searches and how."""
+        spec = resolve_tracking(self.space.search.tracking, self.paths.root, self.space.name)
+        space = self.space
+        config = {"study": space.name, "study_dir": str(self.paths.root), "sampler": space.search.sampler,
+                  "pruner": space.search.pruner, "trials": space.search.trials, "seed": space.search.seed,
+                  "domains": ",".join(space.domains), "proxy.tokens": space.proxy.tokens,
+                  "proxy.seq_len": space.proxy.seq_len, "proxy.batch_tokens": space.proxy.batch_tokens,
+                  "objective": space.objective.model_dump_json(exclude_defaults=True), "suite": self.suite.name}
+        return StudyRun(spec, space.name, config, file=space.source_file, warn=self.warn).start()
 
     @contextlib.contextmanager
     def warm_engine(self) -> Iterator[Any]:
@@ -368,7 +410,7 @@ class Study:
             return
         if gpu_present() and self.suite.vllm.kv_cache_memory is None:
             # a server sized by gpu_memory_utilization would hold most of the GPU the trials train on
-            self.log("vllm.warm: on a GPU, give the engine a size (vllm.kv_cache_memory, e.g. 4GiB, and a "
+            self.warn("vllm.warm: on a GPU, give the engine a size (vllm.kv_cache_memory, e.g. 4GiB, and a "
                      "gpu_memory_utilization that leaves room for training); each trial starts its own server")
             yield None
             return
@@ -387,6 +429,7 @@ class Study:
         launcher_env = getattr(self.launcher, "env", {})
         self.evaluate_base()
         self._recover(ctl)
+        self.tracking.log_trials(ctl.study.get_trials(deepcopy=False))  # those finished before this session
         with folder_lock(self.paths.root / "prepare"):  # workers starting together enqueue the prior once
             ctl.enqueue_prior()
             self._retry_oom(ctl)
@@ -404,10 +447,12 @@ class Study:
                     launcher_env[ENGINE_ENV] = engine.ensure().to_env()
                 try:
                     with ctl.heartbeat(asked.trial):
-                        folder, result = self.run(asked.proposal, f"trial {asked.number}", self._rung_reporter(ctl, asked))
+                        folder, result = self.run(asked.proposal, f"trial {asked.number}", self._rung_reporter(ctl, asked),
+                                                  trial=asked.number)
                 except Pruned as p:
                     ctl.tell_pruned(asked.trial, p.reason, {"rungs": p.rungs})
                     self.log(f"trial {asked.number} pruned: {p.reason}")
+                    self.tracking.log_trial(ctl.study.trials[asked.number])
                     overall.update({"advance": 1})
                     continue
                 except KeyboardInterrupt as e:
@@ -421,6 +466,7 @@ class Study:
                         self._leave_to_rerun(ctl, asked, f"out of disk space ({disk_full_reason(e)}); rerun to resume")
                     raise
                 self._tell(ctl, asked.trial, folder, result)
+                self.tracking.log_trial(ctl.study.trials[asked.number])
                 overall.update({"advance": 1})
                 ctl.fail_lost_trials()
             # other workers may still be running the last trials: tables cover what is finished now
@@ -479,7 +525,7 @@ class Study:
                 ran = None
             attrs[Attr.MEMORY_SETTINGS] = memory_settings(ran if isinstance(ran, dict) else self.space.model_dump(mode="json"))
         if not result.ok:
-            self.log(f"trial {trial.number} {result.status}: {result.reason}")
+            self.warn(f"trial {trial.number} {result.status}: {result.reason}")
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
             frozen = ctl.study.trials[trial.number]
@@ -498,6 +544,8 @@ class Study:
         attrs.update({Attr.METRICS: result.metrics, Attr.FEASIBLE: s.feasible,
                       Attr.TOKENS_PER_S: result.train.get("tokens_per_s")})
         ctl.tell_score(trial, s, attrs)
+        _log.info("trial %d complete: target %+.4f, general %+.4f, %s", trial.number, s.target, s.general,
+                  "feasible" if s.feasible else "infeasible")
 
     def noise(self, ctl) -> dict:
         """Seed-noise statistics per metric (and of target / general) over the prior's finished replicates."""
@@ -532,7 +580,7 @@ class Study:
         return [r for r in records if r is not None]
 
     def write_tables(self, ctl) -> None:
-        """``ratios.csv`` and ``metrics.csv`` (one row per finished trial, as OLMix reads them), ``summary.json``."""
+        """``ratios.csv`` and ``metrics.csv`` (one row per finished run, as OLMix reads them), ``summary.json``."""
         from autotune.search.export import trial_frames
 
         frames = trial_frames(self, ctl)
@@ -556,9 +604,15 @@ def _tee(first: Callable[[dict], None], second: Callable[[dict], None] | None) -
     return both
 
 
-class _NullBar:
+class _LogBar:
+    """The progress of a study run without a progress display (a Python caller): each job's phases, logged."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
     def update(self, event: dict) -> None:
-        pass
+        if "phase" in event:
+            _log.info("%s: %s%s", self.label, event["phase"], f" ({event['total']})" if event.get("total") else "")
 
     def close(self) -> None:
         pass

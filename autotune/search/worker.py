@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import resource
 import shutil
@@ -25,7 +26,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from autotune.config.run import DemoBase, GgufBase
+from autotune import envvars
+from autotune.config.run import DemoBase, GgufBase, HubBase
 from autotune.config.space import SearchSpace
 from autotune.data.prepare import DamagedCache, PackedDomain, pack_domain
 from autotune.errors import TrialFailed, UserError, disk_full_reason, is_disk_full, is_out_of_memory
@@ -33,10 +35,11 @@ from autotune.evaluate.backends import InMemoryModel, free_accelerator_memory
 from autotune.evaluate.harness import EvalOptions, HeldoutTokens, run_suite, set_offline
 from autotune.evaluate.suite import load_suite
 from autotune.hashing import checkpoint_hash, tokenizer_hash
+from autotune.logs import to_stderr
 from autotune.paths import follow_umask, home
-from autotune.procs import set_parent_death_signal
+from autotune.procs import set_parent_death_signal, sigterm_as_interrupt
 from autotune.records import Job, Prepared, Proposal, RunResult, read_jsonl, write_json_atomic
-from autotune.search.protocol import EXIT_NO_SPACE, MEMORY_LIMIT_ENV, NO_SPACE_EVENT, PROGRESS_PREFIX
+from autotune.search.protocol import EXIT_NO_SPACE, NO_SPACE_EVENT, PROGRESS_PREFIX
 from autotune.train.schedules import ScheduleParams
 
 
@@ -87,6 +90,7 @@ def prepare(space: SearchSpace, progress: PipeProgress) -> Prepared:
     from autotune.train.model import base_final_lr
 
     sources = {n: d.source for n, d in space.domains.items()}
+    base_hash = None  # a folder's checkpoint hash unless the base says more (a Hub model's commit)
     if isinstance(space.base_model, DemoBase):
         from autotune.demo.base import prepare_demo
 
@@ -97,10 +101,21 @@ def prepare(space: SearchSpace, progress: PipeProgress) -> Prepared:
         progress.start("base (GGUF -> HF folder, first use only)", 1)
         tok_dir = base = gguf_folder(resolve_gguf(space.base_model.gguf, space.root))
         progress.advance()
+    elif isinstance(space.base_model, HubBase):  # the local HF cache's snapshot; its commit keys the base
+        from autotune.hashing import hub_base_hash
+        from autotune.train.model import resolve_hub_base
+
+        try:
+            tok_dir, commit = resolve_hub_base(space.base_model.hf, space.base_model.revision)
+        except UserError as e:
+            raise UserError(e.problem, file=space.source_file, field=e.field, value=e.value) from None
+        base = tok_dir
+        base_hash = hub_base_hash(base, space.base_model.hf, commit)
     else:
         tok_dir = base = space.resolve(space.base_model)
         if not (tok_dir / "config.json").exists():
-            raise UserError("not a Hugging Face checkpoint folder (no config.json)", file=space.source_file,
+            hint = "" if tok_dir.exists() else " (a Hub model in the local HF cache is named base_model: hf:ORG/NAME)"
+            raise UserError(f"not a Hugging Face checkpoint folder (no config.json){hint}", file=space.source_file,
                             field="base_model", value=str(space.base_model))
     progress.start("tokenize", len(sources))
     packed = {}
@@ -108,7 +123,8 @@ def prepare(space: SearchSpace, progress: PipeProgress) -> Prepared:
         packed[name] = pack_domain(src, tok_dir, where=f"domains.{name}")
         progress.advance()
     return Prepared(tokenizer=str(tok_dir), tokenizer_hash=tokenizer_hash(tok_dir), base=str(base),
-                    base_hash=checkpoint_hash(base), base_final_lr=base_final_lr(base),
+                    base_hash=base_hash or checkpoint_hash(base),
+                    base_final_lr=base_final_lr(base),
                     domains={n: str(p.folder) for n, p in packed.items()},
                     manifests={n: p.manifest for n, p in packed.items()})
 
@@ -126,25 +142,68 @@ def run_trial(space: SearchSpace, job: Job, out_dir: Path, progress: PipeProgres
     prepared = job.prepared
     packed = {n: PackedDomain(Path(p)) for n, p in prepared.domains.items()}
     suite = load_suite(space.suite_path, list(space.domains))
-    model, tokenizer = load_causal_lm(Path(prepared.base))
-    if torch.cuda.is_available() and accelerator is None:
-        model.to("cuda")
-    train_info: dict[str, Any] = {}
-    if job.proposal is not None:
-        trained = train_proposal(space, job, model, tokenizer, packed, suite, out_dir, progress, accelerator)
-        if trained is None:  # not the main process
-            return None
-        model, train_info = trained
-    return evaluate_run(space, job, model, tokenizer, packed, suite, out_dir, progress, train_info)
+    with _tracked(space, job, out_dir, progress, accelerator) as tracker:
+        model, tokenizer = load_causal_lm(Path(prepared.base))
+        if torch.cuda.is_available() and accelerator is None:
+            model.to("cuda")
+        train_info: dict[str, Any] = {}
+        if job.proposal is not None:
+            trained = train_proposal(space, job, model, tokenizer, packed, suite, out_dir, progress, accelerator,
+                                     tracker=tracker)
+            if trained is None:  # not the main process
+                return None
+            model, train_info = trained
+        result = evaluate_run(space, job, model, tokenizer, packed, suite, out_dir, progress, train_info)
+        tracker.log({f"eval/{k}": v for k, v in result.metrics.items()}, step=space.proxy.steps)
+        return result
+
+
+@contextlib.contextmanager
+def _tracked(space: SearchSpace, job: Job, out_dir: Path, progress: PipeProgress, accelerator):
+    """The trial's tracker run (``search.tracking``; ``autotune.search.tracking``) on the main process of a
+    trial that trains, finished with the trial's status; a ``NullTracker`` otherwise. While it is open, SIGTERM
+    (the controller stopping a pruned, timed-out or interrupted trial) ends the run as killed, not running."""
+    from autotune.search.tracking import NullTracker, resolve, trial_config, trial_run, warn_to_stderr
+
+    spec = resolve(space.search.tracking, out_dir.parent.parent, space.name)  # (the study resolved it already)
+    if spec is None or job.proposal is None or not (accelerator is None or accelerator.is_main_process):
+        yield NullTracker()
+        return
+
+    def warn(message: str) -> None:  # in worker.log and, through the progress pipe, on the controller's console
+        warn_to_stderr(message)
+        progress.emit({"warning": message})
+
+    config = {**trial_config(space.name, job.trial, out_dir.name, job.proposal, space.proxy.steps,
+                             int(job.proposal.context.get("seq_len") or space.proxy.seq_len)),
+              "base_hash": job.prepared.base_hash, "proxy.tokens": space.proxy.tokens}
+    tracker = trial_run(spec, space.name, job.trial, config, warn)
+    status = "failed"
+    try:
+        with sigterm_as_interrupt():
+            yield tracker
+        status = "ok"
+    except KeyboardInterrupt:
+        status = "killed"
+        raise
+    except TrialFailed as e:
+        status = e.status
+        raise
+    finally:
+        tracker.finish(status)
 
 
 def train_proposal(space: SearchSpace, job: Job, model, tokenizer, packed: dict, suite, out_dir: Path,
-                   progress: PipeProgress, accelerator=None) -> tuple[Any, dict[str, Any]] | None:
+                   progress: PipeProgress, accelerator=None, tracker=None) -> tuple[Any, dict[str, Any]] | None:
     """The proxy run: the proposal's mixture and schedule from the base weights in ``model``; saves the
-    checkpoint. Returns the model to evaluate and the train summary (None on processes other than the main)."""
+    checkpoint. Returns the model to evaluate and the train summary (None on processes other than the main).
+    ``tracker`` (main process): an experiment tracker run for the training curves and rung values."""
     import torch
 
+    from autotune.search.tracking import Every, NullTracker
     from autotune.train.trainer import train
+
+    tracker = tracker or NullTracker()
 
     cuda = torch.cuda.is_available()
     proposal, prepared, proxy = job.proposal, job.prepared, space.proxy
@@ -171,10 +230,12 @@ def train_proposal(space: SearchSpace, job: Job, model, tokenizer, packed: dict,
     summary = train(sharded, {n: p.tokens("train") for n, p in packed.items()}, mixture, cfg,
                     log_path=out_dir / "train_log.jsonl" if main_process else None, progress=progress,
                     after_step=_rung_evaluator(space, suite, model, tokenizer, packed, out_dir, progress,
-                                               device=accelerator.device if fsdp and cuda else None)
+                                               device=accelerator.device if fsdp and cuda else None, tracker=tracker)
                     if main_process else None, accelerator=accelerator,
                     state_dir=state_dir if proxy.save_state_every_s > 0 else None,
-                    gather_into=whole, gather_steps=proxy.rung_steps)
+                    gather_into=whole, gather_steps=proxy.rung_steps,
+                    tracker=Every(tracker, space.search.tracking.every_steps, cfg.steps)
+                    if main_process and space.search.tracking else None)
     if accelerator is not None:
         accelerator.wait_for_everyone()
         if not main_process:
@@ -193,6 +254,8 @@ def train_proposal(space: SearchSpace, job: Job, model, tokenizer, packed: dict,
         model.config.use_cache = True
         model.save_pretrained(out_dir / "checkpoint", safe_serialization=True)
         tokenizer.save_pretrained(out_dir / "checkpoint")
+        _write_trainer_state(space, job, out_dir, train_info, cfg)
+        _write_card(space, job, out_dir, train_info)  # again with the scores once evaluated
         follow_umask(out_dir / "checkpoint")  # safetensors writes 0600
     shutil.rmtree(state_dir, ignore_errors=True)  # the finished checkpoint supersedes it
     return model, train_info
@@ -238,11 +301,59 @@ def evaluate_run(space: SearchSpace, job: Job, model, tokenizer, packed: dict, s
                               options=options, progress=progress)
     meta = {**evaluated.meta, "seconds": round(time.perf_counter() - t0, 2), "base_hash": prepared.base_hash,
             "tokenizer_hash": prepared.tokenizer_hash}
-    return RunResult(status="ok", metrics=evaluated.metrics, stderr=evaluated.stderr, train=train_info, eval_meta=meta)
+    result = RunResult(status="ok", metrics=evaluated.metrics, stderr=evaluated.stderr, train=train_info, eval_meta=meta)
+    _write_card(space, job, out_dir, train_info, result, suite.name)
+    return result
+
+
+def _write_trainer_state(space: SearchSpace, job: Job, out_dir: Path, train_info: dict[str, Any], cfg) -> None:
+    """The trial checkpoint's ``trainer_state.json`` (HF Trainer's format, ``autotune.train.card``) from its train
+    log: the LR it ended at makes it a base for ``schedule.start_lr: base``. Only what determines the run goes
+    in (no Optuna trial number, no clock): the file is part of the checkpoint's hash."""
+    from autotune.train.card import write_trainer_state
+
+    proposal = job.proposal
+    params = {**{f"share.{d}": v for d, v in proposal.mixture.items()},
+              **{f"schedule.{k}": v for k, v in proposal.schedule.items() if v is not None},
+              **{f"context.{k}": v for k, v in proposal.context.items() if v is not None}, "seed": proposal.seed}
+    write_trainer_state(out_dir / "checkpoint", read_jsonl(out_dir / "train_log.jsonl"), max_steps=cfg.steps,
+                        tokens=int(train_info.get("tokens") or 0), seqs_per_step=cfg.seqs_per_step,
+                        log_every=cfg.log_every, flops_per_token=float(train_info.get("flops_per_token") or 0.0),
+                        trial_name=f"{space.name}/{out_dir.name}", trial_params=params)
+
+
+def _write_card(space: SearchSpace, job: Job, out_dir: Path, train_info: dict[str, Any],
+                result: RunResult | None = None, suite_name: str | None = None) -> None:
+    """The trial checkpoint's model card ``README.md`` (``autotune.train.card``): the study, the run, the mixture,
+    the schedule, the base and, once evaluated, the scores. Nothing for the base's own evaluation."""
+    from autotune.evaluate.metrics import parse_key
+    from autotune.train.card import BaseInfo, CardInfo, Score, write_model_card
+    from autotune.train.model import hub_origin
+
+    checkpoint, proposal, prepared = out_dir / "checkpoint", job.proposal, job.prepared
+    if proposal is None or not (checkpoint / "config.json").exists():
+        return
+    repo_id, commit = hub_origin(Path(prepared.base)) or (None, None)
+    base = BaseInfo(path=prepared.base, hash=prepared.base_hash, repo_id=repo_id, commit=commit,
+                    demo=isinstance(space.base_model, DemoBase))
+    schedule = dict(proposal.schedule)
+    if schedule.get("start_lr") == "base" and train_info.get("start_lr") is not None:
+        schedule["start_lr"] = f"base ({train_info['start_lr']:.6g})"  # where the base run ended
+    scores = []
+    for key, value in sorted((result.metrics if result else {}).items()):
+        entry = parse_key(key)
+        scores.append(Score(key, f"heldout-{entry.name}" if entry.metric == "bpb" else entry.name, entry.metric, value,
+                            result.stderr.get(key)))
+    write_model_card(checkpoint, CardInfo(
+        study=space.name, run=out_dir.name, trial=job.trial, base=base, mixture=dict(proposal.mixture),
+        schedule=schedule, seed=proposal.seed, tokens=int(train_info.get("tokens") or 0),
+        seq_len=int(train_info.get("seq_len") or space.proxy.seq_len), batch_tokens=space.proxy.batch_tokens,
+        phases=[ph.model_dump(mode="json") for ph in space.mixture.phases], context=dict(proposal.context),
+        final_loss=train_info.get("final_loss"), suite=suite_name, scores=scores))
 
 
 def _rung_evaluator(space: SearchSpace, suite, model, tokenizer, packed, out_dir: Path, progress: PipeProgress,
-                    device=None):
+                    device=None, tracker=None):
     """At each rung: held-out bits-per-byte on the suite's domains, kept in rungs.jsonl and sent to the
     controller, which reports it to Optuna and may stop the run (pruning). With ``device``, ``model`` (an
     unsharded copy kept on the CPU beside an FSDP run) moves there for the evaluation and back."""
@@ -265,6 +376,8 @@ def _rung_evaluator(space: SearchSpace, suite, model, tokenizer, packed, out_dir
             return
         if steps_done in done_before:
             progress.emit(done_before[steps_done])
+            if tracker is not None:
+                tracker.log({f"rung/{k}": v for k, v in done_before[steps_done].get("metrics", {}).items()}, steps_done)
             return
         if device is not None:
             model.to(device)
@@ -279,6 +392,8 @@ def _rung_evaluator(space: SearchSpace, suite, model, tokenizer, packed, out_dir
         with open(out_dir / "rungs.jsonl", "a") as f:
             f.write(json.dumps(event) + "\n")
         progress.emit(event)
+        if tracker is not None:
+            tracker.log({f"rung/{k}": v for k, v in metrics.items()}, step=steps_done)
 
     return after_step
 
@@ -289,7 +404,7 @@ def _rung_evaluator(space: SearchSpace, suite, model, tokenizer, packed, out_dir
 def apply_memory_limit() -> None:
     """Cap this process's heap and private mappings (RLIMIT_DATA) at ``$AUTOTUNE_MEMORY_LIMIT`` bytes
     (``search.launcher.memory_limit``): past it, allocations fail and the trial ends as ``oom``."""
-    limit = int(os.environ.get(MEMORY_LIMIT_ENV) or 0)
+    limit = envvars.memory_limit()  # $AUTOTUNE_MEMORY_LIMIT, checked
     if limit:
 
         _, hard = resource.getrlimit(resource.RLIMIT_DATA)
@@ -297,6 +412,7 @@ def apply_memory_limit() -> None:
 
 
 def main(job_path: str) -> int:
+    to_stderr(logging.INFO)  # autotune's warnings and notes go to the log (stderr), as the controller shows it
     apply_memory_limit()
     job_file = Path(job_path)
     job = Job.read(job_file)
