@@ -60,6 +60,10 @@ def test_options_with_fixed_values_are_choices_in_help_and_refused_when_bad(tmp_
     from autotune.config.suite import BACKENDS
 
     assert typing.get_args(BackendName) == BACKENDS  # one list of backends: the suite's
+    from autotune.cli.gate import Interval
+    from autotune.config.gate import Interval as ConfigInterval
+
+    assert typing.get_args(Interval) == typing.get_args(ConfigInterval)  # one list of gate interval methods
     assert "csv|parquet" in _invoke("export", "--help").output
     for command in ("eval", "gate"):
         assert "hf|vllm|vllm-server" in _invoke(command, "--help").output

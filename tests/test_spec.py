@@ -162,6 +162,7 @@ from typer.testing import CliRunner
 from autotune.cli import app
 r = CliRunner()
 assert r.invoke(app, ["--help"]).exit_code == 0
+assert "pydantic" not in sys.modules, "--help imported pydantic"
 assert r.invoke(app, ["validate", {str(REPO / 'search_spaces' / 'demo.yaml')!r}]).exit_code == 0
 heavy = sorted(m for m in ("torch", "transformers", "lm_eval", "optuna") if m in sys.modules)
 print("HEAVY", heavy)
