@@ -1,7 +1,8 @@
 """What lm-eval's standard errors cost: its bootstrap (a process pool, pure Python) vs autotune's exact
 vectorised twin, on the same per-document values, one process.
 
-    python benchmarks/lm_eval_stderr.py [--docs 20,200,1000] [--iters 100000]
+    python benchmarks/lm_eval_stderr.py [--docs 20,200,1000] [--iters 100000]   # eval, gate
+    python benchmarks/lm_eval_stderr.py --iters 1000                            # a study's trials
 
 lm-eval computes ``<metric>_stderr`` only with ``bootstrap_iters > 0`` (autotune passed 0 before issue 16):
 then mean metrics get the closed form ``mean_stderr`` (one pass over the documents, shown as ``mean``), and

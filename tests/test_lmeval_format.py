@@ -62,7 +62,8 @@ def _read_latest(folder: Path) -> tuple[dict, dict[str, list[dict]]]:
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    """A fresh evaluation (demo tasks + the perplexity task) and the same one again from the cache."""
+    """A fresh evaluation (demo tasks + the perplexity task) at a study's 1000 bootstrap draws; the same one
+    from the cache asking eval's default 100000, twice into one folder; and from the cache as a trial does."""
     tmp = tmp_path_factory.mktemp("lmeval")
     tasks = tmp / "tasks"
     tasks.mkdir()
@@ -75,8 +76,10 @@ def evaluated(tmp_path_factory):
     suite = load_suite(tmp / "suite.yaml")
     ckpt = Checkpoint(tiny_checkpoint())
     opts = EvalOptions(cache_dir=tmp / "cache")
-    fresh = run_suite(ckpt, suite, out_dir=tmp / "fresh", options=opts)
-    cached = run_suite(ckpt, suite, out_dir=tmp / "cached", options=opts)
+    fresh = run_suite(ckpt, suite, out_dir=tmp / "fresh", options=EvalOptions(cache_dir=tmp / "cache", bootstrap_iters=1000))
+    run_suite(ckpt, suite, out_dir=tmp / "cached", options=opts)
+    cached = run_suite(ckpt, suite, out_dir=tmp / "cached", options=opts)  # a rerun into the same folder
+    run_suite(ckpt, suite, out_dir=tmp / "trial", options=EvalOptions(cache_dir=tmp / "cache", lm_eval_samples=False))
     return tmp, fresh, cached
 
 
@@ -95,7 +98,7 @@ def test_results_in_lm_eval_layout_read_by_lm_eval(evaluated):
     assert doc["n-samples"]["demo_math_mc"] == {"original": 200, "effective": LIMIT}
     assert doc["configs"]["demo_prose_ppl"]["output_type"] == "loglikelihood"
     assert doc["higher_is_better"]["demo_prose_ppl"] == {"perplexity": False, "acc": True}
-    assert doc["config"]["limit"] == LIMIT and doc["config"]["bootstrap_iters"] == 100000
+    assert doc["config"]["limit"] == LIMIT and doc["config"]["bootstrap_iters"] == 1000
     assert set(samples) == tasks and all(len(rows) == LIMIT for rows in samples.values())
     assert set(doc["task_hashes"]) == tasks  # lm-eval's hash over each task's samples
     # the scores are autotune's
@@ -105,8 +108,8 @@ def test_results_in_lm_eval_layout_read_by_lm_eval(evaluated):
 
 
 def test_stderr_keys_agree_with_lm_eval(evaluated):
-    """Mean metrics: lm-eval's closed-form mean_stderr; perplexity: lm-eval's own bootstrap (its 100000
-    draws, its seeds) on the same per-sample values; and eval.json's stderr is lm-eval's."""
+    """Mean metrics: lm-eval's closed-form mean_stderr; perplexity: lm-eval's own bootstrap (the 1000 draws
+    asked, its seeds) on the same per-sample values; and eval.json's stderr is lm-eval's."""
     tmp, fresh, _ = evaluated
     from lm_eval.api.metrics import _bootstrap_internal_no_mp, mean_stderr, perplexity, sample_stddev
 
@@ -118,7 +121,7 @@ def test_stderr_keys_agree_with_lm_eval(evaluated):
 
     ppl = [float(s["perplexity"]) for s in samples["demo_prose_ppl"]]  # per-document log-likelihoods
     assert res["demo_prose_ppl"]["perplexity,none"] == pytest.approx(perplexity(ppl), rel=1e-12)
-    lm_eval_value = sample_stddev(_bootstrap_internal_no_mp(perplexity, ppl, 100000))
+    lm_eval_value = sample_stddev(_bootstrap_internal_no_mp(perplexity, ppl, 1000))
     assert isinstance(res["demo_prose_ppl"]["perplexity_stderr,none"], float)
     assert res["demo_prose_ppl"]["perplexity_stderr,none"] == pytest.approx(lm_eval_value, rel=1e-9)
 
@@ -151,6 +154,67 @@ def test_cached_evaluation_writes_the_same_files(evaluated):
     assert sa == sb
 
 
+def test_a_cached_run_keeps_the_stderr_and_draws_of_the_run_that_computed_it(evaluated):
+    """Asked for 100000 draws, a run cached at 1000 is reused (bootstrap_iters is no part of the key) and
+    says 1000: in lm-eval's config, per task in the results file's autotune section and in eval.json."""
+    tmp, fresh, cached = evaluated
+    assert cached.meta["cached"] and cached.stderr == fresh.stderr
+    doc, _ = _read_latest(tmp / "cached" / "lm_eval")
+    assert doc["config"]["bootstrap_iters"] == 1000
+    assert doc["autotune"]["bootstrap_iters"] == dict.fromkeys(doc["results"], 1000)
+    assert {t["bootstrap_iters"] for t in cached.meta["tasks"].values()} == {1000}
+
+
+def test_a_rerun_replaces_its_earlier_lm_eval_files_and_a_trial_folder_gets_only_results(evaluated):
+    tmp, _, _ = evaluated
+    tasks = {"demo_math_mc", "demo_prose_next_word", "demo_prose_ppl"}
+    (model,) = (tmp / "cached" / "lm_eval").iterdir()
+    names = sorted(p.name for p in model.iterdir())
+    assert len(names) == 1 + len(tasks) and sum(n.startswith("results_") for n in names) == 1, names
+    (trial,) = (tmp / "trial" / "lm_eval").iterdir()
+    (only,) = [p.name for p in trial.iterdir()]
+    assert only.startswith("results_") and set(json.loads((trial / only).read_text())["task_hashes"]) == tasks
+    assert {p.stem for p in (tmp / "trial" / "samples").glob("*.jsonl")} == tasks  # the samples are there once
+
+
+def test_records_keep_no_environment_report(evaluated):
+    """lm-eval's pretty_env_info (torch's collect_env, ~4 KB) is one short line, in the cache and the file."""
+    tmp, _, _ = evaluated
+    records = [json.loads(p.read_text()) for p in (tmp / "cache").rglob("*.json")]
+    runs = [r["lm_eval_run"] for r in records if "lm_eval_run" in r]
+    assert runs and all(len(r["pretty_env_info"]) < 300 for r in runs), [len(r["pretty_env_info"]) for r in runs]
+    assert json.loads(next((tmp / "fresh" / "lm_eval").rglob("results_*.json")).read_text())["pretty_env_info"].startswith(
+        "PyTorch version: ")
+
+
+def test_lm_eval_own_bootstrap_opens_no_process_pool(monkeypatch, capsys):
+    """A statistic autotune leaves to lm-eval (F1, MCC, ...; here a plain share) runs in this process: no
+    pool, no print; the user's DISABLE_MULTIPROC is back afterwards."""
+    import multiprocessing
+
+    from lm_eval.api import metrics
+
+    from autotune.evaluate.lm_eval_format import lm_eval_bootstrap
+
+    def no_pool(*a, **k):
+        raise AssertionError("lm-eval opened a process pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", no_pool)
+    monkeypatch.delenv("DISABLE_MULTIPROC", raising=False)
+    def share(xs):
+        return sum(xs) / len(xs)
+
+    xs = [1, 0, 1, 1, 0] * 4
+    with lm_eval_bootstrap():
+        se = metrics.bootstrap_stderr(share, xs, 20)
+    assert se > 0 and "bootstrapping" not in capsys.readouterr().out
+    assert "DISABLE_MULTIPROC" not in os.environ
+    monkeypatch.setenv("DISABLE_MULTIPROC", "")
+    with lm_eval_bootstrap():
+        metrics.bootstrap_stderr(share, xs, 20)
+    assert os.environ["DISABLE_MULTIPROC"] == ""
+
+
 def _clean_env(**over: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("HF_") and k not in ("TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "DO_NOT_TRACK",
@@ -158,50 +222,58 @@ def _clean_env(**over: str) -> dict[str, str]:
     return {**env, **over}
 
 
-def _python(code: str, env: dict[str, str]) -> dict:
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-# what a process sees: the variables, the libraries' cached flags, and whether a request is refused as offline
+# What a process sees for each environment, in one process (three interpreters cost ~15 s): the case's
+# variables are set, huggingface_hub's constants and datasets' config are imported anew under them (as in a
+# notebook that imported them first), then set_offline(): the variables, the libraries' cached flags, and
+# whether a request is refused as offline.
 _PROBE = """
-import json, os
+import importlib, json, os, sys
 import huggingface_hub, datasets
 from huggingface_hub import constants
 from huggingface_hub.errors import OfflineModeIsEnabled
 from autotune.evaluate.harness import set_offline
-set_offline()
-try:
-    huggingface_hub.utils.get_session().get("http://127.0.0.1:9/")
-    refused = None
-except OfflineModeIsEnabled:
-    refused = "offline"
-except Exception as e:
-    refused = type(e).__name__
 names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM")
-print(json.dumps({"env": {k: os.environ.get(k) for k in names}, "hub": constants.HF_HUB_OFFLINE,
-                  "datasets": datasets.config.HF_HUB_OFFLINE, "request": refused}))
+seen = []
+for case in json.loads(sys.argv[1]):
+    for k in names:
+        os.environ.pop(k, None)
+    os.environ.update(case)
+    importlib.reload(constants)
+    importlib.reload(datasets.config)
+    assert constants.HF_HUB_OFFLINE == (case.get("HF_HUB_OFFLINE") == "1")  # as imported under the case
+    set_offline()
+    try:
+        huggingface_hub.utils.get_session().get("http://127.0.0.1:9/")
+        refused = None
+    except OfflineModeIsEnabled:
+        refused = "offline"
+    except Exception as e:
+        refused = type(e).__name__
+    seen.append({"env": {k: os.environ.get(k) for k in names}, "hub": constants.HF_HUB_OFFLINE,
+                 "datasets": datasets.config.HF_HUB_OFFLINE, "request": refused})
+print(json.dumps(seen))
 """
 
 
-def test_offline_switches_reach_libraries_imported_first():
-    """A notebook imported huggingface_hub and datasets before autotune: evaluation is offline all the same."""
-    seen = _python(_PROBE, _clean_env())
-    assert seen["env"] == {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                           "TOKENIZERS_PARALLELISM": "false"}
-    assert seen["hub"] is True and seen["datasets"] is True and seen["request"] == "offline"
-
-
-def test_offline_switches_keep_the_users_settings():
-    """HF_HUB_OFFLINE=0 stays 0 (and means online for datasets and transformers too); the user's tokenizer
-    parallelism stays; a request goes out (to a closed local port: refused by the network, not by the switch)."""
-    seen = _python(_PROBE, _clean_env(HF_HUB_OFFLINE="0", TOKENIZERS_PARALLELISM="true"))
-    assert seen["env"] == {"HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0",
+def test_offline_switches_reach_libraries_imported_first_and_keep_the_users_settings():
+    """No settings: a notebook imported huggingface_hub and datasets before autotune, and evaluation is offline
+    all the same. HF_HUB_OFFLINE=0 stays 0 (and means online for datasets and transformers too); the user's
+    tokenizer parallelism stays; a request goes out (to a closed local port: refused by the network, not by
+    the switch). An explicit HF_DATASETS_OFFLINE=1 beside it stays too."""
+    cases = [{}, {"HF_HUB_OFFLINE": "0", "TOKENIZERS_PARALLELISM": "true"},
+             {"HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "1"}]
+    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(cases)], capture_output=True, text=True,
+                          env=_clean_env(), timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first, user, datasets_off = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert first["env"] == {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                            "TOKENIZERS_PARALLELISM": "false"}
+    assert first["hub"] is True and first["datasets"] is True and first["request"] == "offline"
+    assert user["env"] == {"HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0",
                            "TOKENIZERS_PARALLELISM": "true"}
-    assert seen["hub"] is False and seen["datasets"] is False and seen["request"] not in (None, "offline")
-    seen = _python(_PROBE, _clean_env(HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="1"))
-    assert seen["env"]["HF_DATASETS_OFFLINE"] == "1" and seen["datasets"] is True and seen["hub"] is False
+    assert user["hub"] is False and user["datasets"] is False and user["request"] not in (None, "offline")
+    assert datasets_off["env"]["HF_DATASETS_OFFLINE"] == "1" and datasets_off["datasets"] is True
+    assert datasets_off["hub"] is False
 
 
 @pytest.mark.slow
@@ -221,5 +293,5 @@ def test_eval_from_outside_git_is_quiet_and_writes_lm_eval_files(tmp_path):
     doc, samples = _read_latest(tmp_path / "out" / "lm_eval")
     assert (tmp_path / "out" / meta["lm_eval_results"]).is_file()
     assert set(doc["results"]) == set(samples) == {"demo_math_mc", "demo_math_gen", "demo_prose_next_word"}
-    assert doc["git_hash"] is None
+    assert doc["git_hash"] is None and doc["config"]["bootstrap_iters"] == 100000  # eval: lm-eval's CLI default
     assert isinstance(doc["results"]["demo_math_gen"]["exact_match_stderr,first-number"], float)  # a filter's key

@@ -12,14 +12,16 @@
 3. Held-out bits-per-byte runs on the HF model; the remaining tasks run through the suite's backend
    (``backends``), opened once: one model load / one server for all tasks. lm-eval's ``simple_evaluate``
    runs once per group of tasks with the same ``limit`` (lm-eval's limit is global), with lm-eval's own
-   seeds (its CLI's defaults), ``log_samples`` on and its CLI's ``bootstrap_iters``: standard errors are
-   lm-eval's (closed form for mean metrics, its bootstrap, drawn exactly but vectorised, for perplexity and
-   the like: ``lm_eval_format``). Continuous metrics and chance levels come from the per-sample
+   seeds (its CLI's defaults), ``log_samples`` on and ``EvalOptions.bootstrap_iters`` (its CLI's 100000;
+   a study's trials 1000): standard errors are lm-eval's (closed form for mean metrics, its bootstrap, drawn
+   exactly but vectorised, for perplexity and the like, no process pool: ``lm_eval_format``). A cached run
+   keeps the standard errors of the run that computed it, and its recorded ``bootstrap_iters``. Continuous metrics and chance levels come from the per-sample
    log-likelihoods (``continuous``).
 4. Per-sample logs go to ``out_dir/samples/<task>.jsonl`` (bits-per-byte: one line per scored window in
-   ``samples/bpb/<domain>.jsonl``, which the gate's paired bootstrap resamples), lm-eval's own results and
-   samples files to ``out_dir/lm_eval/<model>/`` (``lm_eval_format``; the same from the cache); the record
-   of what was run to ``meta``.
+   ``samples/bpb/<domain>.jsonl``, which the gate's paired bootstrap resamples), lm-eval's own results file
+   (and, with ``EvalOptions.lm_eval_samples``, its samples files) to ``out_dir/lm_eval/<model>/``
+   (``lm_eval_format``; the same from the cache; a rerun replaces the earlier ones); the record of what was
+   run to ``meta``.
 
 Everything stays offline (``set_offline``) unless the user set the switches.
 """
@@ -47,6 +49,7 @@ from autotune.evaluate.backends import (
 )
 from autotune.evaluate.cache import Cache, NullCache, ResultCache, cache_key
 from autotune.evaluate.continuous import chance_corrected, derived_metrics, sample_stderr
+from autotune.evaluate.lm_eval_format import BOOTSTRAP_ITERS
 from autotune.evaluate.metrics import CONTINUOUS_METRICS
 from autotune.evaluate.suite import require_code_permission
 from autotune.evaluate.taskdata import data_files
@@ -118,6 +121,10 @@ class EvalOptions:
     cache_dir: Path | None = None  # default: $AUTOTUNE_HOME/eval-cache
     allow_code_execution: bool = False  # anything that runs code beyond lm-eval's own: suite.code_uses
     model_hash: str | None = None  # the target's hash when the caller knows it (skips hashing)
+    # lm-eval's bootstrap draws for the stderr of a fresh run (HOW: never in a cache key; a cached run keeps
+    # its own): its CLI's default for eval and gate, STUDY_BOOTSTRAP_ITERS for a study's trials
+    bootstrap_iters: int = BOOTSTRAP_ITERS
+    lm_eval_samples: bool = True  # lm-eval's samples_<task>_<date>.jsonl too (trial folders: samples/ only)
 
 
 class _NullProgress:
@@ -189,7 +196,7 @@ def run_suite(target: ModelRef, suite: Suite, *, heldout: dict[str, HeldoutToken
         _run_bpb(target, suite, todo_bpb, cache, progress)
     if todo:
         _run_tasks(target, suite, backend, todo, cache, out_dir, options, progress)
-    return _assemble(suite, runs, bpb, cache, out_dir, model=_model_name(target), meta={
+    return _assemble(suite, runs, bpb, cache, out_dir, model=_model_name(target), lm_eval_samples=options.lm_eval_samples, meta={
         "backend": backend.name, "backend_fingerprint": fp, "model_hash": model_hash, "lm_eval_version": version,
         "batch_size": suite.batch_size, "seeds": suite.seed.model_dump(), "suite": suite.name,
         "suite_digest": suite.digest(), "seconds": None, "t0": t0})
@@ -300,7 +307,7 @@ def _run_tasks(target: ModelRef, suite: Suite, backend, todo: list[_TaskRun], ca
                options: EvalOptions, progress) -> None:
     import lm_eval
 
-    from autotune.evaluate.lm_eval_format import BOOTSTRAP_ITERS, lm_eval_bootstrap
+    from autotune.evaluate.lm_eval_format import lm_eval_bootstrap, short_env_info
 
     if options.allow_code_execution:
         os.environ["HF_ALLOW_CODE_EVAL"] = "1"
@@ -311,14 +318,14 @@ def _run_tasks(target: ModelRef, suite: Suite, backend, todo: list[_TaskRun], ca
     if backend.name != "hf" and isinstance(target, InMemoryModel):
         target.model.to("cpu")  # the accelerator's memory goes to vLLM, which loads the saved copy
         free_accelerator_memory()
-    with backend.open(target, log_dir=out_dir) as lm, _quiet_git_hash():
+    with backend.open(target, log_dir=out_dir) as lm, _quiet_git_hash(), short_env_info():
         for call in calls:
             tm, objs = _build_tasks(call, specs, suite)
             t = time.perf_counter()
             with lm_eval_bootstrap():
                 out = lm_eval.simple_evaluate(
                     model=lm, tasks=objs, task_manager=tm, limit=call[0].entry.limit, log_samples=True,
-                    bootstrap_iters=BOOTSTRAP_ITERS,
+                    bootstrap_iters=options.bootstrap_iters,
                     random_seed=s.python, numpy_random_seed=s.numpy, torch_random_seed=s.torch,
                     fewshot_random_seed=s.fewshot, confirm_run_unsafe_code=options.allow_code_execution)
             seconds = time.perf_counter() - t
@@ -456,7 +463,7 @@ def entry_value(entry: TaskEntry, record: dict[str, Any], *, file: str | None, w
 
 
 def _assemble(suite: Suite, runs: list[_TaskRun], bpb: list[dict], cache: Cache, out_dir: Path | None,
-              meta: dict[str, Any], model: str = "in-memory") -> SuiteResult:
+              meta: dict[str, Any], model: str = "in-memory", lm_eval_samples: bool = True) -> SuiteResult:
     metrics: dict[str, float] = {}
     stderr: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
@@ -477,6 +484,7 @@ def _assemble(suite: Suite, runs: list[_TaskRun], bpb: list[dict], cache: Cache,
                             "limit": r.entry.limit, "n_samples": rec.get("n_samples"), "version": rec.get("version"),
                             "data": r.entry.data.model_dump(mode="json") if r.entry.data else None,
                             "task_file": rec.get("task_file"), "seconds": rec.get("seconds"),
+                            "bootstrap_iters": (rec.get("lm_eval_run") or {}).get("config", {}).get("bootstrap_iters"),
                             "samples": f"samples/{fname}.jsonl" if fname else None}
     for entry in suite.entries:
         where = suite.where(entry)
@@ -518,7 +526,7 @@ def _assemble(suite: Suite, runs: list[_TaskRun], bpb: list[dict], cache: Cache,
         written = write_results(
             out_dir / SUBFOLDER, model, meta["backend"],
             [{"name": samples_written[r.key], "record": r.record, "samples": out_dir / "samples" / f"{samples_written[r.key]}.jsonl"}
-             for r in runs],
+             for r in runs], samples_files=lm_eval_samples,
             extra={"suite": meta["suite"], "suite_digest": meta["suite_digest"], "model_hash": meta["model_hash"]})
         meta["lm_eval_results"] = str(written.relative_to(out_dir)) if written else None
     return SuiteResult(metrics=metrics, stderr=stderr, rows=rows, meta=meta)

@@ -1,47 +1,57 @@
 """lm-eval's own output beside autotune's: its results layout, and standard errors by its definition.
 
 An evaluation with an output folder (``autotune eval -o OUT``, every trial's evaluation in its trial folder)
-also writes ``OUT/lm_eval/<model>/results_<date>.json`` and ``samples_<task>_<date>.jsonl``: what
+also writes ``OUT/lm_eval/<model>/results_<date>.json`` and (``eval -o``, not trial folders, whose
+``samples/<task>.jsonl`` hold the same rows) ``samples_<task>_<date>.jsonl``: what
 ``lm_eval --output_path OUT/lm_eval --log_samples`` writes, by lm-eval's own writers (``EvaluationTracker``:
 ``save_results_aggregated``, ``save_results_samples``), so lm-eval's readers (``lm_eval.utils``'s
 ``get_results_filenames``, ``get_latest_filename``, ...) and the tools built on its output read it.
-``<model>`` is the checkpoint path as given, sanitised as lm-eval does (``pretrained=PATH``).
+``<model>`` is the checkpoint path as given, sanitised as lm-eval does (``pretrained=PATH``). A rerun into
+the same folder replaces that model's earlier dated files (they would otherwise pile up, one set a run).
 
 Cached and fresh evaluations write the same files (up to the date in the names and the tracker's clock):
 a task run's cache record keeps lm-eval's sections for its task and the group's subtasks (``lm_eval``:
 ``results`` with the stderr keys, ``configs``, ``versions``, ``n-shot``, ``higher_is_better``, ``n-samples``,
-``groups``, ``group_subtasks``) and what its ``simple_evaluate`` call recorded (``lm_eval_run``: ``config``,
-``date``, ``git_hash``, environment and tokenizer info); the samples are the cached per-sample log. The
-files are assembled from those records only, whether the run was fresh or not.
+``groups``, ``group_subtasks``) and what its ``simple_evaluate`` call recorded (``lm_eval_run``: ``config``
+with the ``bootstrap_iters`` that computed the stderr, ``date``, ``git_hash``, versions and tokenizer info;
+``pretty_env_info`` is one short line, ``short_env_info``, not torch's 4 KB ``collect_env`` report, which
+also cost ~4 s a call); the samples are the cached per-sample log. The files are assembled from those
+records only, whether the run was fresh or not.
 
-Standard errors (``<metric>_stderr,<filter>``) are lm-eval's with its CLI's default ``bootstrap_iters``
-(100000; with 0 lm-eval writes "N/A" for all): ``mean_stderr`` (closed form) for mean metrics, costing
+Standard errors (``<metric>_stderr,<filter>``) are lm-eval's at ``EvalOptions.bootstrap_iters``: its CLI's
+default 100000 for ``autotune eval`` and ``gate``, ``STUDY_BOOTSTRAP_ITERS`` for a study's trials (with 0
+lm-eval writes "N/A" for all): ``mean_stderr`` (closed form) for mean metrics, costing
 nothing; a bootstrap over documents for the aggregations lm-eval bootstraps (perplexity, median, F1, MCC,
 BLEU/chrF/TER at 100 draws, nanmean); "N/A" for the rest (e.g. word/byte perplexity of rolling
-log-likelihood tasks). lm-eval's bootstrap runs 100000 replicates in pure Python in a process pool
+log-likelihood tasks). lm-eval's bootstrap runs its replicates in pure Python in a process pool
 (``lm_eval.api.metrics.bootstrap_stderr``); for ``perplexity`` and ``median`` of finite values
 ``exact_bootstrap`` draws the very same replicates vectorised (numpy's legacy Mersenne Twister seeded
 with the list ``[i]`` is Python's ``random.Random(i)``: same uniforms, same ``floor(u * n)`` indices), in
-this process, for the duration of the call.
+this process, for the duration of the call; the others run lm-eval's own function with its
+``DISABLE_MULTIPROC`` set: one process (no pool in a worker that may hold the accelerator), its print to
+the debug log.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 log = logging.getLogger(__name__)
 
 # lm-eval's CLI default (``--bootstrap_iters``): the stderr keys mean what lm-eval's CLI output means
 BOOTSTRAP_ITERS = 100_000
+# a study's trial evaluations: the standard error of a bootstrap SD from B draws is about 1/sqrt(2B), ~2% at
+# 1000 (0.2% at 100000), and lm-eval's fallback bootstrap (F1, MCC, ...) costs 100x less
+STUDY_BOOTSTRAP_ITERS = 1000
 SUBFOLDER = "lm_eval"  # OUT/lm_eval is what one would pass to lm-eval's --output_path
 # per-task sections of lm-eval's results (``lm_eval.result_schema.EvalResults``), keyed by task or group name
 TASK_SECTIONS = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better",
@@ -54,6 +64,7 @@ MODEL_SOURCE = {"hf": "hf", "vllm": "vllm", "vllm-server": "local-completions"}
 
 # ----------------------------------------------------------------------------------------------- stderr
 def _vectorised(f) -> Any:
+    import numpy as np
     from lm_eval.api import metrics
 
     return {metrics.perplexity: lambda x: np.exp(-x.mean(axis=1)),
@@ -65,6 +76,8 @@ def exact_bootstrap(f, xs, iters: int, original=None) -> float:
     ``iters // chunk * chunk`` resamples (chunks of ``min(1000, iters)``, chunk ``i`` drawn by
     ``random.Random(i).choices``). The same replicates, vectorised, for ``perplexity`` and ``median`` of
     finite numbers; any other statistic goes to lm-eval's own function (``original``)."""
+    import numpy as np
+
     vec = _vectorised(f)
     x = None
     if vec is not None:
@@ -75,7 +88,11 @@ def exact_bootstrap(f, xs, iters: int, original=None) -> float:
     if x is None or x.ndim != 1 or len(x) < 2 or not np.isfinite(x).all():
         if original is None:
             from lm_eval.api.metrics import bootstrap_stderr as original
-        return original(f, xs, iters)
+        with contextlib.redirect_stdout(io.StringIO()) as said:  # its "bootstrapping for stddev: f1_score"
+            se = original(f, xs, iters)
+        if said.getvalue().strip():
+            log.debug("lm-eval: %s", said.getvalue().strip())
+        return se
     n = len(x)
     chunk = min(1000, iters)
     rows = max(1, 2_000_000 // n)  # memory: at most ~2M draws (16 MB) at once
@@ -92,19 +109,49 @@ def exact_bootstrap(f, xs, iters: int, original=None) -> float:
 
 @contextlib.contextmanager
 def lm_eval_bootstrap() -> Iterator[None]:
-    """For one ``simple_evaluate`` call: lm-eval's bootstrap through ``exact_bootstrap`` (same values, no
-    process pool, no print); lm-eval's own function is back afterwards."""
+    """For one ``simple_evaluate`` call: lm-eval's bootstrap through ``exact_bootstrap`` (same values), and
+    lm-eval's ``DISABLE_MULTIPROC`` set, so the statistics it leaves to lm-eval's own function run in this
+    process too (no ``mp.Pool(cpu_count())``, no "bootstrapping for stddev" print); both as before afterwards."""
     from lm_eval.api import metrics
 
+    before = os.environ.get("DISABLE_MULTIPROC")
+    os.environ["DISABLE_MULTIPROC"] = "1"
     original = getattr(metrics, "bootstrap_stderr", None)
-    if original is None:  # another lm-eval: leave it as it is
-        yield
-        return
-    metrics.bootstrap_stderr = lambda f, xs, iters: exact_bootstrap(f, xs, iters, original)
+    if original is not None:  # another lm-eval: leave its function as it is
+        metrics.bootstrap_stderr = lambda f, xs, iters: exact_bootstrap(f, xs, iters, original)
     try:
         yield
     finally:
-        metrics.bootstrap_stderr = original
+        if original is not None:
+            metrics.bootstrap_stderr = original
+        if before is None:
+            os.environ.pop("DISABLE_MULTIPROC", None)
+        else:
+            os.environ["DISABLE_MULTIPROC"] = before
+
+
+@contextlib.contextmanager
+def short_env_info() -> Iterator[None]:
+    """For one ``simple_evaluate`` call: the ``pretty_env_info`` lm-eval records (``add_env_info``: torch's
+    ``collect_env`` report, ~4 KB, ~4 s of subprocesses per call) becomes one line (torch, Python, platform);
+    lm-eval's versions and git hashes as it records them. Restored afterwards."""
+    import platform
+
+    try:
+        from torch.utils import collect_env
+    except ImportError:  # lm-eval then records "N/A (torch not installed)" itself
+        yield
+        return
+    import torch
+
+    original = getattr(collect_env, "get_pretty_env_info", None)
+    line = f"PyTorch version: {torch.__version__}; Python {platform.python_version()}; {platform.platform()}"
+    collect_env.get_pretty_env_info = lambda: line
+    try:
+        yield
+    finally:
+        if original is not None:
+            collect_env.get_pretty_env_info = original
 
 
 # ----------------------------------------------------------------------------------------------- records
@@ -149,9 +196,11 @@ def _json_safe(obj: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------- files
-def write_results(folder: Path, model: str, backend: str, runs: list[dict[str, Any]], extra: dict[str, Any]) -> Path | None:
-    """Write lm-eval's results file and samples files for ``runs`` under ``folder`` (lm-eval's output path)
-    with lm-eval's ``EvaluationTracker``; returns the results file (None: lm-eval could not write it, logged).
+def write_results(folder: Path, model: str, backend: str, runs: list[dict[str, Any]], extra: dict[str, Any],
+                  samples_files: bool = True) -> Path | None:
+    """Write lm-eval's results file and (``samples_files``) samples files for ``runs`` under ``folder``
+    (lm-eval's output path) with lm-eval's ``EvaluationTracker``, and remove that model's earlier ones;
+    returns the results file (None: lm-eval could not write it, logged; the earlier files stay).
 
     Each run: ``{"name": key in the files, "record": cache record, "samples": path of its samples jsonl or
     None}``; ``model`` names the model as lm-eval's ``pretrained=`` does; ``extra`` goes in an ``autotune``
@@ -163,6 +212,7 @@ def write_results(folder: Path, model: str, backend: str, runs: list[dict[str, A
     seconds = 0.0
     info: dict[str, Any] | None = None
     limits = set()
+    iters: dict[str, Any] = {}
     for run in runs:
         rec = run["record"]
         task = rec["task"]
@@ -177,6 +227,7 @@ def write_results(folder: Path, model: str, backend: str, runs: list[dict[str, A
         seconds += rec.get("seconds") or 0.0
         info = info or rec["lm_eval_run"]
         limits.add(json.dumps(rec["lm_eval_run"].get("config", {}).get("limit")))
+        iters[run["name"]] = rec["lm_eval_run"].get("config", {}).get("bootstrap_iters")
     doc = {k: v for k, v in doc.items() if v or k == "results"}
     info = copy.deepcopy(info or {})
     general = info.pop("general", {})
@@ -184,8 +235,10 @@ def write_results(folder: Path, model: str, backend: str, runs: list[dict[str, A
         info["config"]["model"] = model
         if len(limits) > 1:  # lm-eval's limit is per call: runs with different limits have none in common
             info["config"]["limit"] = None
+        # the draws behind each task's stderr (a cached run keeps its own): lm-eval's one value when common
+        info["config"]["bootstrap_iters"] = next(iter(iters.values())) if len(set(iters.values())) == 1 else None
     doc.update(info)
-    doc["autotune"] = extra
+    doc["autotune"] = {**extra, "bootstrap_iters": iters}
 
     tracker = EvaluationTracker(output_path=str(folder))
     gct = tracker.general_config_tracker
@@ -200,6 +253,11 @@ def write_results(folder: Path, model: str, backend: str, runs: list[dict[str, A
     if date_id is None or not path.exists():  # lm-eval logs its own failure at INFO only
         log.warning("lm-eval could not write its results file under %s", folder)
         return None
-    for name, rows in samples.items():
-        tracker.save_results_samples(task_name=name, samples=rows)
+    if samples_files:
+        for name, rows in samples.items():
+            tracker.save_results_samples(task_name=name, samples=rows)
+    written = {path.name, *(f"samples_{name}_{date_id}.jsonl" for name in samples if samples_files)}
+    for old in [*path.parent.glob("results_*.json"), *path.parent.glob("samples_*.jsonl")]:
+        if old.name not in written:  # an earlier run's (lm-eval's names: results_<date>, samples_<task>_<date>)
+            old.unlink(missing_ok=True)
     return path

@@ -294,8 +294,11 @@ def evaluate_run(space: SearchSpace, job: Job, model, tokenizer, packed: dict, s
     if suite.backend != "hf" and not (saved / "config.json").exists():
         model.save_pretrained(saved, safe_serialization=True)  # vLLM loads the model from disk
         tokenizer.save_pretrained(saved)
+    from autotune.evaluate.lm_eval_format import STUDY_BOOTSTRAP_ITERS
+
     options = EvalOptions(allow_code_execution=job.allow_code_execution,
-                          model_hash=None if job.proposal else prepared.base_hash)
+                          model_hash=None if job.proposal else prepared.base_hash,
+                          bootstrap_iters=STUDY_BOOTSTRAP_ITERS, lm_eval_samples=False)  # samples/ has them
     with torch.no_grad():
         evaluated = run_suite(InMemoryModel(model, tokenizer, path=saved), suite, heldout=heldout, out_dir=out_dir,
                               options=options, progress=progress)
