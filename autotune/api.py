@@ -39,7 +39,8 @@ def trials_dataframe(study: Any, *, storage: str | None = None) -> pd.DataFrame:
     """
     from autotune.search.export import trial_frames
 
-    return trial_frames(_study(study, storage))["trials"]
+    study = _study(study, storage)
+    return trial_frames(study, study.controller(read_only=True))["trials"]  # a Study given to search too
 
 
 def _study(study: Any, storage: str | None) -> Study:

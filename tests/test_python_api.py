@@ -13,7 +13,7 @@ import pytest
 
 import autotune
 from autotune.testing import tiny_space, write_space
-from autotune.testing.studies import make_study, run_cli
+from autotune.testing.studies import make_study
 
 
 def test_import_autotune_is_light_and_its_exports_resolve():
@@ -69,13 +69,51 @@ def test_a_callers_optuna_verbosity_and_stdout_are_left_alone(tmp_path, monkeypa
         optuna.logging.set_verbosity(before)
 
 
-def test_the_cli_keeps_optunas_info_lines_quiet(tmp_path):
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_the_cli_keeps_optunas_info_lines_quiet(tmp_path, monkeypatch):
     """``autotune report`` builds in-memory Optuna studies for its figures: Optuna's "A new study created"
-    INFO lines, which a Python caller sees by Optuna's default, are not on the command's console."""
-    make_study(tmp_path / "runs" / "synthetic")
-    proc = run_cli("report", "runs/synthetic", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "A new study created" not in proc.stderr and "[I " not in proc.stderr, proc.stderr
+    INFO lines, which a Python caller sees by Optuna's default, do not pass Optuna's logger (in process: the
+    command's ``main`` is what the console script runs; the caller's verbosity is put back after)."""
+    import optuna
+    from typer.testing import CliRunner
+
+    from autotune.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    make_study(tmp_path / "runs" / "synthetic", trials=3, failed=0)  # the figures' in-memory studies need 2
+    seen, logger, before = _Records(), logging.getLogger("optuna"), optuna.logging.get_verbosity()
+    logger.addHandler(seen)
+    try:
+        optuna.logging.set_verbosity(optuna.logging.INFO)  # Optuna's default, what a Python caller sees
+        optuna.create_study()  # (the handler sees Optuna's INFO lines at this verbosity)
+        assert any("A new study created" in r.getMessage() for r in seen.records)
+        seen.records.clear()
+        result = CliRunner().invoke(app, ["report", "runs/synthetic"])
+    finally:
+        logger.removeHandler(seen)
+        optuna.logging.set_verbosity(before)
+    assert result.exit_code == 0, result.output
+    assert list((tmp_path / "reports").glob("*/index.html")), result.output
+    assert [r.getMessage() for r in seen.records if r.levelno < logging.WARNING] == []
+
+
+def test_trials_dataframe_of_a_study_object_creates_nothing(tmp_path, monkeypatch):
+    """A ``Study`` that never ran: its table is empty and no storage (study.db) is made by reading it."""
+    monkeypatch.chdir(tmp_path)
+    study = autotune.Study(autotune.load_space(write_space(tmp_path, tiny_space("unrun"))))
+    db = study.paths.root / "study.db"
+    assert not db.exists()
+    df = autotune.trials_dataframe(study)
+    assert len(df) == 0
+    assert not db.exists()
 
 
 def test_library_warnings_go_to_the_logger_and_the_cli_handler_shows_them(tmp_path, caplog):
@@ -99,13 +137,32 @@ def test_library_warnings_go_to_the_logger_and_the_cli_handler_shows_them(tmp_pa
 @pytest.mark.slow  # 1-6 min on 2 busy cores: a prepare job, the base's evaluation and two tiny proxy runs
 def test_the_first_trials_of_a_study_from_python(tmp_path, monkeypatch, capsys, caplog):
     """The issue's check: a study's first trials run from Python, its trials come back as a DataFrame with
-    the mixture shares and the scores; the library printed nothing to stdout, the logger had the progress.
+    the mixture shares and the scores; the library printed nothing to stdout, the logger had the progress;
+    its MLflow tracking left the caller's tracking URI, active run and MLFLOW_ALLOW_FILE_STORE as they were.
     (A worker's warnings still reach its worker.log: tests/test_faults_data.py, the damaged cache end to end.)"""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.INFO, logger="autotune")
-    path = write_space(tmp_path, tiny_space("api", trials=2))
-    study = autotune.Study(autotune.load_space(path))
-    study.search()
+    spec = tiny_space("api", trials=2)
+    ours = (tmp_path / "mlruns").as_uri()  # tracked in an MLflow file store: the caller's MLflow stays as it was
+    spec["search"]["tracking"] = {"kind": "mlflow", "uri": ours}
+    path = write_space(tmp_path, spec)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    mine = f"sqlite:///{tmp_path / 'notebook.db'}"
+    mlflow.set_tracking_uri(mine)
+    try:
+        study = autotune.Study(autotune.load_space(path))
+        study.search()
+        assert mlflow.get_tracking_uri() == mine and mlflow.active_run() is None
+        assert "MLFLOW_ALLOW_FILE_STORE" not in __import__("os").environ
+    finally:
+        mlflow.set_tracking_uri(None)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # reading our file store back
+    client = MlflowClient(ours)
+    runs = client.search_runs([client.get_experiment_by_name("api").experiment_id])
+    assert {r.info.run_name for r in runs} == {"api-study", "api-trial-0", "api-trial-1"}
     assert capsys.readouterr().out == ""
     messages = [r.getMessage() for r in caplog.records if r.name == "autotune.search.study"]
     assert any(m.startswith("trial 0 complete: target ") for m in messages), messages

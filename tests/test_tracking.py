@@ -102,10 +102,131 @@ def test_a_tracker_that_cannot_start_stops_the_study_before_any_work(tmp_path):
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("wandb") is not None, reason="wandb is installed here")
 def test_a_missing_tracker_package_is_named_with_its_install_command(tmp_path):
-    space = _space(tmp_path, {"kind": "wandb", "options": {"mode": "offline"}})
-    proc = run_cli("search", str(space), "--quiet", cwd=tmp_path)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "search.tracking.kind" in proc.stderr and "pip install wandb" in proc.stderr, proc.stderr
+    """The study's own run starts first in ``Study.search`` (before any work): a missing package is a
+    UserError naming the field, the kind and the install command (the CLI prints it, exit 2)."""
+    from autotune.config.run import Tracking
+    from autotune.errors import UserError
+    from autotune.search.tracking import StudyRun, resolve
+
+    spec = resolve(Tracking(kind="wandb", options={"mode": "offline"}), tmp_path, "s")
+    with pytest.raises(UserError) as e:
+        StudyRun(spec, "s", file="space.yaml").start()
+    said = str(e.value)
+    assert e.value.field == "search.tracking.kind" and e.value.value == "wandb", said
+    assert "pip install wandb" in said and "space.yaml" in said, said
+
+
+def test_a_finished_trial_is_read_alone_and_only_for_a_tracker(tmp_path):
+    """Per finished trial the study reads that one trial from the storage when it has a tracker, and nothing
+    without one (before: every trial of the study, copied, tracker or not)."""
+    import optuna
+
+    from autotune.config.run import Tracking
+    from autotune.search.tracking import StudyRun, resolve
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    calls: list[str] = []
+
+    class Reads:  # the real storage, its reads counted
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(study._storage, name)
+
+    trial = optuna.Trial(study, study.trials[1]._trial_id)
+    StudyRun(None, "s").log_trial_of(Reads(), trial)
+    assert calls == []
+    spec = resolve(Tracking(kind="tensorboard", dir=str(tmp_path / "tb")), tmp_path, "s")
+    StudyRun(spec, "s").log_trial_of(Reads(), trial)  # (not started: its run logs nothing)
+    assert calls == ["get_trial"]
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def log(self, values, step: int) -> None:
+        self.steps.append(step)
+
+
+def test_the_trainers_logged_steps_and_the_trackers_filter_agree(tmp_path):
+    """One rule for logged steps (``train.trainer.log_due``: the first, every n-th update done, the last),
+    for the train log (``log_every``) and the tracker (``search.tracking.every_steps``) alike: a tracker sees
+    the steps that both keep. One run with ``log_every`` 2 feeds two filters (every 2nd, every 3rd step);
+    the worker's own case (``log_every`` 1: every step reaches the filter) is the filter alone."""
+    import json
+
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from autotune.search.tracking import Every
+    from autotune.train.schedules import ScheduleParams
+    from autotune.train.trainer import TrainConfig, train
+
+    steps = 7
+    alone = _Recorder()
+    for step in range(1, steps + 1):
+        Every(alone, 3, steps).log({"train/loss": 1.0}, step)
+    assert alone.steps == [1, 3, 6, 7]
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32))
+    by2, by3 = _Recorder(), _Recorder()
+    filters = (Every(by2, 2, steps), Every(by3, 3, steps))
+
+    class Both:
+        def log(self, values, step: int) -> None:
+            for f in filters:
+                f.log(values, step)
+
+    cfg = TrainConfig(seq_len=8, seqs_per_step=2, steps=steps, seed=0, log_every=2,
+                      schedule=ScheduleParams(kind="constant", peak_lr=1e-3))
+    data = {"a": np.arange(2000, dtype=np.uint16) % 32, "b": np.arange(2000, dtype=np.uint16) % 7}
+    train(model, data, {"a": 0.5, "b": 0.5}, cfg, log_path=tmp_path / "log.jsonl", tracker=Both())
+    logged = [json.loads(x)["step"] + 1 for x in (tmp_path / "log.jsonl").read_text().splitlines()]  # (0-based)
+    assert logged == [1, 2, 4, 6, 7]
+    assert by2.steps == [1, 2, 4, 6, 7]  # (before: [7], the trainer's 1, 3, 5, 7 through a filter of 2, 4, 6)
+    assert by3.steps == [1, 6, 7]
+
+
+@pytest.mark.slow  # (MLflow imported: ~10 s on a loaded 2-core machine)
+def test_the_mlflow_tracker_leaves_a_callers_mlflow_as_it_was(tmp_path, monkeypatch):
+    """A notebook has its own tracking URI and active run, and no MLFLOW_ALLOW_FILE_STORE: a study run in a
+    file store (logged, finished) leaves all three as they were, and the caller's own metric lands in its run."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from autotune.config.run import Tracking
+    from autotune.search.tracking import StudyRun, resolve
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    mine = f"sqlite:///{tmp_path / 'mine.db'}"
+    mlflow.set_tracking_uri(mine)
+    try:
+        caller = mlflow.start_run(run_name="notebook")
+        ours = (tmp_path / "mlruns").as_uri()
+        run = StudyRun(resolve(Tracking(kind="mlflow", uri=ours, project="p"), tmp_path, "s"), "s", {"seed": 3}).start()
+        assert mlflow.get_tracking_uri() == mine and "MLFLOW_ALLOW_FILE_STORE" not in os.environ
+        assert mlflow.active_run().info.run_id == caller.info.run_id
+        run.run.log({"target": 0.5}, step=0)
+        mlflow.log_metric("own", 1.0)
+        run.finish()
+        assert mlflow.get_tracking_uri() == mine and "MLFLOW_ALLOW_FILE_STORE" not in os.environ
+        assert mlflow.active_run().info.run_id == caller.info.run_id
+        mlflow.end_run()
+        assert mlflow.active_run() is None
+        assert set(MlflowClient(mine).get_run(caller.info.run_id).data.metrics) == {"own"}
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # reading our file store back
+        client = MlflowClient(ours)
+        [study] = client.search_runs([client.get_experiment_by_name("p").experiment_id])
+        assert study.info.run_name == "s-study" and study.info.status == "FINISHED"
+        assert study.data.metrics == {"target": 0.5} and study.data.params == {"seed": "3"}
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
 
 
 # ----------------------------------------------------------------------------------------------- real studies

@@ -266,12 +266,15 @@ class Study:
         self.base: RunResult | None = None
         self.tracking = StudyRun(None, space.name)  # the study-level tracker run (search.tracking), from search()
 
-    def controller(self):
+    def controller(self, *, read_only: bool = False):
+        """The study's Optuna controller; ``read_only`` (or a read-only ``Study``): opens an existing study and
+        creates nothing (no storage, no study)."""
         from autotune.search.controller import Controller
 
         db = self.paths.root / "study.db"
         new = not db.exists()
-        ctl = Controller(self.space, self.paths.root, self.storage, create=not self.read_only, log=self.log)
+        ctl = Controller(self.space, self.paths.root, self.storage, create=not (self.read_only or read_only),
+                         log=self.log)
         if new and db.exists():
             follow_umask(db)  # SQLite makes it 0644 whatever the umask (its journals copy the file's mode)
         return ctl
@@ -429,7 +432,8 @@ class Study:
         launcher_env = getattr(self.launcher, "env", {})
         self.evaluate_base()
         self._recover(ctl)
-        self.tracking.log_trials(ctl.study.get_trials(deepcopy=False))  # those finished before this session
+        if self.tracking.on:  # those finished before this session
+            self.tracking.log_trials(ctl.study.get_trials(deepcopy=False))
         with folder_lock(self.paths.root / "prepare"):  # workers starting together enqueue the prior once
             ctl.enqueue_prior()
             self._retry_oom(ctl)
@@ -452,7 +456,7 @@ class Study:
                 except Pruned as p:
                     ctl.tell_pruned(asked.trial, p.reason, {"rungs": p.rungs})
                     self.log(f"trial {asked.number} pruned: {p.reason}")
-                    self.tracking.log_trial(ctl.study.trials[asked.number])
+                    self.tracking.log_trial_of(ctl.storage, asked.trial)
                     overall.update({"advance": 1})
                     continue
                 except KeyboardInterrupt as e:
@@ -466,7 +470,7 @@ class Study:
                         self._leave_to_rerun(ctl, asked, f"out of disk space ({disk_full_reason(e)}); rerun to resume")
                     raise
                 self._tell(ctl, asked.trial, folder, result)
-                self.tracking.log_trial(ctl.study.trials[asked.number])
+                self.tracking.log_trial_of(ctl.storage, asked.trial)
                 overall.update({"advance": 1})
                 ctl.fail_lost_trials()
             # other workers may still be running the last trials: tables cover what is finished now

@@ -21,13 +21,19 @@ cannot be written, a server that does not answer) stops the study before any wor
 the study's run already started, so the tracker works), a tracker that fails later warns once, in the
 worker's log and on the controller's console, and goes quiet: a proxy run is never lost to its logging.
 
-MLflow: the file store (``file:`` URIs) is in maintenance mode in MLflow 3 and refused unless
-``MLFLOW_ALLOW_FILE_STORE`` is set; a ``file:`` URI in ``search.tracking.uri`` sets it to ``true`` in
-autotune's processes (only when it is unset). The default store is ``sqlite:///<study folder>/mlflow.db``.
+MLflow: logged through ``MlflowClient`` on the run's id (``_MlflowRun``), not accelerate's ``MLflowTracker``,
+which sets MLflow's process-wide tracking URI and keeps its run as the active run: a Python caller's own
+MLflow URI, active run and ``mlflow.log_*`` calls stay as they were (a caller's active run in the same store
+becomes our run's parent). The file store (``file:`` URIs) is in maintenance mode in MLflow 3 and refused
+unless ``MLFLOW_ALLOW_FILE_STORE`` is set: with a ``file:`` URI it is ``true`` during each call of ours when it
+is unset, and unset again after. The default store is ``sqlite:///<study folder>/mlflow.db``. The other kinds
+go through accelerate's trackers, which need accelerate's ``PartialState`` (made once, process-wide; wandb and
+trackio keep their own current run too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import math
@@ -104,19 +110,16 @@ def _start(spec: Tracking, run_name: str, config: Mapping[str, Any], tags: Mappi
         extra = " (or pip install 'autotune[tracking]')" if spec.kind in ("mlflow", "tensorboard") else ""
         raise TrackerUnavailable(f"needs the {package} package: pip install {package}{extra}")
     try:
+        if spec.kind == "mlflow":  # (no accelerate: see the module docstring)
+            tracker = _MlflowRun(spec.uri, spec.project, run_name, tags)
+            tracker.start()
+            tracker.store_init_configuration(_config(config))
+            return tracker
         from accelerate import tracking
         from accelerate.state import PartialState
 
         PartialState()  # accelerate's trackers log through its logger, which needs its state (one process here)
-        if spec.kind == "mlflow":
-            import mlflow
-
-            if spec.uri.startswith("file:"):  # the user asked for the file store: MLflow 3 refuses it otherwise
-                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            mlflow.set_tracking_uri(spec.uri)
-            tracker = tracking.MLflowTracker(experiment_name=spec.project, run_name=run_name, tags=dict(tags),
-                                             nested_run=mlflow.active_run() is not None)  # inside a caller's run
-        elif spec.kind == "tensorboard":
+        if spec.kind == "tensorboard":
             Path(spec.dir).mkdir(parents=True, exist_ok=True)
             tracker = tracking.TensorBoardTracker(run_name, spec.dir, **spec.options)
         elif spec.kind == "wandb":  # (the user's options win)
@@ -132,6 +135,80 @@ def _start(spec: Tracking, run_name: str, config: Mapping[str, Any], tags: Mappi
         raise
     except Exception as e:  # noqa: BLE001  (whatever the library raises: a login, a folder, a server)
         raise TrackerUnavailable(_first_line(e)) from e
+
+
+class _MlflowRun:
+    """One MLflow run through ``MlflowClient`` on its run id, with the methods of accelerate's trackers that
+    ``_start`` and ``_Run`` use; it sets nothing of MLflow's process-wide state (the module docstring)."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, tags: Mapping[str, str]) -> None:
+        self.uri, self.experiment, self.run_name, self.tags = uri, experiment, run_name, dict(tags)
+        self.client = self.run_id = None
+
+    @contextlib.contextmanager
+    def _store(self):
+        """MLflow 3 opens a file store only with ``MLFLOW_ALLOW_FILE_STORE``: set during the call when unset."""
+        if not self.uri.startswith("file:") or "MLFLOW_ALLOW_FILE_STORE" in os.environ:
+            yield
+            return
+        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+        try:
+            yield
+        finally:
+            os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
+
+    def start(self) -> None:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        with self._store():
+            self.client = MlflowClient(self.uri)
+            exp = self.client.get_experiment_by_name(self.experiment)
+            try:
+                exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment, tags=self.tags)
+            except MlflowException:  # another worker created it first
+                exp = self.client.get_experiment_by_name(self.experiment)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+            tags = dict(self.tags)
+            caller = mlflow.active_run()  # a caller's run in this store: ours is its child, as mlflow nests runs
+            if caller is not None and mlflow.get_tracking_uri() == self.uri:
+                tags[MLFLOW_PARENT_RUN_ID] = caller.info.run_id
+            try:
+                from mlflow.tracking.context.registry import resolve_tags
+
+                tags = resolve_tags(tags)  # source, user, git commit: what mlflow.start_run records
+            except Exception:  # noqa: BLE001  (context detection is optional)
+                pass
+            self.run_id = self.client.create_run(exp_id, tags=tags, run_name=self.run_name).info.run_id
+
+    def store_init_configuration(self, values: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+
+        params = [Param(k, str(v)) for k, v in values.items() if len(str(v)) <= MAX_PARAM_VAL_LENGTH]
+        with self._store():
+            for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
+                self.client.log_batch(self.run_id, params=params[i:i + MAX_PARAMS_TAGS_PER_BATCH])
+
+    def log(self, values: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+        from mlflow.utils.time import get_current_time_millis
+        from mlflow.utils.validation import MAX_METRICS_PER_BATCH
+
+        now = get_current_time_millis()
+        metrics = [Metric(k, float(v), now, int(step)) for k, v in values.items()]
+        with self._store():
+            for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+                self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
+
+    def finish(self, status: str = "ok") -> None:
+        state = "FINISHED" if status == "ok" else "KILLED" if status in ("killed", "interrupted", "pruned") else "FAILED"
+        with self._store():
+            self.client.set_terminated(self.run_id, state)
 
 
 def _config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,10 +260,8 @@ class _Run:
             return
         tracker, self.tracker = self.tracker, None
         try:
-            if self.spec.kind == "mlflow" and status != "ok":
-                import mlflow
-
-                mlflow.end_run(status="KILLED" if status in ("killed", "interrupted", "pruned") else "FAILED")
+            if isinstance(tracker, _MlflowRun):
+                tracker.finish(status)
             else:
                 tracker.finish()
         except Exception as e:  # noqa: BLE001
@@ -224,13 +299,16 @@ def trial_run(spec: Tracking | None, study: str, trial: int | None, config: Mapp
 
 
 class Every:
-    """``tracker``'s ``log`` for the training curves: only every ``n``-th step and the ``last`` one."""
+    """``tracker``'s ``log`` for the training curves: only the steps (updates done) that the trainer's own rule
+    keeps for every ``n``-th (``autotune.train.trainer.log_due``: the first, every ``n``-th, the ``last``)."""
 
     def __init__(self, tracker: Tracker, n: int, last: int) -> None:
-        self.tracker, self.n, self.last = tracker, n, last
+        from autotune.train.trainer import log_due  # (torch: a worker's, which trains)
+
+        self.tracker, self.n, self.last, self.due = tracker, n, last, log_due
 
     def log(self, values: Mapping[str, Any], step: int) -> None:
-        if step % self.n == 0 or step == self.last:
+        if self.due(step, self.n, self.last):
             self.tracker.log(values, step)
 
 
@@ -287,6 +365,16 @@ class StudyRun:
                               {f"objective/{i}": v for i, v in enumerate(objective)}),
                            **{f"metrics/{k}": v for k, v in record.metrics.items()}})
         self.run.log(values, step=record.number)
+
+    @property
+    def on(self) -> bool:
+        """Whether this study has a tracker (``search.tracking``): nothing is read for it otherwise."""
+        return self.spec is not None
+
+    def log_trial_of(self, storage, trial) -> None:
+        """``trial`` (an Optuna ``Trial``) once it finished, read alone from ``storage``; nothing without a tracker."""
+        if self.on:
+            self.log_trial(storage.get_trial(trial._trial_id))
 
     def log_trials(self, trials) -> None:
         for t in trials:

@@ -70,6 +70,13 @@ class StepLog(Protocol):
     def log(self, values: dict[str, float], step: int) -> None: ...
 
 
+def log_due(done: int, every: int, total: int) -> bool:
+    """Whether the values after optimizer update ``done`` (1-based: updates done, the step trackers are given)
+    are logged, for the train log (``log_every``) and a tracker (``search.tracking.every_steps``) alike: the
+    first, every ``every``-th and the last of ``total``."""
+    return done == 1 or done % every == 0 or done == total
+
+
 class NullProgress:
     def start(self, phase: str, total: int) -> None:
         pass
@@ -407,11 +414,12 @@ class _Run:
         summary.train_seconds += step_s
         if step == self.start:
             summary.first_step_s = step_s
-        if self.log and (step % cfg.log_every == 0 or step == cfg.steps - 1):
+        logged = log_due(step + 1, cfg.log_every, cfg.steps)
+        if self.log and logged:
             self.log.write(json.dumps({"step": step, "lr": lr, "loss": round(step_loss, 5),
                                        "loss_per_domain": {k: round(v, 5) for k, v in per_domain.items()},
                                        "tokens": summary.tokens}) + "\n")
-        if self.tracker is not None and (step % cfg.log_every == 0 or step == cfg.steps - 1):
+        if self.tracker is not None and logged:
             self.tracker.log({"train/loss": step_loss, "train/lr": lr, "train/tokens": summary.tokens,
                               "train/tokens_per_s": len(names) * cfg.seq_len / step_s if step_s > 0 else math.nan,
                               **{f"train/loss.{k}": v for k, v in per_domain.items()}}, step=step + 1)
