@@ -66,7 +66,7 @@ def test_mixture_honours_the_space_and_the_epoch_cap(recipe):
 @pytest.mark.slow
 def test_predictions_and_provenance(recipe):
     for key in ("target", "general"):
-        p = recipe["predicted"][key]
+        p = recipe["predicted"]["at_proxy_scale"][key]
         assert p["low"] <= p["value"] <= p["high"] and p["bootstrap_samples"] > 0 and p["model"]
     prov = recipe["provenance"]
     assert prov["trials_used"] == list(range(12)) and prov["trials_failed"] == [12]
@@ -76,7 +76,7 @@ def test_predictions_and_provenance(recipe):
     assert all(set(v) == {"spearman", "rmse"} for v in target_model["cv"].values())
     assert prov["optimizer"]["feasible"] and prov["optimizer"]["peak_lr_covariate"]
     # the known structure: target rises with math + code, general with general; the floor is -0.05
-    assert recipe["predicted"]["general"]["value"] >= -0.05 - 1e-9
+    assert recipe["predicted"]["at_proxy_scale"]["general"]["value"] >= -0.05 - 1e-9
 
 
 @pytest.mark.slow
@@ -142,7 +142,7 @@ def test_extrapolate_study_writes_recipe_yaml(tmp_path):
     assert path == study / "recipe.yaml"
     r = load_recipe(path)
     assert r.study == "synthetic" and r.domains["code"].epochs == pytest.approx(r.domains["code"].tokens / 5e8)
-    assert r.predicted["target"].low is None  # no bootstrap asked for
+    assert r.predicted.at_proxy_scale.target.low is None  # no bootstrap asked for
 
 
 @pytest.mark.slow

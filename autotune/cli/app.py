@@ -221,12 +221,22 @@ def _recipe_from_space(root: Path, space, ladder_shown: bool = False) -> None:
         _warning(f"recipe.yaml was not written: the recipe step failed ({type(e).__name__}: {e}); the trials are "
                  f"kept; retry with: autotune extrapolate {root}")
         return
-    _print_recipe_warnings(load_recipe(path).warnings, ladder_shown)
+    recipe = load_recipe(path)
+    _print_recipe_warnings(recipe.warnings, ladder_shown)
+    _print_predictions(recipe)
     console.print(f"recipe: {path}", highlight=False)
 
 
 def _warning(message: str) -> None:
     err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _print_predictions(recipe) -> None:
+    """The recipe's predicted scores, each line labelled with its scale (``extrapolate.prediction_lines``)."""
+    from autotune.extrapolate.recipe import prediction_lines
+
+    for line in prediction_lines(recipe):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _print_recipe_warnings(warnings: list[str], ladder_shown: bool = False) -> None:
@@ -347,6 +357,7 @@ def extrapolate(study: StudyArg,
 
         print_ladder(console, recipe.ladder.model_dump(mode="json"))
     _print_recipe_warnings(recipe.warnings, ladder_shown=recipe.ladder is not None)
+    _print_predictions(recipe)
     console.print(f"recipe: {path}", highlight=False)
 
 
@@ -374,6 +385,69 @@ def _extrapolate_section(study: Path):
         raise UserError("give the full run's token budget: --tokens N, or an `extrapolate:` section in the study's "
                         "space file", field="--tokens", value=str(source or study))
     return section
+
+
+@app.command()
+@cli_errors()
+def fit(ratios: Annotated[Path, typer.Argument(help="Shares per run: run_id, name, one column per domain (OLMix's "
+                                                   "ratios.csv, as autotune export writes it).", show_default=False)],
+        metrics: Annotated[Path, typer.Argument(help="Metrics per run: run_id, name, one column per metric (OLMix's "
+                                                    "metrics.csv).", show_default=False)],
+        space: Annotated[Path | None, typer.Option(help="A search-space YAML (or study folder): its bounds, floors, "
+                                                        "available tokens and objective.")] = None,
+        target: Annotated[list[str] | None, typer.Option(help="Metric column to optimise (repeatable: their mean; "
+                                                              "default: the space's, else the 'target' column).")] = None,
+        general: Annotated[list[str] | None, typer.Option(help="Metric column held at --general-floor (repeatable: their "
+                                                               "mean; default: the 'general' column).")] = None,
+        general_floor: Annotated[float | None, typer.Option(help="Floor of the general metric (a ceiling when lower is "
+                                                                 "better; default: the space's objective).")] = None,
+        direction: Annotated[Literal["max", "min"] | None, typer.Option(help="Maximise or minimise the target (default: "
+                                                                             "from the metric's name; losses: min).")] = None,
+        bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the intervals (0: none).")] = 100,
+        folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds.")] = 5,
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="The result, YAML (or JSON for a .json name; "
+                                                                     "default: fit.yaml beside RATIOS).")] = None) -> None:
+    """Fit autotune's surrogates to any swarm in OLMix's format and find the constrained optimum mixture.
+
+    Per metric: the mixture -> metric model chosen by K-fold cross-validation (as autotune extrapolate does), its CV
+    Spearman and R², and its prediction with a bootstrap interval at the optimum. Every prediction is at the swarm's
+    scale (a run like the swarm's own), never at a larger one. Rows are joined on run_id; rows with a NaN are dropped.
+
+    Exit codes: 0 written, 2 bad input (a missing file or column, shares not summing to 1, a non-number, too few runs).
+
+    Example: autotune fit runs/demo/export/ratios.csv runs/demo/export/metrics.csv --space search_spaces/demo.yaml
+    """
+    from autotune.extrapolate.fit import SCALE, cv_r2, fit_files, write_fit
+
+    result = fit_files(ratios, metrics, space_path=space, targets=target or (), generals=general or (),
+                       general_floor=general_floor, direction=direction, folds=folds, bootstrap=bootstrap)
+    path = write_fit(result, out or ratios.parent / "fit.yaml", command=redact(" ".join(sys.argv)))
+    _print_fit(result, SCALE, cv_r2)
+    _print_recipe_warnings(result.warnings)
+    console.print(f"fit: {path}", highlight=False)
+
+
+def _print_fit(result, scale: str, cv_r2) -> None:
+    from rich.table import Table
+
+    s, obj = result.swarm, result.objective
+    console.print(f"{len(s.run_ids)} runs over {len(s.domains)} domains ({s.dropped_nan} rows with a NaN dropped, "
+                  f"{s.unmatched} without a partner row); bounds from the {result.region.source}", highlight=False)
+    goal = f"{'maximise' if obj.target_higher else 'minimise'} {obj.target}"
+    if obj.constrained:
+        goal += f" with {obj.general} {'>=' if obj.general_higher else '<='} {obj.floor:g}"
+    console.print("optimum (" + goal + ("" if result.optimum.feasible else ", infeasible: least violation") + "): "
+                  + ", ".join(f"{d} {w:.4f}" for d, w in result.optimum.weights.items()), highlight=False)
+    table = Table(title=f"predicted {scale} at the optimum (CV: {result.selections[obj.target].folds} folds)")
+    for col in ("metric", "chosen model", "CV Spearman", "CV R²", f"predicted {scale}", "interval"):
+        table.add_column(col, justify="left" if col in ("metric", "chosen model") else "right")
+    for m, sel in result.selections.items():
+        p = result.predictions[m]
+        iv = (f"[{p['low']:.4g}, {p['high']:.4g}] ({100 * p['level']:.0f}%)"
+              if p.get("low") is not None and p.get("high") is not None else "-")
+        rho = sel.cv[sel.name].spearman
+        table.add_row(escape(m), escape(sel.name), f"{rho:.3f}", f"{cv_r2(sel, s.metrics[m]):.3f}", f"{p['value']:.4g}", iv)
+    console.print(table)
 
 
 @app.command()

@@ -5,6 +5,7 @@
 * ``schedule``: the Multi-Power Law of loss curves across LR schedules, and the schedule choice;
 * ``ladder``: scale transfer: power laws in tokens per mixture, rank agreement between ladder rungs;
 * ``study_data``: reading ``runs/<study>/``;
+* ``fit``: the same models and optimum on any swarm in OLMix's CSV tables (``autotune fit``);
 * ``recipe``: ``build_recipe`` / ``write_recipe`` / ``load_recipe`` / ``extrapolate_study`` and the
   ``Recipe`` model of ``recipe.yaml``.
 

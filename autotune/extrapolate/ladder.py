@@ -367,3 +367,12 @@ def higher_is_better(metric: str) -> bool:
     """Orientation of a metric key of a study: group scores and task scores up, bits-per-byte and perplexities down."""
 
     return key_higher_is_better(metric)
+
+
+def carry(tokens: Sequence[float], Y: np.ndarray, from_tokens: float, to_tokens: float) -> tuple[PowerLaw, np.ndarray]:
+    """The ladder's power law in tokens (``fit_power_law`` on the rungs ``tokens`` x mixtures ``Y``) and, per
+    mixture, its gain from ``from_tokens`` (the proxy's) to ``to_tokens`` (the full run's): ``L_m(to) -
+    L_m(from)``, NaN where a mixture's law could not be fitted. ``recipe`` adds these gains to the
+    proxy-scale prediction of a mixture no rung ran; their spread over the mixtures widens its interval."""
+    law = fit_power_law(tokens, Y)
+    return law, law.predict(to_tokens) - law.predict(from_tokens)

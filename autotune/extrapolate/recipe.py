@@ -9,7 +9,10 @@
 3. picks the peak LR (geometric mean over the best feasible trials), then maximises the predicted
    objective over the space's simplex (bounds, role floors, and caps that keep each domain under
    ``max_epochs`` of its available tokens where the space allows it) subject to the predicted general
-   score staying at the objective's floor (``optimize.maximize``); bootstraps the trials for intervals;
+   score staying at the objective's floor (``optimize.maximize``); bootstraps the trials for intervals,
+   checks them on the CV residuals (k of n held-out values inside) and widens them by split-conformal
+   calibration when they cover less than their level. These are predictions of proxy-scale scores
+   (``predicted.at_proxy_scale``, at ``proxy.tokens``): the models know no other scale;
 4. fits the Multi-Power Law to the trials' loss curves (``schedule.fit_multi_power_law``, one ``L0`` per
    trial since mixtures differ) and chooses the schedule kind, decay fraction and final LR ratio the law
    predicts best at the full run's step count (falls back to the best trial's schedule when it cannot);
@@ -17,7 +20,9 @@
    epochs and refuses above ``HARD_MAX_EPOCHS`` unless forced;
 6. when the study has a ladder (``autotune ladder``: the prior and best trials re-run at several proxy
    token budgets), fits a power law in tokens per mixture, checks that the rungs rank the mixtures alike
-   (``ladder.analyze``) and puts its warnings first.
+   (``ladder.analyze``) and puts its warnings first; the law carries the proxy-scale predictions to the full
+   run's tokens (``predicted.at_full_scale``, with the law's provenance). Without a ladder there is no
+   full-scale prediction, and ``predicted.full_scale_note`` says so.
 
 Each step is one function returning a small frozen part (``recipe_parts``); ``build_recipe`` assembles
 them into the ``Recipe`` (``recipe_model``, with ``load_recipe`` and ``write_recipe``; all re-exported
@@ -35,18 +40,26 @@ import numpy as np
 from autotune import __version__
 from autotune.config.space import FloatRange
 from autotune.errors import UserError
-from autotune.extrapolate.ladder import LadderSection, analyze, decision_metrics, higher_is_better
+from autotune.extrapolate.ladder import LadderSection, analyze, carry, decision_metrics, higher_is_better
 from autotune.extrapolate.mixture import Problem, make
 from autotune.extrapolate.optimize import bootstrap_interval, maximize
 from autotune.extrapolate.recipe_model import (
     RECIPE_VERSION,
+    Calibration,
     DomainPlan,
+    FullScale,
+    Predicted,
     Prediction,
     Provenance,
+    ProxyScale,
     Recipe,
+    ScaleLaw,
     ScheduleOption,
     SchedulePlan,
     load_recipe,
+    prediction_lines,
+    scale_label,
+    tokens_text,
     write_recipe,
 )
 from autotune.extrapolate.recipe_parts import (
@@ -60,11 +73,12 @@ from autotune.extrapolate.recipe_parts import (
 )
 from autotune.extrapolate.schedule import LossCurve, MultiPowerLaw, choose_schedule, fit_multi_power_law
 from autotune.extrapolate.selection import select_model
-from autotune.extrapolate.study_data import FinishedStudy, load_ladder, load_study, read_train_log
+from autotune.extrapolate.study_data import FinishedStudy, LadderData, load_ladder, load_study, read_train_log
 from autotune.search.simplex import SimplexMap
 
 __all__ = ["HARD_MAX_EPOCHS", "RECIPE_VERSION", "TOP_TRIALS", "WARN_EPOCHS", "DomainPlan", "Prediction", "Provenance",
-           "Recipe", "ScheduleOption", "SchedulePlan", "build_recipe", "extrapolate_study", "load_recipe", "write_recipe"]
+           "Recipe", "ScheduleOption", "SchedulePlan", "build_recipe", "extrapolate_study", "load_recipe",
+           "prediction_lines", "scale_label", "write_recipe"]
 
 # Epochs of repeated data: Muennighoff et al. 2023 ("Scaling Data-Constrained Language Models") find up
 # to ~4 epochs worth almost as much as fresh data, and returns that vanish around 16 (their fitted
@@ -254,8 +268,35 @@ def _optimise_mixture(study: FinishedStudy, smap: SimplexMap, models: Models, *,
                     trials[nearest].number, float(dist[nearest]), tuple(warnings))
 
 
+def _calibrate(value: float, low: float, high: float, level: float, y: np.ndarray,
+               oof: np.ndarray | None) -> Calibration | None:
+    """Coverage of the interval on the study's own held-out values, and split-conformal widening when short.
+
+    Each trial's out-of-fold prediction (the chosen model refitted without its fold) gets the interval's
+    offsets around it; a trial is covered when its measured score falls inside. Below ``level``, the
+    interval widens to ``value -+ q``, q the ceil((n + 1) level)-th smallest absolute CV residual (split
+    conformal, with the K-fold residuals as the calibration set; Vovk et al. 2005, Lei et al. 2018); it is
+    never narrowed. None without out-of-fold predictions."""
+    if oof is None:
+        return None
+    ok = np.isfinite(oof) & np.isfinite(y)
+    n = int(ok.sum())
+    if n == 0:
+        return None
+    res = y[ok] - oof[ok]
+    inside = int(np.sum((res >= low - value) & (res <= high - value)))
+    rank = math.ceil((n + 1) * level)
+    q = float(np.sort(np.abs(res))[rank - 1]) if rank <= n else None
+    calibrated = inside / n < level and q is not None
+    d_lo, d_hi = (min(low - value, -q), max(high - value, q)) if calibrated else (low - value, high - value)
+    return Calibration(held_out=n, inside=inside, coverage=inside / n, raw_low=low, raw_high=high,
+                       conformal_half_width=q, calibrated=calibrated,
+                       calibrated_inside=int(np.sum((res >= d_lo) & (res <= d_hi))))
+
+
 def _predict(models: Models, mixture: Mixture, *, bootstrap: int, seed: int) -> Predictions:
-    """3'. The models' predictions at the mixture; bootstrap intervals for 'target' and 'general'."""
+    """3'. The models' predictions at the mixture (proxy-scale scores): bootstrap intervals for 'target' and
+    'general', their coverage on the CV residuals, widened by split-conformal calibration when short."""
     at_star = _design(models, mixture.peak_lr, mixture.w_star)
     scores = {}
     for metric in ("target", "general"):
@@ -266,12 +307,17 @@ def _predict(models: Models, mixture: Mixture, *, bootstrap: int, seed: int) -> 
         def refit(idx, name=sel.name, problem=models.problems[metric], y=y):
             return make(name, problem).fit(models.X[idx], y[idx]).predict(at_star)[0]
 
-        if bootstrap > 0:
-            iv = bootstrap_interval(refit, len(models.X), value=value, samples=bootstrap, seed=seed)
-            scores[metric] = Prediction(value=value, low=_finite(iv.low), high=_finite(iv.high), level=iv.level,
-                                        bootstrap_samples=iv.samples, model=sel.name)
-        else:
-            scores[metric] = Prediction(value=value, model=sel.name)
+        iv = bootstrap_interval(refit, len(models.X), value=value, samples=bootstrap, seed=seed) if bootstrap > 0 else None
+        low, high = (_finite(iv.low), _finite(iv.high)) if iv is not None else (None, None)
+        if low is None or high is None:
+            scores[metric] = Prediction(value=value, low=low, high=high, bootstrap_samples=iv.samples if iv else 0,
+                                        model=sel.name, **({"level": iv.level} if iv else {}))
+            continue
+        cal = _calibrate(value, low, high, iv.level, y, sel.oof.get(sel.name))
+        if cal is not None and cal.calibrated:
+            low, high = min(low, value - cal.conformal_half_width), max(high, value + cal.conformal_half_width)
+        scores[metric] = Prediction(value=value, low=low, high=high, level=iv.level, bootstrap_samples=iv.samples,
+                                    model=sel.name, calibration=cal)
     metrics = {m: float(models.selections[m].model.predict(at_star)[0]) for m in models.shared_metrics
                if m in models.selections}
     return Predictions(scores, metrics)
@@ -374,15 +420,69 @@ def _plan_domains(study: FinishedStudy, weights: dict[str, float], inputs: Input
     return Domains(plans, tuple(warnings))
 
 
-def _ladder_section(study: FinishedStudy, run_tokens: int) -> LadderSection | None:
+def _ladder_section(study: FinishedStudy, data: LadderData | None, run_tokens: int) -> LadderSection | None:
     """6. The ladder's record when the study has one (``runs/<study>/ladder/ladder.json``), else None."""
-    data = load_ladder(study.root)
     if data is None:
         return None
     return LadderSection.model_validate(
         analyze(data.tokens, data.mixtures, data.values, {m: higher_is_better(m) for m in data.values},
                 decision=decision_metrics(study.space.objective), target_tokens=run_tokens,
                 min_kendall=data.min_kendall, noise_std=data.noise_std, search_rung=data.search_rung))
+
+
+NO_LADDER = ("the mixture -> metric models are fitted on proxy runs of one size and know no other scale; no fitted law "
+             "carries their scores to the full run's {tokens} tokens (autotune ladder re-runs mixtures at several "
+             "token budgets and fits a power law in tokens that does)")
+
+
+def _carried(p: Prediction, gains: np.ndarray, rmse: float | None) -> Prediction:
+    """The proxy-scale prediction plus the ladder mixtures' mean gain; the interval from the proxy interval
+    plus the smallest and the largest gain, each widened by the law's fit error."""
+    g = gains[np.isfinite(gains)]
+    err = rmse if rmse is not None and math.isfinite(rmse) else 0.0
+    low = p.low + float(g.min()) - err if p.low is not None else None
+    high = p.high + float(g.max()) + err if p.high is not None else None
+    return Prediction(value=p.value + float(g.mean()), low=low, high=high, level=p.level,
+                      bootstrap_samples=p.bootstrap_samples, model=f"{p.model} + ladder power law in tokens")
+
+
+def _full_scale(study: FinishedStudy, data: LadderData | None, scores: dict[str, Prediction],
+                run_tokens: int) -> tuple[FullScale | None, str]:
+    """6'. The proxy-scale scores carried to the full run's tokens by the ladder's power law in tokens, with the
+    law's provenance; (None, why) when no law carries them there."""
+    proxy_tokens = int(study.space.proxy.tokens)
+    if data is None:
+        return None, NO_LADDER.format(tokens=tokens_text(run_tokens))
+    out, laws, skipped = {}, {}, []
+    for key in ("target", "general"):
+        Y = data.values.get(key)
+        if Y is None or len(data.tokens) < 2:
+            skipped.append(f"{key}: the ladder has {'no ' + key + ' values' if Y is None else 'one rung'}")
+            continue
+        law, gains = carry(data.tokens, Y, proxy_tokens, run_tokens)
+        ok = np.isfinite(gains)
+        if not ok.any():
+            skipped.append(f"{key}: no ladder mixture has two measured rungs")
+            continue
+        labels = [str(m["label"]) for m in data.mixtures]
+        rmse = _finite(law.rmse)
+        out[key] = _carried(scores[key], gains, rmse)
+        laws[key] = ScaleLaw(
+            method=law.method, alpha=law.alpha, alpha_at_bound=law.alpha_at_bound, rmse=rmse, rungs=data.tokens,
+            mixtures=[lab for lab, k in zip(labels, ok, strict=True) if k], from_tokens=proxy_tokens,
+            to_tokens=run_tokens, gain={lab: float(g) for lab, g, k in zip(labels, gains, ok, strict=True) if k},
+            how=("value: the proxy-scale prediction plus the mean gain of the ladder mixtures' laws from from_tokens "
+                 "to to_tokens (the recipe's mixture is not one of them); interval: the proxy-scale interval plus "
+                 "the smallest and the largest gain, each widened by the law's fit rmse"))
+    if not out:
+        return None, "the ladder's power law in tokens could not be fitted (" + "; ".join(skipped) + ")"
+    factor = run_tokens / max(data.tokens)
+    note = (f"carried from the proxy's {tokens_text(proxy_tokens)} tokens by the ladder's power law in tokens, fitted "
+            f"on {len(data.tokens)} rungs up to {tokens_text(max(data.tokens))} tokens and extrapolated {factor:,.0f}x beyond the "
+            "largest; a power law this far past its points is a rough guide: read the interval, not the value")
+    if skipped:
+        note += "; not carried: " + "; ".join(skipped)
+    return FullScale(tokens=run_tokens, target=out.get("target"), general=out.get("general"), laws=laws), note
 
 
 def _provenance(study: FinishedStudy, models: Models, mixture: Mixture, region: SearchRegion) -> Provenance:
@@ -423,13 +523,18 @@ def build_recipe(study_dir: str | Path, *, tokens: float, available_tokens: dict
     predictions = _predict(models, mixture, bootstrap=bootstrap, seed=seed)
     schedule = _choose_schedule(study, mixture, inputs.total_steps)
     domains = _plan_domains(study, mixture.opt.weights, inputs, max_epochs=max_epochs, force=force)
-    ladder = _ladder_section(study, inputs.run_tokens)
+    ladder_data = load_ladder(study.root)
+    ladder = _ladder_section(study, ladder_data, inputs.run_tokens)
+    full, full_note = _full_scale(study, ladder_data, predictions.scores, inputs.run_tokens)
+    predicted = Predicted(at_proxy_scale=ProxyScale(tokens=int(study.space.proxy.tokens), **predictions.scores,
+                                                    metrics=predictions.metrics),
+                          at_full_scale=full, full_scale_note=full_note)
     # the ladder's warnings first: they question everything below
     warnings = [*(ladder.warnings if ladder else ()), *region.warnings, *mixture.warnings, *schedule.warnings,
                 *domains.warnings]
     recipe = Recipe(recipe_version=RECIPE_VERSION, study=study.name, tokens=inputs.run_tokens,
                     requested_tokens=float(tokens), batch_tokens=inputs.batch_tokens, domains=domains.plans,
-                    schedule=schedule.plan, predicted=predictions.scores, predicted_metrics=predictions.metrics,
+                    schedule=schedule.plan, predicted=predicted,
                     warnings=warnings, provenance=_provenance(study, models, mixture, region), ladder=ladder)
     return recipe.model_dump(mode="json")
 

@@ -9,6 +9,7 @@ total steps. ``autotune.extrapolate.recipe.build_recipe`` builds it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,11 @@ from autotune.config.load import read_yaml
 from autotune.errors import UserError
 from autotune.extrapolate.ladder import LadderSection
 
-RECIPE_VERSION = 1
+# 2: ``predicted`` says its scale (``at_proxy_scale`` / ``at_full_scale``), ``predicted_metrics`` moved into
+# ``predicted.at_proxy_scale.metrics``. Version 1 files still load (``_upgrade_v1``).
+RECIPE_VERSION = 2
+V1_NOTE = ("read from a recipe_version 1 file: its predictions are of proxy-scale scores (the proxy's tokens were "
+           "not recorded) and it has no full-scale prediction; run autotune extrapolate again to rebuild it")
 
 
 class DomainPlan(_Frozen):
@@ -71,15 +76,80 @@ class SchedulePlan(_Frozen):
         return self
 
 
+class Calibration(_Frozen):
+    """How the interval did on the study's own held-out values: each trial's out-of-fold prediction (K-fold
+    CV, ``selection.py``) with the raw interval's offsets around it, against the trial's measured score."""
+
+    held_out: int = Field(ge=0, description="trials with an out-of-fold prediction")
+    inside: int = Field(ge=0, description="held-out values inside the raw interval (placed around their prediction)")
+    coverage: float | None = Field(description="inside / held_out; compare with level")
+    raw_low: float
+    raw_high: float
+    conformal_half_width: float | None = Field(
+        description="split-conformal quantile of the absolute CV residuals at level (None: too few residuals)")
+    calibrated: bool = Field(description="coverage was below level: low/high widened to value -+ the conformal "
+                                         "half-width (never narrowed)")
+    calibrated_inside: int = Field(ge=0, description="held-out values inside the calibrated interval")
+
+
 class Prediction(_Frozen):
     """A predicted score relative to the base model (higher is better) with a bootstrap interval."""
 
     value: float
-    low: float | None = Field(None, description="lower end of the interval (None: not computed)")
+    low: float | None = Field(None, description="lower end of the interval (None: not computed); the calibrated "
+                                                "one when calibration.calibrated")
     high: float | None = None
     level: float = Field(0.9, description="interval coverage")
     bootstrap_samples: int = 0
     model: str = Field(description="the mixture -> metric model that predicted it")
+    calibration: Calibration | None = Field(None, description="coverage of the interval on the CV residuals "
+                                                              "(None: no interval, or a recipe_version 1 file)")
+
+
+class ProxyScale(_Frozen):
+    """Predictions of the proxy-scale scores: what a proxy run of ``tokens`` tokens on the recipe's mixture
+    would score (the mixture -> metric models are fitted on proxy runs; they know no other scale)."""
+
+    tokens: int | None = Field(description="tokens per proxy run (the space's proxy.tokens); None: not recorded "
+                                           "(a recipe_version 1 file)")
+    target: Prediction
+    general: Prediction
+    metrics: dict[str, float] = Field(default_factory=dict, description="every suite metric, raw units")
+
+
+class ScaleLaw(_Frozen):
+    """Provenance of a full-scale prediction: the ladder's power law in tokens that carried it there."""
+
+    source: Literal["ladder"] = "ladder"
+    law: str = Field("L_m(D) = E_m + A_m * (D / d0) ** -alpha", description="per ladder mixture m, in tokens D")
+    method: Literal["shared_alpha", "fixed_alpha"]
+    alpha: float
+    alpha_at_bound: bool
+    rmse: float | None = Field(description="the law's fit error on the rungs, in the score's units")
+    rungs: list[int] = Field(description="tokens per run of the ladder rungs the law was fitted on")
+    mixtures: list[str] = Field(description="the ladder mixtures whose laws carried the prediction")
+    from_tokens: int = Field(description="the proxy-scale prediction's tokens")
+    to_tokens: int = Field(description="the full run's tokens")
+    gain: dict[str, float] = Field(description="per ladder mixture: its law at to_tokens minus at from_tokens")
+    how: str = Field(description="how value and interval were formed")
+
+
+class FullScale(_Frozen):
+    """Predictions at the full run's tokens, carried from proxy scale by the ladder's power law in tokens."""
+
+    tokens: int
+    target: Prediction | None
+    general: Prediction | None
+    laws: dict[str, ScaleLaw] = Field(description="per score, the law that carried it")
+
+
+class Predicted(_Frozen):
+    """recipe.yaml's ``predicted``: every prediction with the scale it is at."""
+
+    at_proxy_scale: ProxyScale
+    at_full_scale: FullScale | None = Field(None, description="None: no fitted law carries the scores to the "
+                                                              "full run (see full_scale_note)")
+    full_scale_note: str = Field(description="why there is or is not a full-scale prediction, and its caveats")
 
 
 class Provenance(_Frozen):
@@ -105,12 +175,19 @@ class Recipe(_Frozen):
     batch_tokens: int = Field(ge=1)
     domains: dict[str, DomainPlan]
     schedule: SchedulePlan
-    predicted: dict[str, Prediction] = Field(description="'target' and 'general' at the recipe's mixture")
-    predicted_metrics: dict[str, float] = Field(default_factory=dict, description="every suite metric, raw units")
+    predicted: Predicted = Field(description="'target' and 'general' at the recipe's mixture, at proxy scale and "
+                                             "(when a ladder's law carries them) at full scale")
     warnings: list[str] = Field(default_factory=list)
     provenance: Provenance
     ladder: LadderSection | None = Field(None, description="scale transfer: the study's mixtures re-run at several "
                                          "proxy token budgets (autotune ladder); None: no ladder was run")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("recipe_version", 1) == 1 and "predicted" in data:
+            return _upgrade_v1(data)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
@@ -129,6 +206,114 @@ class Recipe(_Frozen):
             if d.available_tokens and not math.isclose(d.epochs, d.tokens / d.available_tokens, rel_tol=1e-6):
                 raise ValueError(f"domains.{name}: epochs {d.epochs} != tokens / available_tokens")
         return self
+
+
+def _upgrade_v1(data: dict) -> dict:
+    """A recipe_version 1 mapping in the current layout: its ``predicted: {target, general}`` and
+    ``predicted_metrics`` become ``predicted.at_proxy_scale`` (what they always were), tokens unknown unless
+    its ladder names the search's rung; a warning says it was upgraded."""
+    old = data.get("predicted")
+    if not isinstance(old, dict) or "at_proxy_scale" in old:
+        return data
+    ladder = data.get("ladder") if isinstance(data.get("ladder"), dict) else {}
+    tokens = ladder.get("search_rung")
+    out = {k: v for k, v in data.items() if k != "predicted_metrics"}
+    out["recipe_version"] = RECIPE_VERSION
+    out["predicted"] = {
+        "at_proxy_scale": {"tokens": tokens, "target": old.get("target"), "general": old.get("general"),
+                           "metrics": data.get("predicted_metrics") or {}},
+        "at_full_scale": None, "full_scale_note": V1_NOTE}
+    out["warnings"] = [*(data.get("warnings") or []), V1_NOTE]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- labels
+def tokens_text(n: float | None) -> str:
+    """Tokens as the labels print them: ``3e5``, ``2e10``, ``1.5e5`` (``unknown`` for None)."""
+    if n is None:
+        return "unknown"
+    text = f"{float(n):.2e}"
+    mant, exp = text.split("e")
+    mant = mant.rstrip("0").rstrip(".")
+    return f"{mant}e{int(exp)}"
+
+
+def scale_label(scale: Literal["proxy", "full"], tokens: float | None) -> str:
+    """The label every printed prediction carries: "at proxy scale (3e5 tokens)", "at full scale (2e10 tokens)"."""
+    if tokens is None:
+        return f"at {scale} scale (tokens not recorded)"
+    return f"at {scale} scale ({tokens_text(tokens)} tokens)"
+
+
+def interval_text(p: Prediction) -> str:
+    """``[low, high] 90%`` (``conformal-widened`` when calibration widened it), or ``(no interval)``."""
+    if p.low is None or p.high is None:
+        return "(no interval)"
+    text = f"[{p.low:.4g}, {p.high:.4g}] {p.level:.0%}"
+    if p.calibration is not None and p.calibration.calibrated:
+        text += " conformal-widened"
+    return text
+
+
+def coverage_text(p: Prediction) -> str:
+    """"k of n held-out CV values inside the raw 90% interval" (and the widening), or "" without one."""
+    c = p.calibration
+    if c is None or c.coverage is None:
+        return ""
+    text = f"{c.inside} of {c.held_out} held-out CV values inside the raw {p.level:.0%} interval"
+    if c.calibrated:
+        text += (f"; widened by split-conformal calibration on the CV residuals to contain {c.calibrated_inside} "
+                 f"of {c.held_out} (raw [{c.raw_low:.4g}, {c.raw_high:.4g}])")
+    return text
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """One printed prediction: its scale's label, the score, the prediction and where it comes from."""
+
+    label: str          # scale_label(...): "at proxy scale (3e5 tokens)"
+    score: str          # "target" | "general"
+    prediction: Prediction
+    source: str         # the model, and for a full-scale value the law that carried it
+    coverage: str       # coverage_text(prediction)
+
+
+def prediction_rows(recipe: Recipe) -> list[PredictionRow]:
+    """Every predicted score of the recipe, with its scale: the console and the report print these."""
+    pred = recipe.predicted
+    proxy = scale_label("proxy", pred.at_proxy_scale.tokens)
+    rows = [PredictionRow(proxy, key, p, f"model {p.model}", coverage_text(p))
+            for key in ("target", "general") for p in [getattr(pred.at_proxy_scale, key)]]
+    full = pred.at_full_scale
+    if full is not None:
+        label = scale_label("full", full.tokens)
+        for key in ("target", "general"):
+            p, law = getattr(full, key), full.laws.get(key)
+            if p is None or law is None:
+                continue
+            rows.append(PredictionRow(
+                label, key, p, f"ladder power law in tokens ({law.method.replace('_', ' ')} {law.alpha:.3g}, rungs "
+                f"{', '.join(tokens_text(t) for t in law.rungs)}, {len(law.mixtures)} mixtures, "
+                f"{law.to_tokens / law.from_tokens:,.0f}x the proxy's tokens) on the proxy-scale prediction", ""))
+    return rows
+
+
+def full_scale_line(recipe: Recipe) -> str:
+    """The line under the predictions: the full-scale caveats, or why there is no full-scale prediction."""
+    pred = recipe.predicted
+    if pred.at_full_scale is None:
+        return f"no full-scale prediction: {pred.full_scale_note}"
+    return f"full scale: {pred.full_scale_note}"
+
+
+def prediction_lines(recipe: Recipe) -> list[str]:
+    """One line per predicted score, each labelled with its scale, then ``full_scale_line``."""
+    lines = []
+    for r in prediction_rows(recipe):
+        line = (f"predicted {r.score} {r.label}: {r.prediction.value:.4g} {interval_text(r.prediction)} "
+                f"(base-relative; {r.source})")
+        lines.append(line + (f"; {r.coverage}" if r.coverage else ""))
+    return [*lines, full_scale_line(recipe)]
 
 
 # ----------------------------------------------------------------------------------------------- load / write

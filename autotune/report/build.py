@@ -210,12 +210,31 @@ def _recipe(data: StudyData, figs: _Figures) -> str:
         return note("Not yet extrapolated: no recipe.yaml in the study folder (autotune extrapolate writes it).")
     out = ""
     if data.recipe is not None:
+        out += _predictions(data.recipe)
         out += figs.div(F.fit_figures(data.recipe))
         out += tree(data.recipe)
     else:
         out += '<p class="warn">recipe.yaml could not be parsed; its text follows.</p>'
     out += f"<details><summary>recipe.yaml</summary><pre>{esc(data.recipe_text)}</pre></details>"
     return out
+
+
+def _predictions(recipe: Any) -> str:
+    """The recipe's predicted scores, each row labelled with its scale (``extrapolate.recipe_model``), and
+    the line on the full scale; nothing when recipe.yaml does not validate (its tree and text still show)."""
+    from pydantic import ValidationError
+
+    from autotune.extrapolate.recipe_model import Recipe, full_scale_line, interval_text, prediction_rows
+
+    try:
+        rec = Recipe.model_validate(recipe)
+    except (ValidationError, TypeError, ValueError) as e:
+        return note(f"recipe.yaml does not validate ({type(e).__name__}); its predictions are not tabulated")
+    rows = [[r.label, r.score, f"{r.prediction.value:.4g}", interval_text(r.prediction), r.source, r.coverage or "-"]
+            for r in prediction_rows(rec)]
+    return ("<h3>Predicted scores (base-relative), by scale</h3>"
+            + table(["scale", "score", "predicted", "interval", "from", "held-out coverage"], rows, numeric={2})
+            + note(full_scale_line(rec)))
 
 
 def _problems(data: StudyData) -> str:
