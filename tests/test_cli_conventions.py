@@ -222,13 +222,32 @@ def test_a_source_tokenized_in_process_uses_the_tokenizers_threads_with_the_same
     src = PathSource(path=str(data), heldout_fraction=0.1)
     monkeypatch.setattr(prepare, "CHUNK_DOCUMENTS", 37)  # 11 batches
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # as the worker has it before preparing
-    packed = {}
+    seen: list[str | None] = []  # TOKENIZERS_PARALLELISM as each batch's tokenizer call finds it
+    encode = prepare._Encoder.__call__
+
+    def recording(self, *batch):
+        seen.append(os.environ.get("TOKENIZERS_PARALLELISM"))
+        return encode(self, *batch)
+
+    monkeypatch.setattr(prepare._Encoder, "__call__", recording)
+    packed, during = {}, {}
     for threads in (False, None):  # None: pack_domain decides (one worker: threads on)
         monkeypatch.setenv("AUTOTUNE_HOME", str(tmp_path / f"home-{threads}"))
+        seen.clear()
         packed[threads] = prepare.pack_domain(src, tok, where="domains.x", workers=1, threads=threads)
+        during[threads] = list(seen)
         assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    assert during == {False: ["false"] * 11, None: ["true"] * 11}
     assert packed[False].manifest["tokenize"]["threads"] is False
     assert packed[None].manifest["tokenize"]["threads"] is True
+    # a pool process (several workers) keeps the threads off: one process per core already. Its initializer
+    # and task, called here as the pool calls them (a spawned pool would import transformers again).
+    monkeypatch.setattr(prepare, "_worker_encoder", None)
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    seen.clear()
+    prepare._init_worker(str(tok), packed[None].manifest["eos_token_id"], packed[None].manifest["dtype"])
+    prepare._encode_task(texts[:3], [False] * 3, [True] * 3)
+    assert seen == ["false"]
     for split in ("train", "heldout"):
         before, now = (packed[t].folder / f"{split}.bin" for t in (False, None))
         assert before.stat().st_size > 0 and before.read_bytes() == now.read_bytes()
