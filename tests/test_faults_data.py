@@ -2,7 +2,7 @@
 
 Real files throughout: caches packed by the real ``pack_domain`` with a real byte-level BPE, then truncated,
 bit-flipped or stripped of their new manifest fields on disk; a real 20 MB single-line jsonl and real
-plain-text files without separators, packed in a subprocess whose peak RSS (``getrusage(RUSAGE_CHILDREN)``)
+plain-text files without separators, packed in a subprocess whose peak RSS (its own ``VmHWM``)
 is checked; the end-to-end test runs ``autotune search`` twice around a truncated ``train.bin``.
 """
 
@@ -230,14 +230,18 @@ _PACK_SCRIPT = textwrap.dedent("""
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         finally:  # this process's peak (and any tokenizing process's): what the reader and tokenizer held
-            peak = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+            # VmHWM, not getrusage(RUSAGE_SELF): Linux carries the exec'ing parent's high-water mark into
+            # ru_maxrss across execve, so a child of a large pytest process would report pytest's size
+            with open("/proc/self/status") as f:
+                own = int(next(line.split()[1] for line in f if line.startswith("VmHWM:")))
+            peak = max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
             print(f"peak_rss_kib {peak}", file=sys.stderr)
 """)
 
 
 def _pack_in_subprocess(source: dict, tok_dir: Path, home: Path) -> tuple[subprocess.CompletedProcess, int]:
     """Pack ``source`` in a fresh process (one tokenizing process); return it and its peak RSS in bytes, as the
-    process measured itself at exit (``getrusage`` ru_maxrss: the kernel's high-water mark, VmHWM)."""
+    process measured itself at exit (its own VmHWM, the kernel's high-water mark of its memory map)."""
     proc = subprocess.run([sys.executable, "-c", _PACK_SCRIPT, json.dumps(source), str(tok_dir)], capture_output=True,
                           text=True, timeout=600,
                           env={**os.environ, "AUTOTUNE_HOME": str(home), "AUTOTUNE_TOKENIZE_WORKERS": "1"})
