@@ -100,3 +100,32 @@ def test_search_with_two_data_parallel_processes_per_trial(tmp_path, sharding):
         base = load_file(Path(json.loads((run / "job.json").read_text())["prepared"]["base"]) / "model.safetensors")
         assert all(weights[k].shape == base[k].shape for k in base)  # whole tensors, not shards
         assert any(not torch.equal(weights[k], base[k]) for k in base)  # trained
+
+
+_IMPORT_UNDER_CAP = """
+import resource
+resource.setrlimit(resource.RLIMIT_DATA, (900 * 2**20, resource.RLIM_INFINITY))
+import pyarrow.dataset  # datasets imports it, lm-eval imports datasets
+try:
+    buffer = bytearray(700 * 2**20)  # what the evaluation itself then needs
+    print("fits")
+except MemoryError:
+    print("MemoryError")
+"""
+
+
+@pytest.mark.parametrize("pool", [None, "mimalloc"], ids=["launcher-default", "users-choice"])
+def test_a_capped_worker_keeps_its_memory_for_work_after_importing_arrow(pool, monkeypatch):
+    """A worker under ``search.launcher.memory_limit`` gets ``ARROW_DEFAULT_MEMORY_POOL=system`` unless the
+    user chose a pool: Arrow's default, mimalloc, reserves address space when ``pyarrow.dataset`` is imported
+    (1 GiB uncapped), which RLIMIT_DATA counts, so a capped base evaluation failed as out of memory with 0.4 GB
+    resident. Real pyarrow under a real 900 MiB cap, in the environment the launcher gives its worker: with
+    the launcher's choice 700 MiB still fit; with the user's mimalloc, kept as chosen, they do not."""
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    if pool is not None:
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", pool)
+    launcher = LocalLauncher(memory_limit=900 * 2**20)
+    assert launcher.env.get("ARROW_DEFAULT_MEMORY_POOL") == ("system" if pool is None else None)
+    env = {**os.environ, **launcher.env}  # as LocalLauncher.run builds it
+    out = subprocess.run([sys.executable, "-c", _IMPORT_UNDER_CAP], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == ("fits" if pool is None else "MemoryError"), out.stderr[-2000:]

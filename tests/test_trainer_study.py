@@ -108,7 +108,7 @@ def test_a_trial_out_of_memory_fails_alone_and_reruns_with_a_smaller_micro_batch
     proc = run_cli("search", str(write_space(tmp_path, space)), "--quiet", cwd=tmp_path)
     assert "Traceback" not in proc.stderr
     trials = study_trials(tmp_path, "oom")
-    assert len(trials) == 2  # the second trial ran after the first ran out of memory
+    assert len(trials) == 2, proc.stdout[-2000:] + proc.stderr[-2000:]  # the second ran after the first ran out of memory
     for t in trials:
         assert t.state == optuna.trial.TrialState.FAIL
         assert t.user_attrs["status"] == "oom", t.user_attrs
