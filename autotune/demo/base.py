@@ -9,11 +9,11 @@ the rest of autotune treats them as any user's.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from autotune.config.run import DemoBase
 from autotune.data.prepare import EOS, PackedDomain, pack_domain, source_documents
@@ -21,7 +21,9 @@ from autotune.data.sources import DATA_VERSION
 from autotune.paths import building, home
 from autotune.records import digest
 from autotune.train.schedules import ScheduleParams
-from autotune.train.trainer import NullProgress, Progress, TrainConfig, train
+
+if TYPE_CHECKING:
+    from autotune.train.trainer import Progress
 
 # The demo's pre-training mixture: prose and code, no math.
 DEMO_PRETRAIN_MIX = {"prose": 0.6, "code": 0.4}
@@ -39,14 +41,18 @@ def demo_llama_config(cfg: DemoBase, vocab_size: int, eos_id: int):
 
 def demo_base(cfg: DemoBase, tokenizer_dir: Path, packed: dict[str, PackedDomain],
               progress: Progress | None = None) -> Path:
-    """The demo's pre-trained base checkpoint (model + tokenizer), trained on first use, then cached."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
+    """The demo's pre-trained base checkpoint (model + tokenizer), trained on first use, then cached. A cached
+    one is found without importing torch or transformers (their imports are most of a warm prepare job)."""
     manifests = {k: packed[k].manifest["splits"]["train"]["source_hash"] for k in DEMO_PRETRAIN_MIX}
-    key = digest({"cfg": cfg.model_dump(), "data": manifests, "torch": torch.__version__.split("+")[0]})
+    # torch's version as torch.__version__ gives it, read from its metadata (the same string)
+    key = digest({"cfg": cfg.model_dump(), "data": manifests, "torch": importlib.metadata.version("torch").split("+")[0]})
     final = home() / "models" / f"demo-base-{key}"
     if (final / "config.json").exists():
         return final
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from autotune.train.trainer import NullProgress, TrainConfig, train
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(cfg.seed)
     model = LlamaForCausalLM(demo_llama_config(cfg, len(tokenizer), tokenizer.eos_token_id))

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from autotune.errors import UserError
 
 
 def load_causal_lm(path: Path):
     """A local HF checkpoint (model + tokenizer) in fp32 on CPU; a clear error if it is not one."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (path / "config.json").exists():
