@@ -44,7 +44,10 @@ def test_runs_a_job_and_streams_progress(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", list(LAUNCHERS))
-def test_timeout_stops_the_job(tmp_path, kind):
+def test_timeout_stops_the_job(tmp_path, kind, monkeypatch):
+    """A job still running at its time limit is stopped and writes no result. An empty AUTOTUNE_HOME makes the
+    prepare job long (the demo tokenizer and base are built: seconds); a warm one finishes in about 0.5 s."""
+    monkeypatch.setenv("AUTOTUNE_HOME", str(tmp_path / "home"))
     job = _prepare_job(tmp_path)
     assert LAUNCHERS[kind]().run(job, lambda e: None, timeout_s=0.3) == TIMED_OUT
     assert not (job.parent / "result.json").exists()
