@@ -74,12 +74,12 @@ def _old_bits_per_byte(model, tokenizer, tokens, *, seq_len: int, max_tokens: in
 
 def _child(variant: str, args) -> None:
     """One variant in this (fresh) process; prints one JSON line."""
-
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from autotune.evaluate.bpb import bits_per_byte
+    from autotune.testing import own_peak_rss_kib
     from autotune.train.gguf import gguf_folder, resolve_gguf
 
     path = gguf_folder(resolve_gguf(GGUF))
@@ -108,8 +108,7 @@ def _child(variant: str, args) -> None:
             model(input_ids=torch.from_numpy(tokens[None, :16]))
             r = {"bpb": None, "windows": {"nll": []}}
     seconds = time.perf_counter() - t0
-    with open("/proc/self/status") as f:  # VmHWM: ru_maxrss would include the exec'ing parent's peak
-        peak = int(next(line.split()[1] for line in f if line.startswith("VmHWM:"))) * 1024
+    peak = own_peak_rss_kib() * 1024
     print(json.dumps({"variant": variant, "seconds": seconds, "peak": peak, "bpb": r["bpb"],
                       "nll": r["windows"]["nll"], "vocab": model.config.vocab_size,
                       "layers": model.config.num_hidden_layers}))
@@ -126,6 +125,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return _child(args.child, args)
+    from autotune.train.gguf import gguf_folder, resolve_gguf
+
+    gguf_folder(resolve_gguf(GGUF))  # converted here on first use, not inside the first variant's measurement
     rows = {}
     for variant in ("load", "full", "chunked"):
         cmd = [sys.executable, __file__, "--child", variant, "--seq-len", str(args.seq_len), "--batch",

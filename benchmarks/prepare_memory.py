@@ -38,15 +38,14 @@ _PACK = textwrap.dedent("""
     from pathlib import Path
     from autotune.config.sources import PathSource
     from autotune.data.prepare import pack_domain
+    from autotune.testing import own_peak_rss_kib
     if __name__ == "__main__":
         t0 = time.perf_counter()
         p = pack_domain(PathSource(path=sys.argv[1]), Path(sys.argv[2]), where="domains.bench",
                         workers=int(sys.argv[3]) or None)
         seconds = time.perf_counter() - t0
         m = p.manifest
-        with open("/proc/self/status") as f:  # VmHWM: ru_maxrss would include the exec'ing parent's peak
-            own = int(next(line.split()[1] for line in f if line.startswith("VmHWM:")))
-        peak = max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+        peak = max(own_peak_rss_kib(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
         print(json.dumps({"seconds": seconds, "peak_kib": peak, "workers": m["tokenize"]["workers"],
                           "documents": sum(s["documents"] for s in m["splits"].values()),
                           "tokens": sum(s["tokens"] for s in m["splits"].values()),

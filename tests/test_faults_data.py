@@ -222,6 +222,7 @@ _PACK_SCRIPT = textwrap.dedent("""
     from autotune.config.sources import PIECE_BYTES, PathSource
     from autotune.data.prepare import pack_domain
     from autotune.errors import UserError
+    from autotune.testing import own_peak_rss_kib
     if __name__ == "__main__":
         try:
             p = pack_domain(PathSource(**json.loads(sys.argv[1])), Path(sys.argv[2]), where="domains.big")
@@ -230,11 +231,7 @@ _PACK_SCRIPT = textwrap.dedent("""
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         finally:  # this process's peak (and any tokenizing process's): what the reader and tokenizer held
-            # VmHWM, not getrusage(RUSAGE_SELF): Linux carries the exec'ing parent's high-water mark into
-            # ru_maxrss across execve, so a child of a large pytest process would report pytest's size
-            with open("/proc/self/status") as f:
-                own = int(next(line.split()[1] for line in f if line.startswith("VmHWM:")))
-            peak = max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+            peak = max(own_peak_rss_kib(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
             print(f"peak_rss_kib {peak}", file=sys.stderr)
 """)
 

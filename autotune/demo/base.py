@@ -53,6 +53,7 @@ def demo_base(cfg: DemoBase, tokenizer_dir: Path, packed: dict[str, PackedDomain
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from autotune.train.trainer import NullProgress, TrainConfig, train
+
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(cfg.seed)
     model = LlamaForCausalLM(demo_llama_config(cfg, len(tokenizer), tokenizer.eos_token_id))

@@ -36,13 +36,12 @@ _WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_":
                "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
 
 
-def capped_allocators(environ: dict[str, str] | None = None) -> dict[str, str]:
+def capped_allocators() -> dict[str, str]:
     """What a worker under a memory cap (RLIMIT_DATA, which counts reserved address space) needs: Arrow's
     default allocator, mimalloc, reserves 1 GiB of address space when ``pyarrow.dataset`` is imported (by
     ``datasets``, which lm-eval imports), so under a 1.5 GiB cap the base evaluation failed as out of memory
     with 0.4 GB resident; the system allocator reserves nothing up front. A pool the user chose is kept."""
-    env = os.environ if environ is None else environ
-    return {} if "ARROW_DEFAULT_MEMORY_POOL" in env else {"ARROW_DEFAULT_MEMORY_POOL": "system"}
+    return {} if "ARROW_DEFAULT_MEMORY_POOL" in os.environ else {"ARROW_DEFAULT_MEMORY_POOL": "system"}
 
 
 TIMED_OUT = -1000  # run()'s return value when the job ran past its time limit and was stopped

@@ -54,6 +54,7 @@ from autotune.testing.studies import (  # noqa: F401
     alive,
     demo_suite,
     make_study,
+    own_peak_rss_kib,
     run_cli,
     set_offline,
     small_bpe_tokenizer,

@@ -103,6 +103,14 @@ def wait_until(predicate, timeout: float = 60, interval: float = 0.1) -> bool:
     return predicate()
 
 
+def own_peak_rss_kib() -> int:
+    """This process's own peak resident memory in KiB (VmHWM). Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux
+    carries the exec'ing parent's high-water mark into it across execve, so a child of a large pytest process
+    would report pytest's size."""
+    with open("/proc/self/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("VmHWM:")))
+
+
 def alive(pid: int) -> bool:
     """Whether a process exists and is not a zombie."""
     try:
