@@ -285,6 +285,43 @@ def ladder(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None,
 
 
 @app.command()
+@cli_errors(interrupted="run the same command again to resume the verification.")
+def verify(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None,
+           allow_code_execution: Annotated[bool, typer.Option(help=ALLOW_CODE_HELP)] = False,
+           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False) -> None:
+    """Closed loop: train recipe.yaml's recommended mixture and schedule and baselines (the prior, the best
+    trial, uniform, the natural mixture, target-only at the general floor) as complete proxy runs at
+    verify.tokens_factor (default 4) x proxy.tokens with verify.seeds (default 2) seeds each; then test, paired
+    over seeds, whether the recommendation beats each baseline beyond the seed noise, and set what the recipe's
+    models predicted for each mixture beside what it scored.
+
+    Runs go to runs/<name>/verify/ (one sub-study); rerunning reuses finished runs. The result is printed and
+    written into recipe.yaml (`verification`), where the report shows it. Needs recipe.yaml (the space's
+    `extrapolate:` section, or autotune extrapolate).
+
+    Exit codes: 0 done (a recommendation that does not win is reported, not a failure), 1 a run could not
+    start, 2 bad input, 130 interrupted.
+
+    Example: autotune verify search_spaces/demo.yaml --set 'verify={tokens_factor: 4, seeds: 2}'
+    """
+    from autotune.cli.logs import quiet_optuna
+    from autotune.cli.ui import Bars
+    from autotune.evaluate.suite import load_suite, require_code_permission
+    from autotune.search.verify import attach_verification, print_verification, run_verify
+
+    quiet_optuna()
+    space, root = resolve_study(study, set_, require_study=False)  # run_verify checks that the study ran
+    require_code_permission(load_suite(space.suite_path, list(space.domains)), allow_code_execution)
+    bars = Bars(console, enabled=not quiet)
+    with bars:
+        run_verify(space, storage=storage, progress=bars.task, allow_code_execution=allow_code_execution,
+                   log=lambda m: console.print(m, highlight=False, markup=False))
+    section = attach_verification(space, command=redact(" ".join(sys.argv)))
+    print_verification(console, section)
+    console.print(f"recipe: {root / 'recipe.yaml'}", highlight=False)
+
+
+@app.command()
 @cli_errors()
 def report(study: StudyArg,
            out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for index.html (default: reports/<study name>).")] = None) -> int:

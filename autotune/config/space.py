@@ -294,6 +294,34 @@ class Extrapolate(Spec):
         return v
 
 
+BASELINES = ("prior", "best_trial", "uniform", "natural", "target_only")
+
+
+class Verify(Spec):
+    """Closed-loop verification (``autotune verify SPACE``): recipe.yaml's recommended mixture and schedule,
+    and baselines, each trained as complete proxy runs at ``tokens_factor`` x ``proxy.tokens`` with ``seeds``
+    seeds, then compared by a paired test over the seeds. Baselines: ``prior`` (the prior trial: its mixture
+    and schedule), ``best_trial`` (the best feasible trial's), and, with the recommended schedule, ``uniform``
+    (equal shares), ``natural`` (``natural`` below, else shares proportional to ``extrapolate.available_tokens``
+    when that names every domain) and ``target_only`` (the general role at its floor, the target domains
+    sharing the rest equally)."""
+
+    tokens_factor: Float = Field(4.0, gt=0, le=1000, description="verification runs train this many times proxy.tokens")
+    seeds: Int = Field(2, ge=2, le=32, description="seeds per mixture (proxy.seed, proxy.seed + 1, ...)")
+    baselines: list[Literal["prior", "best_trial", "uniform", "natural", "target_only"]] = Field(
+        default_factory=lambda: list(BASELINES), description="which baselines to run besides the recommendation")
+    natural: dict[str, Float] | None = Field(None, description="the natural mixture (e.g. the corpus's own "
+                                                               "proportions); default: from extrapolate.available_tokens")
+    alpha: Float = Field(0.05, gt=0, lt=0.5, description="one-sided level of the paired test over seeds")
+
+    @field_validator("natural")
+    @classmethod
+    def _natural(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and (any(w < 0 for w in v.values()) or not math.isclose(sum(v.values()), 1.0, abs_tol=1e-6)):
+            raise ValueError(f"natural: shares must be >= 0 and sum to 1 (got {v})")
+        return v
+
+
 def _base_kind(v: Any) -> str:
     if isinstance(v, dict):
         return "GgufBase" if "gguf" in v else "HubBase" if "hf" in v else "DemoBase"
@@ -325,6 +353,7 @@ class SearchSpace(Spec):
     search: Search = Field(default_factory=Search)
     ladder: Ladder | None = None
     extrapolate: Extrapolate | None = None
+    verify: Verify | None = None
     source_file: str | None = Field(None, exclude=True)
 
     @field_validator("base_model")
@@ -411,6 +440,13 @@ class SearchSpace(Spec):
                 if name not in self.domains:
                     raise ValueError(f"extrapolate.available_tokens.{name}: not a domain of this space "
                                      f"(domains: {list(self.domains)})")
+        if self.verify is not None and self.verify.natural is not None:
+            if set(self.verify.natural) != set(self.domains):
+                raise ValueError(f"verify.natural: needs a share for each domain {list(self.domains)} "
+                                 f"(got {sorted(self.verify.natural)})")
+        if self.verify is not None and int(self.proxy.tokens * self.verify.tokens_factor) < self.proxy.batch_tokens:
+            raise ValueError(f"verify.tokens_factor: {self.verify.tokens_factor:g} x proxy.tokens is below one batch "
+                             f"of proxy.batch_tokens {self.proxy.batch_tokens}")
         return self
 
     def bounds(self, domain: str) -> Bounds:

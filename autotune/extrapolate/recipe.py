@@ -74,6 +74,7 @@ from autotune.extrapolate.recipe_parts import (
 from autotune.extrapolate.schedule import LossCurve, MultiPowerLaw, choose_schedule, fit_multi_power_law
 from autotune.extrapolate.selection import select_model
 from autotune.extrapolate.study_data import FinishedStudy, LadderData, load_ladder, load_study, read_train_log
+from autotune.extrapolate.verify import section_for
 from autotune.search.simplex import SimplexMap
 
 __all__ = ["HARD_MAX_EPOCHS", "RECIPE_VERSION", "TOP_TRIALS", "WARN_EPOCHS", "DomainPlan", "Prediction", "Provenance",
@@ -294,18 +295,19 @@ def _calibrate(value: float, low: float, high: float, level: float, y: np.ndarra
                        calibrated_inside=int(np.sum((res >= d_lo) & (res <= d_hi))))
 
 
-def _predict(models: Models, mixture: Mixture, *, bootstrap: int, seed: int) -> Predictions:
-    """3'. The models' predictions at the mixture (proxy-scale scores): bootstrap intervals for 'target' and
-    'general', their coverage on the CV residuals, widened by split-conformal calibration when short."""
-    at_star = _design(models, mixture.peak_lr, mixture.w_star)
+def predict_scores(models: Models, at: np.ndarray, *, bootstrap: int, seed: int) -> dict[str, Prediction]:
+    """The models' 'target' and 'general' predictions at one design row ``at`` ([1, features]: shares, then the
+    log peak LR when it is a covariate), proxy-scale scores: bootstrap intervals, their coverage on the CV
+    residuals, widened by split-conformal calibration when short. The recipe's own predictions and
+    ``autotune verify``'s predictions of each verified mixture both come from here."""
     scores = {}
     for metric in ("target", "general"):
         sel = models.selections[metric]
-        value = float(sel.model.predict(at_star)[0])
+        value = float(sel.model.predict(at)[0])
         y = models.values[metric]
 
         def refit(idx, name=sel.name, problem=models.problems[metric], y=y):
-            return make(name, problem).fit(models.X[idx], y[idx]).predict(at_star)[0]
+            return make(name, problem).fit(models.X[idx], y[idx]).predict(at)[0]
 
         iv = bootstrap_interval(refit, len(models.X), value=value, samples=bootstrap, seed=seed) if bootstrap > 0 else None
         low, high = (_finite(iv.low), _finite(iv.high)) if iv is not None else (None, None)
@@ -318,9 +320,30 @@ def _predict(models: Models, mixture: Mixture, *, bootstrap: int, seed: int) -> 
             low, high = min(low, value - cal.conformal_half_width), max(high, value + cal.conformal_half_width)
         scores[metric] = Prediction(value=value, low=low, high=high, level=iv.level, bootstrap_samples=iv.samples,
                                     model=sel.name, calibration=cal)
+    return scores
+
+
+def _predict(models: Models, mixture: Mixture, *, bootstrap: int, seed: int) -> Predictions:
+    """3'. The models' predictions at the recommended mixture (``predict_scores``), and every suite metric's."""
+    at_star = _design(models, mixture.peak_lr, mixture.w_star)
+    scores = predict_scores(models, at_star, bootstrap=bootstrap, seed=seed)
     metrics = {m: float(models.selections[m].model.predict(at_star)[0]) for m in models.shared_metrics
                if m in models.selections}
     return Predictions(scores, metrics)
+
+
+def predict_mixtures(study_dir: str | Path, points: list[tuple[dict[str, float], float]], *,
+                     bootstrap: int = 100, folds: int = 5, seed: int = 0) -> list[dict[str, Prediction]]:
+    """The recipe's models (fitted as ``build_recipe`` fits them: same folds and seed) predicting 'target' and
+    'general' at each ``(mixture, peak_lr)`` of ``points`` (the peak LR is used where it is a covariate).
+    Proxy-scale scores, with intervals made as the recipe's."""
+    study = load_study(study_dir)
+    models = _fit_models(study, folds=folds, seed=seed, all_metrics=False)
+    out = []
+    for mixture, peak_lr in points:
+        w = np.array([[float(mixture[d]) for d in study.domains]])
+        out.append(predict_scores(models, _design(models, float(peak_lr), w), bootstrap=bootstrap, seed=seed))
+    return out
 
 
 def _rank_schedules(study: FinishedStudy, curves: list[LossCurve], kinds: list[str], group: str, peak_lr: float,
@@ -529,13 +552,18 @@ def build_recipe(study_dir: str | Path, *, tokens: float, available_tokens: dict
     predicted = Predicted(at_proxy_scale=ProxyScale(tokens=int(study.space.proxy.tokens), **predictions.scores,
                                                     metrics=predictions.metrics),
                           at_full_scale=full, full_scale_note=full_note)
+    verification, verify_warnings = section_for(
+        study.root, study.space, {d: p.share for d, p in domains.plans.items()},
+        lambda points: [predict_scores(models, _design(models, lr, np.array([[w[d] for d in study.domains]])),
+                                       bootstrap=bootstrap, seed=seed) for w, lr in points])
     # the ladder's warnings first: they question everything below
     warnings = [*(ladder.warnings if ladder else ()), *region.warnings, *mixture.warnings, *schedule.warnings,
-                *domains.warnings]
+                *domains.warnings, *verify_warnings]
     recipe = Recipe(recipe_version=RECIPE_VERSION, study=study.name, tokens=inputs.run_tokens,
                     requested_tokens=float(tokens), batch_tokens=inputs.batch_tokens, domains=domains.plans,
                     schedule=schedule.plan, predicted=predicted,
-                    warnings=warnings, provenance=_provenance(study, models, mixture, region), ladder=ladder)
+                    warnings=warnings, provenance=_provenance(study, models, mixture, region), ladder=ladder,
+                    verification=verification)
     return recipe.model_dump(mode="json")
 
 

@@ -20,6 +20,7 @@ from autotune.config.base import Frozen as _Frozen
 from autotune.config.load import read_yaml
 from autotune.errors import UserError
 from autotune.extrapolate.ladder import LadderSection
+from autotune.extrapolate.verify import Verification
 
 # 2: ``predicted`` says its scale (``at_proxy_scale`` / ``at_full_scale``), ``predicted_metrics`` moved into
 # ``predicted.at_proxy_scale.metrics``. Version 1 files still load (``_upgrade_v1``).
@@ -181,6 +182,8 @@ class Recipe(_Frozen):
     provenance: Provenance
     ladder: LadderSection | None = Field(None, description="scale transfer: the study's mixtures re-run at several "
                                          "proxy token budgets (autotune ladder); None: no ladder was run")
+    verification: Verification | None = Field(None, description="the recommendation and baselines trained at a "
+                                              "larger budget with several seeds (autotune verify); None: not verified")
 
     @model_validator(mode="before")
     @classmethod

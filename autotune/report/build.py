@@ -18,7 +18,7 @@ from autotune.report.analysis import best_feasible, is_feasible, noise_of
 from autotune.report.load import ReportTrial, StudyData, load_study_data
 from autotune.report.page import esc, figures_json, fmt, grid, note, page, section, table, tree
 
-SECTIONS = [("summary", "Summary"), ("settings", "Space and settings"), ("history", "Optimisation history"),
+SECTIONS = [("summary", "Summary"), ("verification", "Verification"), ("settings", "Space and settings"), ("history", "Optimisation history"),
             ("pareto", "Target vs general"), ("importance", "Parameter importances"), ("mixtures", "Mixtures"),
             ("scores", "Per-task scores"), ("schedules", "LR schedules"), ("losses", "Train loss"),
             ("extrapolation", "Extrapolation and recipe"), ("problems", "Failed and pruned trials"),
@@ -79,6 +79,7 @@ def render(data: StudyData) -> str:
     figs = _Figures()
     body = [
         section("summary", "Summary", _summary(data)),
+        section("verification", "Verification", _verification(data, figs)),
         section("settings", "Space and settings", _settings(data)),
         section("history", "Optimisation history", figs.div(F.history_figure(data))),
         section("pareto", "Target vs general", note(
@@ -139,6 +140,9 @@ def _summary(data: StudyData) -> str:
     else:
         cards.append(_card("seed-noise floor", "unknown: fewer than 2 prior replicates (proxy.replicates)", "bad"))
     cards.append(_card("recipe", "recipe.yaml present" if data.recipe_text else "not yet extrapolated"))
+    ver = data.recipe.get("verification") if isinstance(data.recipe, dict) else None
+    if isinstance(ver, dict) and ver.get("summary"):
+        cards.append(_card("verification", str(ver["summary"]), "good" if ver.get("wins") else "bad"))
     out = f'<div class="cards">{"".join(cards)}</div>'
     if best and nt:
         verdict = ("inside" if nt.inside(best.target) else "outside")
@@ -235,6 +239,52 @@ def _predictions(recipe: Any) -> str:
     return ("<h3>Predicted scores (base-relative), by scale</h3>"
             + table(["scale", "score", "predicted", "interval", "from", "held-out coverage"], rows, numeric={2})
             + note(full_scale_line(rec)))
+
+
+def _verification(data: StudyData, figs: _Figures) -> str:
+    """recipe.yaml's ``verification`` (autotune verify): the picture first (realised vs predicted per mixture),
+    then the table of each mixture and the paired tests against the recommendation."""
+    from pydantic import ValidationError
+
+    from autotune.extrapolate.verify import Verification
+
+    raw = data.recipe.get("verification") if isinstance(data.recipe, dict) else None
+    if not raw:
+        return note("Not verified: autotune verify trains the recommended mixture and baselines at a larger budget "
+                    "with several seeds, and its result shows here.")
+    try:
+        v = Verification.model_validate(raw)
+    except (ValidationError, TypeError, ValueError) as e:
+        return note(f"recipe.yaml's verification does not validate ({type(e).__name__})")
+    cls = "good" if v.wins else "bad"
+    out = f'<p class="{cls}">{esc(v.summary)}</p>' + figs.div(F.verification_figure(v))
+    order = {label: i + 1 for i, label in enumerate(v.ranking)}
+    rows = []
+    for c in sorted(v.candidates, key=lambda c: order[c.label]):
+        row = [order[c.label], c.label + ("" if c.inside_space else " (outside the space)"),
+               ", ".join(f"{d} {w:.3f}" for d, w in c.mixture.items()), _schedule_text(c.schedule)]
+        for g in ("target", "general"):
+            p = c.predicted.get(g)
+            row += [_signed(c.mean.get(g)), fmt(c.spread.get(g), ".4f"),
+                    "-" if p is None else f"{p.value:+.4f} [{fmt(p.low, '+.4f')}, {fmt(p.high, '+.4f')}]"]
+        row.append({True: "yes", False: "no", None: "-"}[c.feasible])
+        rows.append(row)
+    head = ["rank", "mixture", "shares", "schedule", "target mean", "target seed sd", "target predicted [interval]",
+            "general mean", "general seed sd", "general predicted [interval]", "feasible"]
+    out += table(head, rows, numeric={0})
+    tests = [[c.baseline, c.metric, _signed(c.diff), fmt(c.se, ".4f"), fmt(c.p_better, ".3f"), c.verdict]
+             for c in v.comparisons if c.metric in ("target", "general")]
+    out += "<h3>Recommendation minus each baseline, paired over seeds</h3>" + table(
+        ["baseline", "score", "difference", "standard error", "p (one-sided)", "verdict"], tests)
+    cov = ("intervals not checked: they are of proxy-scale scores and the runs trained another budget"
+           if v.coverage is None else "; ".join(f"{g}: {c['inside']} of {c['n']} realised values inside the "
+                                                  f"{c['level']:.0%} intervals" for g, c in v.coverage.items()))
+    rho = ", ".join(f"{g} {fmt(v.rank_agreement.get(g), '.2f')}" for g in ("target", "general"))
+    noise = ", ".join(f"{g} {fmt(v.seed_noise.get(g), '.4f')}" for g in ("target", "general"))
+    return out + note(
+        f"Realised {v.scale}; predicted {v.predicted_scale} (the recipe's models know no other scale). Seed noise "
+        f"(within-mixture sd, pooled): {noise}. Predicted vs realised rank agreement (Spearman): {rho}. {cov}. "
+        f"The test pools the variance of the paired differences over the baselines (one-sided, alpha {v.alpha:g}).")
 
 
 def _problems(data: StudyData) -> str:

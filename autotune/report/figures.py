@@ -467,3 +467,40 @@ def fit_figures(recipe: Any) -> list[Figure]:
         figs.append(_layout(fig, f"Extrapolation fit: {ptext(path)} (predicted vs observed)", height=380,
                             xaxis_title="observed", yaxis_title="predicted"))
     return figs
+
+
+def verification_figure(v: Any) -> Figure:
+    """recipe.yaml's ``verification`` (as a validated ``Verification``): per group score, each mixture's
+    realised runs (one dot per seed, a bar at their mean) beside what the recipe's models predicted for it,
+    with the interval. The predictions are of proxy-scale scores; the runs' scale is in the axis title."""
+    go = _go()
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("target", "general"), horizontal_spacing=0.1)
+    labels = [ptext(c.label) for c in v.candidates]
+    for col, g in enumerate(("target", "general"), start=1):
+        first = col == 1
+        xs, ys = [], []
+        for c, lab in zip(v.candidates, labels, strict=True):
+            for x in c.values.get(g, []):
+                if x is not None:
+                    xs.append(lab)
+                    ys.append(x)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=f"realised ({len(v.seeds)} seeds)",
+                                 marker={"color": "#1f77b4", "size": 7}, showlegend=first, legendgroup="r"),
+                      row=1, col=col)
+        fig.add_trace(go.Scatter(x=labels, y=[c.mean.get(g) for c in v.candidates], mode="markers",
+                                 name="realised mean", marker={"symbol": "line-ew-open", "size": 26,
+                                                               "color": "#1f77b4", "line": {"width": 3}},
+                                 showlegend=first, legendgroup="m"), row=1, col=col)
+        pv = [c.predicted[g].value if g in c.predicted else None for c in v.candidates]
+        up = [(c.predicted[g].high - c.predicted[g].value) if g in c.predicted and c.predicted[g].high is not None
+              else 0 for c in v.candidates]
+        down = [(c.predicted[g].value - c.predicted[g].low) if g in c.predicted and c.predicted[g].low is not None
+                else 0 for c in v.candidates]
+        fig.add_trace(go.Scatter(x=labels, y=pv, mode="markers", name=f"predicted ({ptext(v.predicted_scale)})",
+                                 marker={"symbol": "diamond-open", "size": 10, "color": "#d62728"},
+                                 error_y={"type": "data", "array": up, "arrayminus": down, "visible": True},
+                                 showlegend=first, legendgroup="p"), row=1, col=col)
+    return _layout(fig, f"Verification: realised {ptext(v.scale)} vs predicted", height=440,
+                   yaxis_title="score vs base (higher is better)")

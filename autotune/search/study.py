@@ -151,7 +151,7 @@ def space_identity(space: SearchSpace) -> dict[str, Any]:
     d = space.model_dump(mode="json")
     # (search.tracking, marked HOW, only logs runs: a study may gain, change or drop its tracker)
     d["search"] = {k: v for k, v in d["search"].items() if k not in ("trials", "storage", "runs_dir", "tracking")}
-    for section in ("ladder", "extrapolate"):  # what is done after the trials: may change, and older studies lack it
+    for section in ("ladder", "extrapolate", "verify"):  # what is done after the trials: may change, and older studies lack it
         d.pop(section, None)
     return _without_how(d)
 
