@@ -30,7 +30,7 @@ XSS_DOMAIN = "<script>alert(1)</script>"
 XSS_DOMAIN_2 = 'x"><img src=x onerror="window.__xss=2">'
 XSS_TASK = "<!--<b>t"
 XSS_REASON = "</script><script>window.__xss=3</script>"
-SECTIONS = ["summary", "settings", "history", "pareto", "importance", "mixtures", "scores", "schedules", "losses",
+SECTIONS = ["summary", "verification", "settings", "history", "pareto", "importance", "mixtures", "scores", "schedules", "losses",
             "extrapolation", "problems", "trials"]
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -246,6 +246,44 @@ def test_report_of_a_study_renders_every_section(tmp_path, browser):
     corners = browser.execute_script("return Array.from(document.querySelectorAll('text.atitle, text.btitle, text.ctitle'))"
                                      ".map(function (t) { return t.textContent; })")
     assert corners == ["math", "code", "general"]
+
+
+def _verification(domains: list[str]) -> dict:
+    """recipe.yaml's ``verification`` made by the analysis itself (``extrapolate.verify.analyze``) on known scores."""
+    from autotune.extrapolate.verify import VerifyData, analyze
+
+    labels = ["recommended", "prior (trial 0)", "uniform"]
+    cands = [{"label": lab, "kind": kind, "trial": 0 if kind == "prior" else None,
+              "mixture": {d: 1 / len(domains) for d in domains}, "schedule": {"kind": "wsd", "peak_lr": 1e-3}}
+             for lab, kind in zip(labels, ["recommended", "prior", "uniform"], strict=True)]
+    values = {"recommended": {"target": [0.30, 0.32], "general": [0.0, 0.01]},
+              "prior (trial 0)": {"target": [0.20, 0.23], "general": [0.02, 0.01]},
+              "uniform": {"target": [0.31, 0.29], "general": [-0.01, 0.0]}}
+    pred = {lab: {g: {"value": 0.25, "low": 0.2, "high": 0.3, "level": 0.9} for g in ("target", "general")}
+            for lab in labels}
+    data = VerifyData({"tokens": 8192, "proxy_tokens": 4096, "seeds": [0, 1], "alpha": 0.05, "dir": "verify/x",
+                       "candidates": cands}, values)
+    return analyze(data, pred, maximize="target", floor=-0.05, inside_space={}).model_dump(mode="json")
+
+
+@pytest.mark.slow
+def test_report_shows_the_verification_first(tmp_path, browser):
+    """A recipe.yaml with a verification section: its summary card, its section (second), its figure drawn with
+    realised seeds and predicted intervals, its tables."""
+    domains = ["math", "code", "general"]
+    root = make_study(tmp_path / "runs" / "ver", domains, name="ver", recipe={"verification": _verification(domains)})
+    out = write_report(root, tmp_path / "out")
+    log = open_report(browser, out)
+    assert_page_ok(browser, log)
+    ids = browser.execute_script("return Array.from(document.querySelectorAll('section')).map(s => s.id)")
+    assert ids[:2] == ["summary", "verification"]
+    text = browser.find_element("id", "verification").text
+    assert "the recommendation ranks 1 of 3 on target" in text and "paired over seeds" in text
+    assert "predicted at proxy scale (4.1e3 tokens)" in text and "intervals not checked" in text
+    names = browser.execute_script(
+        "var el = document.querySelector('#verification div.plot'); return el.data.map(t => t.name)")
+    assert names[:3] == ["realised (2 seeds)", "realised mean", "predicted (at proxy scale (4.1e3 tokens))"]
+    assert "verification" in browser.find_element("id", "summary").text
 
 
 @pytest.mark.slow

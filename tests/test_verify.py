@@ -264,3 +264,11 @@ def test_verify_end_to_end(tmp_path):
     autotune("report", str(root), "--out", str(tmp_path / "report"), quiet=False)
     html = (tmp_path / "report" / "index.html").read_text()
     assert "Verification" in html and "recommended" in html
+
+
+def test_dry_run_shows_the_verification(tmp_path):
+    path = write_space(tmp_path, tiny_space(verify={"tokens_factor": 3, "seeds": 2, "baselines": ["uniform"]}))
+    r = CliRunner().invoke(app, ["search", str(path), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "verify (autotune verify, after the recipe): up to 2 mixtures x 2 seeds at 12,288 tokens (12 steps)" \
+        in r.output.replace("\n", " ")

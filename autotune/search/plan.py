@@ -55,6 +55,8 @@ def dry_run(space: SearchSpace, *, storage: str | None = None, trials: int | Non
         plan.lines.append(_ladder(space))
     if space.extrapolate is not None:
         plan.lines.append(_extrapolation(space, plan.warnings))
+    if space.verify is not None:
+        plan.lines.append(_verify(space))
     return plan
 
 
@@ -159,6 +161,23 @@ def _ladder(space: SearchSpace) -> str:
 
     rungs = [rung_space(space, t, space.ladder.top_k + space.proxy.replicates) for t in space.ladder.tokens]
     return f"ladder: {len(rungs)} rungs ({', '.join(f'{r.proxy.steps} steps' for r in rungs)}), top_k {space.ladder.top_k}"
+
+
+def _verify(space: SearchSpace) -> str:
+    """The verification's sub-study space, as ``autotune verify`` builds it (here on the prior mixture and the
+    schedule ranges' lower ends; the real candidates come from recipe.yaml and the trials)."""
+    from autotune.search.verify import SCHEDULE_FIELDS, spec_of, verify_space, verify_tokens
+
+    spec = spec_of(space)
+    schedule = {}
+    for name in SCHEDULE_FIELDS:
+        v = getattr(space.schedule, name)
+        schedule[name] = v[0] if isinstance(v, list) else getattr(v, "low", v)
+    prior = space.mixture.prior or {d: 1 / len(space.domains) for d in space.domains}
+    sub = verify_space(space, verify_tokens(space), [{"mixture": prior, "schedule": schedule}], 1)
+    n = 1 + len(spec.baselines)
+    return (f"verify (autotune verify, after the recipe): up to {n} mixtures x {spec.seeds} seeds at "
+            f"{sub.proxy.tokens:,} tokens ({sub.proxy.steps} steps) each")
 
 
 def _extrapolation(space: SearchSpace, warnings: list[str]) -> str:
