@@ -365,3 +365,25 @@ def test_report_image_helper_sees_blank(browser, tmp_path):
     el = browser.find_element("id", "w")
     stats = browser.execute_async_script(PIXEL_STATS_JS, el.screenshot_as_base64)
     assert stats["colors"] < 16 and stats["std"] < 8
+
+
+def test_snr_is_the_spread_over_mixtures_over_the_seed_noise(tmp_path):
+    """SNR per metric (the scores table's column): the std over searched trials over the prior seeds' std."""
+    import statistics
+
+    from autotune.records import TrialRecord
+    from autotune.report.analysis import snr
+    from autotune.report.load import ReportTrial, StudyData
+
+    def trial(n, prior, target, bpb):
+        return ReportTrial(TrialRecord(number=n, state="complete", prior=prior, target=target, general=0.0,
+                                       metrics={"bpb/math": bpb}, mixture={"a": 1.0}))
+
+    reps = [trial(0, True, 0.10, 2.00), trial(1, True, 0.12, 2.01)]
+    others = [trial(2, False, 0.30, 1.5), trial(3, False, 0.05, 2.5), trial(4, False, 0.20, 2.0)]
+    data = StudyData(root=tmp_path, name="s", identity={}, trials=reps + others)
+    assert snr(data, "target") == pytest.approx(statistics.stdev([0.30, 0.05, 0.20]) / statistics.stdev([0.10, 0.12]))
+    assert snr(data, "bpb/math") == pytest.approx(statistics.stdev([1.5, 2.5, 2.0]) / statistics.stdev([2.0, 2.01]))
+    assert snr(StudyData(root=tmp_path, name="s", identity={}, trials=reps[:1] + others), "target") is None
+    same = [trial(0, True, 0.1, 2.0), trial(1, True, 0.1, 2.0)]
+    assert snr(StudyData(root=tmp_path, name="s", identity={}, trials=same + others), "target") is None

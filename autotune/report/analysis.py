@@ -38,6 +38,26 @@ def noise_of(data: StudyData, attr: str) -> Noise | None:
     return noise_floor([t.metrics[attr] for t in reps if attr in t.metrics])
 
 
+def snr(data: StudyData, attr: str) -> float | None:
+    """Signal-to-noise of a metric in this study: the standard deviation of its value over the complete trials
+    that are not prior replicates (how much the mixtures move it), over the sample standard deviation of the
+    prior's replicate seeds (how much a seed moves it). Below about 1 the metric cannot rank the mixtures at
+    this proxy scale; None without 2 replicates, 2 other trials, or with a zero seed deviation."""
+    import statistics
+
+    def value(t: ReportTrial) -> float | None:
+        v = getattr(t, attr) if attr in ("target", "general") else t.metrics.get(attr)
+        return None if v is None else float(v)
+
+    reps = [v for v in (value(t) for t in data.prior_replicates) if v is not None]
+    ids = {t.number for t in data.prior_replicates}
+    others = [v for v in (value(t) for t in data.complete if t.number not in ids) if v is not None]
+    if len(reps) < 2 or len(others) < 2:
+        return None
+    noise = statistics.stdev(reps)
+    return statistics.stdev(others) / noise if noise > 0 else None
+
+
 def pareto_front(trials: list[ReportTrial]) -> list[ReportTrial]:
     """Non-dominated trials when maximising both target and general, by general ascending (target descending)."""
     front = []

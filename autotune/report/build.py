@@ -14,7 +14,7 @@ from autotune.errors import UserError
 from autotune.evaluate.metrics import key_higher_is_better
 from autotune.paths import write_text_atomic
 from autotune.report import figures as F
-from autotune.report.analysis import best_feasible, is_feasible, noise_of
+from autotune.report.analysis import best_feasible, is_feasible, noise_of, snr
 from autotune.report.load import ReportTrial, StudyData, load_study_data
 from autotune.report.page import esc, figures_json, fmt, grid, note, page, section, table, tree
 
@@ -199,14 +199,18 @@ def _scores_table(data: StudyData) -> str:
                 # the difference of two means with about the same stderr: sqrt(2) * stderr
                 delta += f"; {'within' if abs(bv - noise.mean) <= 2 * 2**0.5 * bse else 'beyond'} 2 stderr"
             delta += ")"
+        ratio = snr(data, k)
         rows.append([k, "lower" if _lower_is_better(k) else "higher", data.base.get(k), prior,
-                     best_txt, delta])
+                     best_txt, delta, "-" if ratio is None else f"{ratio:.2g}"])
     head = ["metric", "better", "base", "prior mean +- seed spread",
-            f"best feasible (trial {best.number}) +- stderr" if best else "best feasible", "best - prior mean"]
+            f"best feasible (trial {best.number}) +- stderr" if best else "best feasible", "best - prior mean",
+            "SNR"]
     return table(head, rows, numeric={2}) + note(
         "stderr: standard error over the task's documents (from lm-eval's per-sample log). The seed spread is the "
         "range of the prior mixture's replicate runs: differences inside it are noise at this proxy scale; so are "
-        "differences within 2 stderr of the difference (sampling noise of the documents).")
+        "differences within 2 stderr of the difference (sampling noise of the documents). SNR: the metric's standard "
+        "deviation over the searched trials over its standard deviation over the prior's seeds; below about 1 it "
+        "cannot rank mixtures at this scale.")
 
 
 def _recipe(data: StudyData, figs: _Figures) -> str:
