@@ -22,7 +22,6 @@ from autotune.errors import UserError
 from autotune.extrapolate import build_recipe, load_recipe, write_recipe
 from autotune.extrapolate.verify import VerifyData, analyze, load_verify, paired_tests, pooled_sd
 from autotune.records import TrialRecord
-from autotune.search.study import space_identity
 from autotune.search.verify import choose_candidates, natural_mixture, target_only, verify_space
 from autotune.testing import make_study, tiny_space, tiny_suite, write_space
 
@@ -32,24 +31,30 @@ def test_pooled_sd_and_paired_tests_match_a_hand_computation():
     assert pooled_sd([[1.0, 3.0], [2.0, 2.0, 5.0], [None, 4.0]]) == (pytest.approx(math.sqrt((2 + 6) / 3)), 3)
     rec = [0.50, 0.54, 0.52]
     base = {"a": [0.40, 0.45, 0.41], "b": [0.51, 0.52, 0.55], "c": [None, 0.60, 0.62]}
-    out = {c.baseline: c for c in paired_tests(rec, base, higher=True, alpha=0.05, metric="target")}
+    noise = pooled_sd([rec, *base.values()])
+    out = {c.baseline: c for c in paired_tests(rec, base, higher=True, alpha=0.05, metric="target", noise=noise)}
     d = {"a": [0.10, 0.09, 0.11], "b": [-0.01, 0.02, -0.03], "c": [-0.06, -0.10]}
-    ss = sum(np.sum((np.array(v) - np.mean(v)) ** 2) for v in d.values())
-    df = 2 + 2 + 1
+    groups = [rec, [0.40, 0.45, 0.41], [0.51, 0.52, 0.55], [0.60, 0.62]]
+    ss = sum(np.sum((np.array(g) - np.mean(g)) ** 2) for g in groups)
+    df = 2 + 2 + 2 + 1
     sd = math.sqrt(ss / df)
+    assert noise == (pytest.approx(sd), df)
     for name, v in d.items():
         c = out[name]
-        t = np.mean(v) / (sd / math.sqrt(len(v)))
+        se = sd * math.sqrt(2 / len(v))  # the difference of two independent runs
+        t = np.mean(v) / se
         assert (c.seeds, c.df) == (len(v), df)
-        assert c.diff == pytest.approx(np.mean(v)) and c.t == pytest.approx(t)
+        assert c.diff == pytest.approx(np.mean(v)) and c.se == pytest.approx(se) and c.t == pytest.approx(t)
         assert c.p_better == pytest.approx(stats.t.sf(t, df))
     assert (out["a"].verdict, out["b"].verdict, out["c"].verdict) == ("better", "within noise", "worse")
     # lower-is-better metrics are oriented: a lower bits-per-byte is better
-    low = paired_tests([1.0, 1.1], {"x": [1.5, 1.7]}, higher=False, alpha=0.05, metric="bpb/math")[0]
-    assert low.diff == pytest.approx(0.55) and low.p_better < 0.5
-    # one seed gives no degrees of freedom: not tested, never a verdict
-    one = paired_tests([1.0], {"x": [0.5]}, higher=True, alpha=0.05, metric="target")[0]
-    assert one.verdict == "not tested" and one.diff == pytest.approx(0.5)
+    low = paired_tests([1.0, 1.1], {"x": [1.5, 1.7]}, higher=False, alpha=0.05, metric="bpb/math",
+                       noise=(0.05, 2))[0]
+    assert low.diff == pytest.approx(0.55) and low.p_better < 0.05 and low.verdict == "better"
+    # no degrees of freedom, or a seed noise of exactly 0: nothing is tested (a verdict would be certain)
+    for noise in [(None, 0), (0.0, 4)]:
+        c = paired_tests([1.0, 1.0], {"x": [0.5, 0.5]}, higher=True, alpha=0.05, metric="target", noise=noise)[0]
+        assert c.verdict == "not tested" and c.diff == pytest.approx(0.5) and c.p_better is None
 
 
 def _data(values: dict[str, dict[str, list]], tokens: int = 8192, proxy: int = 4096) -> VerifyData:
@@ -120,7 +125,10 @@ def test_candidates_baselines_and_the_sub_space(tmp_path):
     # the mixture baselines train the recommended schedule: only the mixture differs
     for k in ("uniform", "natural", "target_only"):
         assert by[k]["schedule"] == by["recommended"]["schedule"]
-    assert ("prior" in by) == any(t.prior for t in trials) or any("prior" in n for n in notes)
+    if any(t.prior and t.complete for t in trials):
+        assert by["prior"]["trial"] == min(t.number for t in trials if t.prior and t.complete)
+    else:
+        assert "prior" not in by and any(n.startswith("prior:") for n in notes)
     floor = max(space.mixture.floors.get("general", 0.0), space.bounds("general").min)
     assert target_only(space)["general"] == pytest.approx(floor)
     assert sum(target_only(space).values()) == pytest.approx(1.0)
@@ -133,10 +141,14 @@ def test_candidates_baselines_and_the_sub_space(tmp_path):
     sub = verify_space(space, 4 * space.proxy.tokens, cands, 2 * len(cands))
     assert sub.proxy.tokens == 4 * space.proxy.tokens and sub.search.pruner == "none"
     assert sub.mixture.floors == {} and all(sub.bounds(d).min == 0 and sub.bounds(d).max == 1 for d in sub.domains)
-    lrs = [c["schedule"]["peak_lr"] for c in cands]
-    pl = sub.schedule.peak_lr
-    assert (pl.low, pl.high) == (min(lrs), max(lrs)) if len(set(lrs)) > 1 else pl == lrs[0]
-    assert space_identity(sub)["name"] != space_identity(space)["name"]
+    lrs = sorted({c["schedule"]["peak_lr"] for c in cands})
+    assert len(lrs) > 1  # the trials' own LRs and the recipe's
+    assert (sub.schedule.peak_lr.low, sub.schedule.peak_lr.high) == (lrs[0], lrs[-1])
+    assert sub.proxy.rungs is None and sub.name.startswith(f"{space.name}-verify-tokens-{4 * space.proxy.tokens}-")
+    # other candidate schedules (say, a re-extrapolated recipe) make another sub-study, never a refused resume
+    moved = [dict(c, schedule=dict(c["schedule"], peak_lr=c["schedule"]["peak_lr"] * 1.5)) for c in cands]
+    assert verify_space(space, 4 * space.proxy.tokens, moved, 2).name != sub.name
+    assert verify_space(space, 4 * space.proxy.tokens, cands, 7).name == sub.name
 
 
 @pytest.mark.slow
@@ -146,9 +158,9 @@ def test_recipe_keeps_a_verification_of_its_own_mixture_only(tmp_path):
     root, recipe = _recipe(tmp_path)
     rec = {d: p.share for d, p in recipe.domains.items()}
     cands = [{"label": "recommended", "kind": "recommended", "trial": None, "mixture": rec, "requested_mixture": rec,
-              "schedule": {"kind": "wsd", "peak_lr": recipe.schedule.peak_lr}, "context": {}},
+              "schedule": {"kind": recipe.schedule.kind, "peak_lr": recipe.schedule.peak_lr}, "context": {}},
              {"label": "uniform", "kind": "uniform", "trial": None, "mixture": {d: 1 / 3 for d in rec},
-              "schedule": {"kind": "wsd", "peak_lr": recipe.schedule.peak_lr}, "context": {}}]
+              "schedule": {"kind": recipe.schedule.kind, "peak_lr": recipe.schedule.peak_lr}, "context": {}}]
     sub = root / "verify" / "synthetic-verify-tokens-163840"
     sub.mkdir(parents=True)
     rows = [{"trial": 2 * i + s, "state": "complete", "mixture": c["mixture"], "schedule": c["schedule"], "seed": s,
@@ -177,7 +189,14 @@ def test_recipe_keeps_a_verification_of_its_own_mixture_only(tmp_path):
     (root / "verify" / "verify.json").write_text(json.dumps(m))
     stale = build_recipe(root, tokens=1e9, bootstrap=0, all_metrics=False)
     assert stale["verification"] is None
-    assert any(w.startswith("verify.json verified another mixture") for w in stale["warnings"])
+    assert any(w.startswith("verify.json verified another recommendation") for w in stale["warnings"])
+    # a damaged verify.json never costs the recipe: the verification is left out with a warning
+    (root / "verify" / "verify.json").write_text(json.dumps({"seeds": [0], "candidates": [{"kind": "x"}]}))
+    with pytest.raises(UserError, match="verify.json is malformed"):
+        load_verify(root)
+    damaged = build_recipe(root, tokens=1e9, bootstrap=0, all_metrics=False)
+    assert damaged["verification"] is None
+    assert any(w.startswith("the verification was left out: ") and "malformed" in w for w in damaged["warnings"])
 
 
 # ----------------------------------------------------------------------------------------------- input
@@ -188,6 +207,7 @@ def test_recipe_keeps_a_verification_of_its_own_mixture_only(tmp_path):
     ({"natural": {"math": 0.5, "code": 0.6, "general": 0.1}}, "verify.natural", "sum to 1"),
     ({"natural": {"math": 0.5, "general": 0.5}}, None, "needs a share for each domain"),
     ({"tokens_factor": 0.1}, None, "below one batch"),
+    ({"baselines": []}, "verify.baselines", "at least 1 item"),
 ])
 def test_bad_verify_sections(tmp_path, verify, field, expect):
     path = write_space(tmp_path, tiny_space(verify=verify))
@@ -196,6 +216,16 @@ def test_bad_verify_sections(tmp_path, verify, field, expect):
     assert e.value.field == field
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code == 2 and expect in result.output
+
+
+def test_a_ladder_rung_is_not_verified(tmp_path):
+    """A verify section valid for the search (half its tokens is a batch) is not checked on a one-batch ladder
+    rung, where it would not fit: what validate accepts, the ladder accepts."""
+    from autotune.search.ladder import rung_space
+
+    space = load_space(write_space(tmp_path, tiny_space(ladder={"tokens": [1024]}, verify={"tokens_factor": 0.5})))
+    rung = rung_space(space, 1024, 2)
+    assert rung.verify is None and rung.proxy.tokens == 1024
 
 
 def test_verify_cli_bad_input(tmp_path):

@@ -319,6 +319,10 @@ def verify(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None,
     section = attach_verification(space, command=redact(" ".join(sys.argv)))
     print_verification(console, section)
     console.print(f"recipe: {root / 'recipe.yaml'}", highlight=False)
+    if section.rank is None:  # as search with no completed trial
+        err.print("[bold red]error:[/] the recommendation has no complete verification run; see the sub-study's "
+                  f"trials in {root / section.directory}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()

@@ -309,7 +309,8 @@ class Verify(Spec):
     tokens_factor: Float = Field(4.0, gt=0, le=1000, description="verification runs train this many times proxy.tokens")
     seeds: Int = Field(2, ge=2, le=32, description="seeds per mixture (proxy.seed, proxy.seed + 1, ...)")
     baselines: list[Literal["prior", "best_trial", "uniform", "natural", "target_only"]] = Field(
-        default_factory=lambda: list(BASELINES), description="which baselines to run besides the recommendation")
+        default_factory=lambda: list(BASELINES), min_length=1,
+        description="which baselines to run besides the recommendation")
     natural: dict[str, Float] | None = Field(None, description="the natural mixture (e.g. the corpus's own "
                                                                "proportions); default: from extrapolate.available_tokens")
     alpha: Float = Field(0.05, gt=0, lt=0.5, description="one-sided level of the paired test over seeds")
@@ -444,9 +445,14 @@ class SearchSpace(Spec):
             if set(self.verify.natural) != set(self.domains):
                 raise ValueError(f"verify.natural: needs a share for each domain {list(self.domains)} "
                                  f"(got {sorted(self.verify.natural)})")
-        if self.verify is not None and int(self.proxy.tokens * self.verify.tokens_factor) < self.proxy.batch_tokens:
-            raise ValueError(f"verify.tokens_factor: {self.verify.tokens_factor:g} x proxy.tokens is below one batch "
-                             f"of proxy.batch_tokens {self.proxy.batch_tokens}")
+        if self.verify is not None:  # as autotune verify rounds it (search.verify.verify_tokens)
+            tokens = int(round(self.proxy.tokens * self.verify.tokens_factor))
+            if tokens < self.proxy.batch_tokens:
+                raise ValueError(f"verify.tokens_factor: {self.verify.tokens_factor:g} x proxy.tokens is below one "
+                                 f"batch of proxy.batch_tokens {self.proxy.batch_tokens}")
+            if tokens > MAX_TOKENS:
+                raise ValueError(f"verify.tokens_factor: {self.verify.tokens_factor:g} x proxy.tokens is above "
+                                 f"{MAX_TOKENS:.0e} tokens")
         return self
 
     def bounds(self, domain: str) -> Bounds:

@@ -552,10 +552,14 @@ def build_recipe(study_dir: str | Path, *, tokens: float, available_tokens: dict
     predicted = Predicted(at_proxy_scale=ProxyScale(tokens=int(study.space.proxy.tokens), **predictions.scores,
                                                     metrics=predictions.metrics),
                           at_full_scale=full, full_scale_note=full_note)
-    verification, verify_warnings = section_for(
-        study.root, study.space, {d: p.share for d, p in domains.plans.items()},
-        lambda points: [predict_scores(models, _design(models, lr, np.array([[w[d] for d in study.domains]])),
-                                       bootstrap=bootstrap, seed=seed) for w, lr in points])
+    try:  # a damaged verification never costs the recipe: it becomes a warning
+        verification, verify_warnings = section_for(
+            study.root, study.space, {d: p.share for d, p in domains.plans.items()},
+            {"kind": schedule.plan.kind, "peak_lr": schedule.plan.peak_lr},
+            lambda points: [predict_scores(models, _design(models, lr, np.array([[w[d] for d in study.domains]])),
+                                           bootstrap=bootstrap, seed=seed) for w, lr in points])
+    except UserError as e:
+        verification, verify_warnings = None, [f"the verification was left out: {e}"]
     # the ladder's warnings first: they question everything below
     warnings = [*(ladder.warnings if ladder else ()), *region.warnings, *mixture.warnings, *schedule.warnings,
                 *domains.warnings, *verify_warnings]

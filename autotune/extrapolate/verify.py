@@ -7,9 +7,10 @@ predictions into the ``Verification`` section of recipe.yaml:
 
 - per candidate and metric: the mean over seeds and the seed spread (sample standard deviation);
 - the seed noise per metric: the within-candidate standard deviation pooled over every candidate;
-- per baseline and metric: a paired test over seeds of recommendation minus baseline (differences oriented
-  so that positive is better), with the variance of the differences pooled over the baselines (df = the
-  sum of n - 1); ``better`` / ``worse`` when the one-sided p-value is below ``alpha``, else ``within noise``;
+- per baseline and metric: recommendation minus baseline, paired over seeds (the mean of the per-seed
+  differences, oriented so that positive is better), tested one-sided against the seed noise: se =
+  sd * sqrt(2 / n), sd pooled over every verified mixture (df = the sum of n - 1); ``better`` / ``worse``
+  when the p-value is below ``alpha``, else ``within noise``; a zero seed noise tests nothing;
 - the candidates ranked by the study's objective (feasible first: mean general at the objective's floor);
 - predicted vs realised: the recipe's models predict proxy-scale scores (``proxy.tokens``), so an interval
   is checked against realised values only when the verification runs at that scale (``tokens_factor: 1``);
@@ -38,6 +39,7 @@ VERIFY_DIR = "verify"
 VERIFY_MANIFEST = f"{VERIFY_DIR}/verify.json"
 GROUPS = ("target", "general")
 Kind = Literal["recommended", "prior", "best_trial", "uniform", "natural", "target_only"]
+KINDS = ("recommended", "prior", "best_trial", "uniform", "natural", "target_only")
 
 
 class Predicted(_Frozen):
@@ -122,11 +124,16 @@ def load_verify(study_dir: str | Path) -> VerifyData | None:
     manifest = read_json(path, fix="rerun autotune verify to rewrite it")
     try:
         seeds = [int(s) for s in manifest["seeds"]]
+        int(manifest["tokens"]), int(manifest["proxy_tokens"])
         cands = list(manifest["candidates"])
+        for c in cands:
+            shares = {str(d): float(w) for d, w in dict(c["mixture"]).items()}
+            if c["kind"] not in KINDS or not str(c["label"]) or not float(c["schedule"]["peak_lr"]) > 0 or not shares:
+                raise ValueError(f"candidate {c.get('label')!r}: a kind, a label, shares and a positive peak_lr")
         sub = root / str(manifest["dir"])
         keys = {c["label"]: [run_key(c["mixture"], c["schedule"], s, c.get("context") or None) for s in seeds]
                 for c in cands}
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"verify.json is malformed ({type(e).__name__}: {e}); rerun autotune verify", file=path) from None
     summary_path = sub / "summary.json"
     rows = []
@@ -185,36 +192,30 @@ def pooled_sd(groups: list[list[float | None]]) -> tuple[float | None, int]:
 
 
 def paired_tests(rec: list[float | None], baselines: dict[str, list[float | None]], *, higher: bool,
-                 alpha: float, metric: str) -> list[Comparison]:
-    """Recommendation minus each baseline, paired over seeds, with the variance of the differences pooled
-    over the baselines (homoscedastic seed noise); one-sided t tests in the direction of 'better'."""
+                 alpha: float, metric: str, noise: tuple[float | None, int]) -> list[Comparison]:
+    """Recommendation minus each baseline, paired over seeds (the mean of the per-seed differences), against
+    the seed noise ``noise`` = (sd, df): the within-mixture standard deviation pooled over every verified
+    mixture (``pooled_sd``; independent sums of squares, df = the sum of n - 1). The difference of two
+    independent runs has variance 2 sd^2, so se = sd * sqrt(2 / n); one-sided t tests in the direction of
+    'better'. A zero or unknown seed noise tests nothing (a verdict would be certain by construction)."""
     from scipy import stats
 
     sign = 1.0 if higher else -1.0
-    diffs = {b: [sign * (r - v) for r, v in zip(rec, vals, strict=True) if r is not None and v is not None]
-             for b, vals in baselines.items()}
-    sd, df = pooled_sd(list(diffs.values()))
+    sd, df = noise
     out = []
-    for b, d in diffs.items():
-        if not d:
-            out.append(Comparison(baseline=b, metric=metric, seeds=0, diff=None, se=None, t=None, df=df,
-                                  p_better=None, verdict="not tested"))
-            continue
-        mean = float(np.mean(d))
-        if sd is None or df == 0:
+    for b, vals in baselines.items():
+        d = [sign * (r - v) for r, v in zip(rec, vals, strict=True) if r is not None and v is not None]
+        mean = float(np.mean(d)) if d else None
+        if not d or sd is None or sd <= 0 or df == 0:
             out.append(Comparison(baseline=b, metric=metric, seeds=len(d), diff=mean, se=None, t=None, df=df,
                                   p_better=None, verdict="not tested"))
             continue
-        se = sd / math.sqrt(len(d))
-        if se == 0:
-            t = math.copysign(math.inf, mean) if mean else 0.0
-            p = 0.0 if mean > 0 else 1.0 if mean < 0 else 0.5
-        else:
-            t = mean / se
-            p = float(stats.t.sf(t, df))
+        se = sd * math.sqrt(2.0 / len(d))
+        t = mean / se
+        p = float(stats.t.sf(t, df))
         verdict = "better" if p < alpha else "worse" if 1 - p < alpha else "within noise"
-        out.append(Comparison(baseline=b, metric=metric, seeds=len(d), diff=mean, se=se,
-                              t=t if math.isfinite(t) else None, df=df, p_better=p, verdict=verdict))
+        out.append(Comparison(baseline=b, metric=metric, seeds=len(d), diff=mean, se=se, t=t, df=df, p_better=p,
+                              verdict=verdict))
     return out
 
 
@@ -244,8 +245,7 @@ def analyze(data: VerifyData, predicted: dict[str, dict[str, Any]], *, maximize:
     cands = list(m["candidates"])
     rec = next((c for c in cands if c["kind"] == "recommended"), None)
     if rec is None:
-        raise UserError("verify.json has no recommended mixture; rerun autotune verify",
-                        file=Path(m.get("study_dir", ".")) / VERIFY_MANIFEST)
+        raise UserError("verify.json has no recommended mixture; rerun autotune verify", file=VERIFY_MANIFEST)
     metrics = [*GROUPS, *sorted({k for v in data.values.values() for k in v} - set(GROUPS))]
     out_cands = []
     for c in cands:
@@ -259,7 +259,8 @@ def analyze(data: VerifyData, predicted: dict[str, dict[str, Any]], *, maximize:
                                    seeds=seeds, values={k: list(vals.get(k, [None] * len(seeds))) for k in metrics},
                                    mean=mean, spread={k: _sd(vals.get(k, [])) for k in metrics}, feasible=feasible,
                                    predicted=pred))
-    noise = {k: pooled_sd([c.values[k] for c in out_cands])[0] for k in metrics}
+    pooled = {k: pooled_sd([c.values[k] for c in out_cands]) for k in metrics}
+    noise = {k: v[0] for k, v in pooled.items()}
     comparisons = []
     by_label = {c.label: c for c in out_cands}
     r = by_label[rec["label"]]
@@ -267,7 +268,7 @@ def analyze(data: VerifyData, predicted: dict[str, dict[str, Any]], *, maximize:
     for k in metrics:
         higher = True if k in GROUPS else higher_is_better(k)
         comparisons += paired_tests(r.values[k], {b: c.values[k] for b, c in others.items()}, higher=higher,
-                                    alpha=alpha, metric=k)
+                                    alpha=alpha, metric=k, noise=pooled[k])
 
     def order(c: Candidate) -> tuple:
         v = c.mean.get(maximize)
@@ -286,8 +287,9 @@ def analyze(data: VerifyData, predicted: dict[str, dict[str, Any]], *, maximize:
     verdicts = {c.baseline: c.verdict for c in on_max}
     beaten = [b for b, v in verdicts.items() if v == "better"]
     lost = [b for b, v in verdicts.items() if v == "worse"]
-    summary = (f"at {tokens_text(tokens)} tokens, {len(seeds)} seeds: the recommendation ranks {rank} of "
-               f"{len(out_cands)} on {maximize}"
+    place = (f"ranks {rank} of {len(out_cands)} on {maximize}" if rank is not None else
+             "is not ranked: it has no complete run")
+    summary = (f"at {tokens_text(tokens)} tokens, {len(seeds)} seeds: the recommendation {place}"
                + (" (infeasible: mean general below the floor)" if r.feasible is False else "")
                + f"; better beyond the seed noise than {len(beaten)} of {len(verdicts)} baselines"
                + (f" ({', '.join(beaten)})" if beaten else "")
@@ -319,20 +321,26 @@ def _coverage(cands: list[Candidate]) -> dict[str, Any]:
     return out
 
 
-def section_for(study_dir: str | Path, space, mixture: dict[str, float],
+def section_for(study_dir: str | Path, space, mixture: dict[str, float], schedule: dict[str, Any],
                 predict: Callable[[list[tuple[dict[str, float], float]]], list[dict[str, Any]]]
                 ) -> tuple[Verification | None, list[str]]:
     """The ``Verification`` of the study at ``study_dir`` when its verify.json verified ``mixture`` (the
-    recipe's shares), with ``predict`` giving the recipe's models' predictions at each candidate's mixture and
-    peak LR; (None, [a warning]) when it verified another recommendation; (None, []) without verify.json."""
+    recipe's shares) with ``schedule``'s kind and peak LR, with ``predict`` giving the recipe's models'
+    predictions at each candidate's mixture and peak LR; (None, [a warning]) when it verified another
+    recommendation; (None, []) without verify.json."""
     data = load_verify(study_dir)
     if data is None:
         return None, []
     rec = next((c for c in data.manifest.get("candidates", []) if c.get("kind") == "recommended"), None)
     verified = (rec or {}).get("requested_mixture") or (rec or {}).get("mixture") or {}
-    if set(verified) != set(mixture) or any(abs(float(verified[d]) - float(mixture[d])) > 1e-6 for d in mixture):
-        return None, [f"verify.json verified another mixture ({_shares(verified)}) than this recipe's "
-                      f"({_shares(mixture)}); run autotune verify again"]
+    sched = (rec or {}).get("schedule") or {}
+    same = (set(verified) == set(mixture) and all(abs(float(verified[d]) - float(mixture[d])) <= 1e-6 for d in mixture)
+            and sched.get("kind") == schedule.get("kind")
+            and math.isclose(float(sched.get("peak_lr") or 0), float(schedule.get("peak_lr") or 0), rel_tol=1e-9))
+    if not same:
+        return None, [f"verify.json verified another recommendation ({_shares(verified)}; {sched.get('kind')}, peak "
+                      f"LR {sched.get('peak_lr')}) than this recipe's ({_shares(mixture)}; {schedule.get('kind')}, "
+                      f"peak LR {schedule.get('peak_lr')}); run autotune verify again"]
     cands = data.manifest["candidates"]
     preds = predict([(c["mixture"], float(c["schedule"]["peak_lr"])) for c in cands])
     predicted = {c["label"]: {g: (p.model_dump() if hasattr(p, "model_dump") else dict(p)) for g, p in pr.items()}

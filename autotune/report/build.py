@@ -288,7 +288,8 @@ def _verification(data: StudyData, figs: _Figures) -> str:
     return out + note(
         f"Realised {v.scale}; predicted {v.predicted_scale} (the recipe's models know no other scale). Seed noise "
         f"(within-mixture sd, pooled): {noise}. Predicted vs realised rank agreement (Spearman): {rho}. {cov}. "
-        f"The test pools the variance of the paired differences over the baselines (one-sided, alpha {v.alpha:g}).")
+        f"The test: the mean paired difference over se = sd sqrt(2/n), sd the seed noise pooled over every mixture "
+        f"(one-sided, alpha {v.alpha:g}).")
 
 
 def _problems(data: StudyData) -> str:

@@ -46,7 +46,7 @@ def rung_space(space: SearchSpace, tokens: int, trials: int) -> SearchSpace:
     data["name"] = f"{space.name}-tokens-{tokens}"
     data["proxy"]["tokens"] = tokens
     data["search"].update(trials=trials, pruner="none", runs_dir=str(study_dir(space) / LADDER_DIR))
-    data["ladder"] = data["extrapolate"] = None  # a rung is not laddered or extrapolated itself
+    data["ladder"] = data["extrapolate"] = data["verify"] = None  # a rung is not laddered, extrapolated or verified
     try:
         return SearchSpace.model_validate({**data, "source_file": space.source_file})
     except ValidationError as e:

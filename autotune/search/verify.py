@@ -2,7 +2,7 @@
 proxy runs at ``verify.tokens_factor`` x ``proxy.tokens`` with ``verify.seeds`` seeds each, then test whether
 the recommendation beats each baseline beyond the seed noise (``autotune.extrapolate.verify``).
 
-The runs are one sub-study, ``runs/<study>/verify/<study>-verify-tokens-<N>/``, of the same space with
+The runs are one sub-study, ``runs/<study>/verify/<study>-verify-tokens-<N>-<digest of its schedule fields>/``, of the same space with
 ``proxy.tokens = N``, no pruner, bounds and floors opened to the whole simplex (a baseline such as uniform may
 lie outside them) and each schedule field widened to the values the candidates use; its trials are exactly
 the candidates x seeds, enqueued (``Controller.enqueue_missing``) and run by the ordinary ``Study`` loop: its
@@ -27,7 +27,7 @@ from autotune.config.identity import proposal_key
 from autotune.config.space import SearchSpace, Verify
 from autotune.errors import UserError
 from autotune.extrapolate.verify import VERIFY_DIR, VERIFY_MANIFEST
-from autotune.records import FIX_SUMMARY, TrialRecord, read_json, write_json_atomic
+from autotune.records import FIX_SUMMARY, TrialRecord, digest, read_json, write_json_atomic
 from autotune.search.study import ProgressFactory, Study, StudyPaths, check_space, study_dir
 
 SCHEDULE_FIELDS = ("kind", "peak_lr", "warmup_fraction", "decay_fraction", "final_lr_ratio", "decay_shape")
@@ -46,14 +46,21 @@ def verify_tokens(space: SearchSpace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- candidates
-def recommended(recipe, space: SearchSpace) -> dict[str, Any]:
-    """recipe.yaml's mixture and its schedule, in the proposal's fields (the proxy's fractions of steps)."""
+def recommended(recipe, space: SearchSpace, trials: list[TrialRecord] | None = None) -> dict[str, Any]:
+    """recipe.yaml's mixture and its schedule, in the proposal's fields (the proxy's fractions of steps): the
+    Multi-Power Law's best candidate, or (``chosen_by: best_trial``) the best trial's own decay fraction,
+    not the full run's rounded plan."""
     s = recipe.schedule
     best = s.candidates[0] if s.chosen_by == "multi_power_law" and s.candidates else None
     shape = (best.decay_shape if best else s.decay_shape) or _fixed(space.schedule.decay_shape, "linear")
+    decay = float(best.decay_fraction) if best else None
+    if decay is None:
+        number = recipe.provenance.best_trial.get("trial")
+        own = next((t.schedule for t in trials or [] if t.number == number), {})
+        decay = float(own.get("decay_fraction", _fixed(space.schedule.decay_fraction, s.decay_fraction)))
+        decay = float(getattr(decay, "low", decay))
     schedule = {"kind": s.kind, "peak_lr": float(s.peak_lr), "warmup_fraction": float(s.warmup_fraction),
-                "decay_fraction": float(best.decay_fraction if best else s.decay_fraction),
-                "final_lr_ratio": float(s.final_lr_ratio), "decay_shape": shape}
+                "decay_fraction": decay, "final_lr_ratio": float(s.final_lr_ratio), "decay_shape": shape}
     return {"kind": "recommended", "mixture": {d: float(p.share) for d, p in recipe.domains.items()},
             "schedule": schedule, "trial": None, "context": {}}
 
@@ -98,7 +105,7 @@ def choose_candidates(space: SearchSpace, trials: list[TrialRecord], recipe) -> 
     candidate is dropped); and notes on the baselines left out."""
     spec = spec_of(space)
     maximize = space.objective.maximize or "target"
-    rec = recommended(recipe, space)
+    rec = recommended(recipe, space, trials)
     done = [t for t in trials if t.complete and t.mixture]
     prior = sorted((t for t in done if t.prior), key=lambda t: (t.seed or 0, t.number))[:1]
     others = sorted((t for t in done if not t.prior), key=lambda t: (t.feasible is not False, getattr(t, maximize)),
@@ -112,7 +119,7 @@ def choose_candidates(space: SearchSpace, trials: list[TrialRecord], recipe) -> 
                 notes.append(f"{LABELS[kind]}: the study has no complete {'prior' if kind == 'prior' else 'other'} trial")
                 continue
             t = pick[0]
-            out.append({"kind": kind, "mixture": dict(t.mixture), "schedule": _schedule_of(t.schedule),
+            out.append({"kind": kind, "mixture": dict(t.mixture), "schedule": _schedule_of(t.schedule, space),
                         "trial": t.number, "context": dict(t.context)})
             continue
         if kind == "uniform":
@@ -143,8 +150,17 @@ def _label(c: dict) -> str:
     return LABELS[c["kind"]] + (f" (trial {c['trial']})" if c.get("trial") is not None else "")
 
 
-def _schedule_of(s: dict[str, Any]) -> dict[str, Any]:
-    return {k: s[k] for k in SCHEDULE_FIELDS if k in s}
+def _schedule_of(s: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
+    """A trial's schedule in the proposal's fields; one an older study did not record takes the space's value
+    (a fixed one, the first choice, or a range's low end)."""
+    out = {}
+    for k in SCHEDULE_FIELDS:
+        if s.get(k) is not None:
+            out[k] = s[k]
+        else:
+            v = _fixed(getattr(space.schedule, k), None)
+            out[k] = getattr(v, "low", v)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- the sub-study
@@ -152,8 +168,8 @@ def verify_space(space: SearchSpace, tokens: int, candidates: list[dict], trials
     """The sub-study's space: the study's at ``tokens`` per run, its own name and folder, no pruner, the whole
     simplex, and each schedule field fixed or widened to exactly the values the candidates use."""
     data = space.model_dump(mode="json")
-    data["name"] = f"{space.name}-verify-tokens-{tokens}"
     data["proxy"]["tokens"] = tokens
+    data["proxy"]["rungs"] = None  # no pruner reads them
     data["search"].update(trials=trials, pruner="none", runs_dir=str(study_dir(space) / VERIFY_DIR))
     data["ladder"] = data["extrapolate"] = data["verify"] = None
     data["mixture"]["bounds"] = {}
@@ -171,6 +187,9 @@ def verify_space(space: SearchSpace, tokens: int, candidates: list[dict], trials
             old = getattr(space.schedule, name)
             lo, hi = float(min(values)), float(max(values))
             data["schedule"][name] = {"low": lo, "high": hi, "log": bool(getattr(old, "log", False) and lo > 0)}
+    # the schedule fields key the sub-study's identity: other candidate values (a re-extrapolated recipe,
+    # other baselines) get their own sub-study instead of a refused resume
+    data["name"] = f"{space.name}-verify-tokens-{tokens}-{digest(data['schedule'])[:8]}"
     try:
         return SearchSpace.model_validate({**data, "source_file": space.source_file})
     except ValidationError as e:
@@ -227,8 +246,9 @@ def run_verify(space: SearchSpace, *, storage: str | None = None, progress: Prog
     root, trials = read_trials(space)
     recipe_path = root / "recipe.yaml"
     if not recipe_path.exists():
-        raise UserError("the study has no recipe.yaml to verify: add an extrapolate: section to the space, or run "
-                        f"autotune extrapolate {root} --tokens N first", file=recipe_path)
+        how = (f"autotune extrapolate {root}" if space.extrapolate is not None else
+               f"autotune extrapolate {root} --tokens N (or add an extrapolate: section to the space)")
+        raise UserError(f"the study has no recipe.yaml to verify: run {how} first", file=recipe_path)
     recipe = load_recipe(recipe_path)
     if set(recipe.domains) != set(space.domains):
         raise UserError(f"recipe.yaml's domains {sorted(recipe.domains)} are not the space's {sorted(space.domains)}; "
@@ -240,6 +260,7 @@ def run_verify(space: SearchSpace, *, storage: str | None = None, progress: Prog
     seeds = [space.proxy.seed + k for k in range(spec.seeds)]
     sub = verify_space(space, tokens, candidates, len(candidates) * len(seeds))
     sub_root = study_dir(sub)
+    check_space(StudyPaths(sub_root), sub)  # before anything is enqueued or written
     ctl = Controller(sub, sub_root, storage)
     items, listed = [], []
     for c in candidates:
@@ -257,13 +278,13 @@ def run_verify(space: SearchSpace, *, storage: str | None = None, progress: Prog
                 "dir": str(sub_root.relative_to(root)), "candidates": listed, "notes": notes}
     out = root / VERIFY_MANIFEST
     write_json_atomic(out, manifest)  # before the runs: an interrupted verification is read back as it stands
-    if todo > 0 or not (sub_root / "summary.json").exists():
+    if todo > 0:
         log(f"verify: {todo} of {len(items)} runs to do ({len(candidates)} mixtures x {len(seeds)} seeds, "
             f"{manifest['trained_tokens']:,} tokens each) in {sub_root}")
-        Study(sub, storage=storage, progress=progress, log=log,
-              allow_code_execution=allow_code_execution).search(budget)
     else:
         log(f"verify: all {len(items)} runs done ({sub_root})")
+    # also with nothing to run: the session writes the sub-study's tables afresh
+    Study(sub, storage=storage, progress=progress, log=log, allow_code_execution=allow_code_execution).search(budget)
     return out
 
 
@@ -279,12 +300,14 @@ def attach_verification(space: SearchSpace, *, command: str | None = None):
     path = root / "recipe.yaml"
     recipe = load_recipe(path)
     section, warnings = section_for(root, space, {d: p.share for d, p in recipe.domains.items()},
+                                    {"kind": recipe.schedule.kind, "peak_lr": recipe.schedule.peak_lr},
                                     lambda points: predict_mixtures(root, points))
     if section is None:
         raise UserError(warnings[0] if warnings else "no verification to attach: run autotune verify", file=path)
     data = recipe.model_dump(mode="json")
     data["verification"] = section.model_dump(mode="json")
-    data["warnings"] = [w for w in data["warnings"] if not w.startswith("verify.json verified another")]
+    data["warnings"] = [w for w in data["warnings"] if not w.startswith(("verify.json verified another",
+                                                                         "the verification was left out"))]
     write_recipe(data, path, command=command)
     return section
 
@@ -317,7 +340,7 @@ def print_verification(console, v) -> None:
         table.add_row(*cells, style="bold" if c.kind == "recommended" else None)
     console.print(table)
     tests = Table(title=f"verify: recommendation minus each baseline, paired over seeds (one-sided, alpha {v.alpha:g}; "
-                        "seed noise pooled over the baselines)")
+                        "seed noise pooled over every mixture)")
     tests.add_column("baseline")
     for g in ("target", "general"):
         tests.add_column(f"{g} diff ± se", justify="right")
