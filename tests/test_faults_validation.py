@@ -160,7 +160,7 @@ def test_dry_run_builds_every_stage_and_writes_nothing(tmp_path):
     result = _invoke(tmp_path, "search", str(space_file), "--dry-run", "--trials", "3")
     assert result.exit_code == 0, (result.output, result.exception)
     out = result.output
-    for stage in ("suite demo", "storage sqlite", "sampler tpe", "trainer, prior (seed 0)", "trainer, sampled",
+    for stage in ("suite demo", "storage sqlite", "sampler gp", "trainer, prior (seed 0)", "trainer, sampled",
                   "objective", "ladder: 2 rungs", "extrapolation", "dry run ok"):
         assert stage in out, (stage, out)
     assert _files(tmp_path) == before
