@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,7 +20,7 @@ from autotune.extrapolate import build_recipe, load_recipe, write_recipe
 from autotune.extrapolate.verify import VerifyData, analyze, load_verify, paired_tests, pooled_sd
 from autotune.records import TrialRecord
 from autotune.search.verify import choose_candidates, natural_mixture, target_only, verify_space
-from autotune.testing import make_study, tiny_space, tiny_suite, write_space
+from autotune.testing import make_study, run_cli, tiny_space, tiny_suite, write_space
 
 
 # ----------------------------------------------------------------------------------------------- statistics
@@ -246,13 +243,9 @@ def test_verify_end_to_end(tmp_path):
     spec = tiny_space("ver", trials=3, extrapolate={"tokens": 1e6, "available_tokens": {"math": 2e5}},
                       verify={"tokens_factor": 2, "seeds": 2, "baselines": ["prior", "uniform"]})
     space = write_space(tmp_path, spec, tiny_suite(limit=8))
-    env = {**os.environ, "COLUMNS": "200"}
-
     def autotune(*args, quiet=True):
-        proc = subprocess.run([sys.executable, "-m", "autotune.cli", *args, *(["--quiet"] if quiet else [])], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=400, env=env)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "Traceback" not in proc.stdout + proc.stderr
+        proc = run_cli(*args, *(["--quiet"] if quiet else []), cwd=tmp_path, timeout=400)
+        assert proc.returncode == 0 and "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
         return proc
 
     autotune("search", str(space))

@@ -247,6 +247,23 @@ def _print_recipe_warnings(warnings: list[str], ladder_shown: bool = False) -> N
         err.print(f"[{style}]warning:[/] {w}", highlight=False, soft_wrap=True)
 
 
+def _run_after_search(run, study: Path, set_, storage: str | None, allow_code_execution: bool, quiet: bool):
+    """What ``ladder`` and ``verify`` share: resolve the study (``run`` checks that it ran), refuse code the
+    suite would run without the flag, then ``run`` its sub-studies under progress bars; returns (space, root)."""
+    from autotune.cli.logs import quiet_optuna
+    from autotune.cli.ui import Bars
+    from autotune.evaluate.suite import load_suite, require_code_permission
+
+    quiet_optuna()
+    space, root = resolve_study(study, set_, require_study=False)
+    require_code_permission(load_suite(space.suite_path, list(space.domains)), allow_code_execution)
+    bars = Bars(console, enabled=not quiet)
+    with bars:
+        run(space, storage=storage, progress=bars.task, allow_code_execution=allow_code_execution,
+            log=lambda m: console.print(m, highlight=False, markup=False))
+    return space, root
+
+
 @app.command()
 @cli_errors(interrupted="run the same command again to resume the ladder.")
 def ladder(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None,
@@ -265,18 +282,9 @@ def ladder(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None,
 
     Example: autotune ladder search_spaces/demo.yaml --set 'ladder={tokens: [1.5e5, 6.0e5], top_k: 3}'
     """
-    from autotune.cli.logs import quiet_optuna
-    from autotune.cli.ui import Bars
-    from autotune.evaluate.suite import load_suite, require_code_permission
     from autotune.search.ladder import ladder_report, print_ladder, run_ladder
 
-    quiet_optuna()
-    space, root = resolve_study(study, set_, require_study=False)  # run_ladder checks that the study ran
-    require_code_permission(load_suite(space.suite_path, list(space.domains)), allow_code_execution)
-    bars = Bars(console, enabled=not quiet)
-    with bars:
-        run_ladder(space, storage=storage, progress=bars.task, allow_code_execution=allow_code_execution,
-                   log=lambda m: console.print(m, highlight=False, markup=False))
+    space, root = _run_after_search(run_ladder, study, set_, storage, allow_code_execution, quiet)
     section = ladder_report(space)
     print_ladder(console, section)
     console.print(f"ladder: {root / 'ladder' / 'ladder.json'}", highlight=False)
@@ -304,18 +312,9 @@ def verify(study: StudyArg, set_: SetOpt = None, storage: StorageOpt = None,
 
     Example: autotune verify search_spaces/demo.yaml --set 'verify={tokens_factor: 4, seeds: 2}'
     """
-    from autotune.cli.logs import quiet_optuna
-    from autotune.cli.ui import Bars
-    from autotune.evaluate.suite import load_suite, require_code_permission
     from autotune.search.verify import attach_verification, print_verification, run_verify
 
-    quiet_optuna()
-    space, root = resolve_study(study, set_, require_study=False)  # run_verify checks that the study ran
-    require_code_permission(load_suite(space.suite_path, list(space.domains)), allow_code_execution)
-    bars = Bars(console, enabled=not quiet)
-    with bars:
-        run_verify(space, storage=storage, progress=bars.task, allow_code_execution=allow_code_execution,
-                   log=lambda m: console.print(m, highlight=False, markup=False))
+    space, root = _run_after_search(run_verify, study, set_, storage, allow_code_execution, quiet)
     section = attach_verification(space, command=redact(" ".join(sys.argv)))
     print_verification(console, section)
     console.print(f"recipe: {root / 'recipe.yaml'}", highlight=False)

@@ -24,8 +24,8 @@ from autotune.config.space import SearchSpace
 from autotune.errors import UserError
 from autotune.extrapolate.ladder import analyze, decision_metrics, higher_is_better
 from autotune.extrapolate.study_data import load_ladder
-from autotune.records import FIX_SUMMARY, Attr, TrialRecord, read_json, write_json_atomic
-from autotune.search.study import ProgressFactory, Study, StudyPaths, check_space, study_dir
+from autotune.records import Attr, TrialRecord, write_json_atomic
+from autotune.search.study import ProgressFactory, Study, read_trials, study_dir
 
 LADDER_DIR = "ladder"
 
@@ -75,22 +75,10 @@ def run_ladder(space: SearchSpace, *, storage: str | None = None, progress: Prog
     if spec is None:
         raise UserError("the space has no ladder section; add e.g. `ladder: {tokens: [1.0e5, 1.0e6], top_k: 4}` "
                         "or give --set 'ladder={tokens: [1.0e5, 1.0e6]}'", file=space.source_file, field="ladder")
-    root = study_dir(space)
-    paths = StudyPaths(root)
-    if not paths.space_json.exists():
-        raise UserError("no study has run for this space yet: run autotune search first", file=space.source_file,
-                        field="name", value=space.name)
-    check_space(paths, space)  # refuses a space that changed under the study
+    root, trials = read_trials(space)
     summary_path = root / "summary.json"
-    if not summary_path.exists():
-        raise UserError("the study has no summary.json yet: let autotune search finish first", file=summary_path)
-    summary = read_json(summary_path, fix=FIX_SUMMARY)  # damaged: names the file and what to do
-    rows = summary.get("trials") if isinstance(summary, dict) else None
-    if not isinstance(rows, list):
-        raise UserError("not a study summary (needs a 'trials' list)", file=summary_path, field="trials")
     maximize = space.objective.maximize or "target"
-    chosen = choose_trials([TrialRecord.from_row(r, i) for i, r in enumerate(rows) if isinstance(r, dict)],
-                           maximize, spec.top_k)
+    chosen = choose_trials(trials, maximize, spec.top_k)
     if len(chosen) < 2:
         raise UserError(f"the ladder compares at least 2 complete trials; this study has {len(chosen)}",
                         file=summary_path, field="trials")

@@ -33,6 +33,7 @@ from autotune.paths import follow_umask
 from autotune.procs import sigterm_as_interrupt
 from autotune.records import (
     FIX_SPACE_JSON,
+    FIX_SUMMARY,
     Attr,
     DamagedFile,
     Job,
@@ -219,6 +220,25 @@ def check_space(paths: StudyPaths, space: SearchSpace) -> None:
             raise
         raise UserError(f"cannot write the study folder {paths.root}: {e.strerror}", file=space.source_file,
                         field="search.runs_dir", value=space.search.runs_dir) from None
+
+
+def read_trials(space: SearchSpace) -> tuple[Path, list[TrialRecord]]:
+    """The study's folder and its trials from ``summary.json`` (what the ladder and the verification start from);
+    a UserError when it has not run, has changed, or has no readable summary."""
+    root = study_dir(space)
+    paths = StudyPaths(root)
+    if not paths.space_json.exists():
+        raise UserError("no study has run for this space yet: run autotune search first", file=space.source_file,
+                        field="name", value=space.name)
+    check_space(paths, space)  # refuses a space that changed under the study
+    summary_path = root / "summary.json"
+    if not summary_path.exists():
+        raise UserError("the study has no summary.json yet: let autotune search finish first", file=summary_path)
+    summary = read_json(summary_path, fix=FIX_SUMMARY)
+    rows = summary.get("trials") if isinstance(summary, dict) else None
+    if not isinstance(rows, list):
+        raise UserError("not a study summary (needs a 'trials' list)", file=summary_path, field="trials")
+    return root, [TrialRecord.from_row(r, i) for i, r in enumerate(rows) if isinstance(r, dict)]
 
 
 def job_space(space: SearchSpace) -> dict[str, Any]:

@@ -27,8 +27,8 @@ from autotune.config.identity import proposal_key
 from autotune.config.space import SearchSpace, Verify
 from autotune.errors import UserError
 from autotune.extrapolate.verify import VERIFY_DIR, VERIFY_MANIFEST
-from autotune.records import FIX_SUMMARY, TrialRecord, digest, read_json, write_json_atomic
-from autotune.search.study import ProgressFactory, Study, StudyPaths, check_space, study_dir
+from autotune.records import TrialRecord, digest, write_json_atomic
+from autotune.search.study import ProgressFactory, Study, StudyPaths, check_space, read_trials, study_dir
 
 SCHEDULE_FIELDS = ("kind", "peak_lr", "warmup_fraction", "decay_fraction", "final_lr_ratio", "decay_shape")
 _CHOICE_FIELDS = ("kind", "decay_shape")
@@ -213,24 +213,6 @@ def _params(ctl, c: dict) -> dict[str, Any]:
                                 field=f"context.{key}")
             params[name] = c["context"][key]
     return params
-
-
-def read_trials(space: SearchSpace) -> tuple[Path, list[TrialRecord]]:
-    """The study's folder and its trials from ``summary.json``; a UserError when it has not run or changed."""
-    root = study_dir(space)
-    paths = StudyPaths(root)
-    if not paths.space_json.exists():
-        raise UserError("no study has run for this space yet: run autotune search first", file=space.source_file,
-                        field="name", value=space.name)
-    check_space(paths, space)  # refuses a space that changed under the study
-    summary_path = root / "summary.json"
-    if not summary_path.exists():
-        raise UserError("the study has no summary.json yet: let autotune search finish first", file=summary_path)
-    summary = read_json(summary_path, fix=FIX_SUMMARY)
-    rows = summary.get("trials") if isinstance(summary, dict) else None
-    if not isinstance(rows, list):
-        raise UserError("not a study summary (needs a 'trials' list)", file=summary_path, field="trials")
-    return root, [TrialRecord.from_row(r, i) for i, r in enumerate(rows) if isinstance(r, dict)]
 
 
 def run_verify(space: SearchSpace, *, storage: str | None = None, progress: ProgressFactory | None = None,
