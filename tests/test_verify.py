@@ -295,3 +295,21 @@ def test_dry_run_shows_the_verification(tmp_path):
     assert r.exit_code == 0, r.output
     assert "verify (autotune verify, after the recipe): up to 2 mixtures x 2 seeds at 12,288 tokens (12 steps)" \
         in r.output.replace("\n", " ")
+
+
+def test_a_best_trial_schedule_takes_the_trials_own_decay_fraction(tmp_path):
+    """recipe.yaml chose the best trial's schedule: verify trains that trial's decay fraction, not the full run's
+    rounded plan; a trial that did not record it takes the space's range's low end (no traceback)."""
+    from types import SimpleNamespace
+
+    from autotune.search.verify import recommended
+
+    space = load_space(write_space(tmp_path, tiny_space(schedule={"kind": "wsd", "decay_fraction": {"low": 0.2,
+                                                                                                   "high": 0.5}})))
+    sched = SimpleNamespace(kind="wsd", peak_lr=1e-3, warmup_fraction=0.02, decay_fraction=0.3333337,
+                            final_lr_ratio=0.0, decay_shape="linear", chosen_by="best_trial", candidates=[])
+    recipe = SimpleNamespace(schedule=sched, domains={}, provenance=SimpleNamespace(best_trial={"trial": 3}))
+    own = TrialRecord(number=3, state="complete", schedule={"decay_fraction": 0.41})
+    assert recommended(recipe, space, [own])["schedule"]["decay_fraction"] == 0.41
+    bare = TrialRecord(number=3, state="complete", schedule={})
+    assert recommended(recipe, space, [bare])["schedule"]["decay_fraction"] == 0.2

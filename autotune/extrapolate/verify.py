@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from pydantic import Field
@@ -39,7 +39,7 @@ VERIFY_DIR = "verify"
 VERIFY_MANIFEST = f"{VERIFY_DIR}/verify.json"
 GROUPS = ("target", "general")
 Kind = Literal["recommended", "prior", "best_trial", "uniform", "natural", "target_only"]
-KINDS = ("recommended", "prior", "best_trial", "uniform", "natural", "target_only")
+KINDS = get_args(Kind)
 
 
 class Predicted(_Frozen):

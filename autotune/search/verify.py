@@ -57,8 +57,8 @@ def recommended(recipe, space: SearchSpace, trials: list[TrialRecord] | None = N
     if decay is None:
         number = recipe.provenance.best_trial.get("trial")
         own = next((t.schedule for t in trials or [] if t.number == number), {})
-        decay = float(own.get("decay_fraction", _fixed(space.schedule.decay_fraction, s.decay_fraction)))
-        decay = float(getattr(decay, "low", decay))
+        raw = own.get("decay_fraction", _fixed(space.schedule.decay_fraction, s.decay_fraction))
+        decay = float(getattr(raw, "low", raw))  # a searched range the trial did not record: its low end
     schedule = {"kind": s.kind, "peak_lr": float(s.peak_lr), "warmup_fraction": float(s.warmup_fraction),
                 "decay_fraction": decay, "final_lr_ratio": float(s.final_lr_ratio), "decay_shape": shape}
     return {"kind": "recommended", "mixture": {d: float(p.share) for d, p in recipe.domains.items()},
